@@ -1,0 +1,25 @@
+// The CPU attention backend: the reference for every mode (dense, multipole, exact-only, quest).
+#pragma once
+
+#include "model/attention_backend.h"
+#include "model/model_config.h"
+#include "model/rope.h"
+
+namespace mpa {
+
+class CpuAttentionBackend : public AttentionBackend {
+ public:
+  CpuAttentionBackend(const ModelConfig& config, const Rope& rope) : config_(config), rope_(rope) {}
+
+  void OnAppend(int layer, SequenceState& seq, int first_new) override;
+  void Decode(int layer, SequenceState& seq, const float* q_rot, const float* q_raw,
+              float* out) override;
+
+ private:
+  void DenseDecode(int layer, SequenceState& seq, const float* q_rot, float* out);
+
+  const ModelConfig& config_;
+  const Rope& rope_;
+};
+
+}  // namespace mpa

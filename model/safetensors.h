@@ -1,0 +1,71 @@
+// Reading Hugging Face safetensors checkpoints: one memory-mapped file, or a sharded set named by
+// model.safetensors.index.json. Every malformed input is reported as a Status naming the file and
+// the problem; nothing here aborts.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace mpa {
+
+enum class DType { kF32, kF16, kBF16, kUnsupported };
+
+struct TensorInfo {
+  std::string name;
+  std::string dtype_name;        // as written in the header ("F32", "BF16", "I64", ...)
+  DType dtype = DType::kUnsupported;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // into the mapping
+  size_t num_bytes = 0;
+};
+
+// One .safetensors file, memory-mapped read-only for the object's lifetime.
+class SafetensorsFile {
+ public:
+  // InvalidArgument for a malformed file (short header, bad JSON, offsets past the end,
+  // overlapping or misaligned ranges, byte count not matching shape x dtype); NotFound if absent.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  ~SafetensorsFile();
+
+  const TensorInfo* Find(const std::string& name) const;  // null if absent
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::vector<TensorInfo> tensors_;
+};
+
+// A checkpoint folder: model.safetensors, or model.safetensors.index.json and its shards.
+class Checkpoint {
+ public:
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
+
+  bool Has(const std::string& name) const;
+  const TensorInfo* Find(const std::string& name) const;
+
+  // Converts tensor `name` (F32, F16 or BF16) to fp32 into out[product(expected_shape)].
+  // NotFound naming the tensor if it is missing; InvalidArgument naming tensor, expected and
+  // actual shape if the shape differs, or naming the dtype if it is not a float type we read.
+  absl::Status ReadF32(const std::string& name, const std::vector<int64_t>& expected_shape,
+                       float* out) const;
+
+  int64_t total_bytes() const;  // sum of tensor bytes, for progress reporting
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+};
+
+// fp16 / bf16 bit patterns to fp32.
+float HalfToFloat(uint16_t h);
+float BFloat16ToFloat(uint16_t b);
+
+}  // namespace mpa

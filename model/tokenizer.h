@@ -1,0 +1,61 @@
+// Hugging Face tokenizer.json BPE tokenizers: byte-level (GPT-2 style, as Qwen2/Qwen3 and Llama 3
+// use, with the pre-tokenizer's split pattern) and byte-fallback with the U+2581 space convention
+// (Llama 2 style, SentencePiece-converted).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace mpa {
+
+class Tokenizer {
+ public:
+  // Reads dir/tokenizer.json and, where present, dir/tokenizer_config.json and
+  // dir/generation_config.json (BOS/EOS handling). NotFound if there is no tokenizer.json;
+  // InvalidArgument naming the file and the problem if it is malformed or of an unsupported type.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFromDir(const std::string& dir);
+  // Same from the files' contents (tokenizer_config_json and generation_config_json may be "").
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view tokenizer_json,
+                                                             std::string_view tokenizer_config_json,
+                                                             std::string_view generation_config_json);
+  virtual ~Tokenizer() = default;
+
+  // add_special_tokens: prepend BOS where the tokenizer's config asks for it (as HF's
+  // tokenizer(text) does). Special/added tokens written in the text are recognised.
+  virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const = 0;
+  // The text of the ids, as HF's decode(ids, skip_special_tokens) gives it.
+  virtual std::string Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const = 0;
+
+  virtual int vocab_size() const = 0;  // largest id + 1, added tokens included
+  virtual std::optional<int32_t> bos_id() const = 0;
+  virtual std::vector<int32_t> eos_ids() const = 0;  // from generation_config.json / config
+  virtual bool IsSpecial(int32_t id) const = 0;
+  // The raw bytes this token stands for when decoded on its own in a stream (may be part of a
+  // UTF-8 character), used by IncrementalDecoder.
+  virtual std::string TokenBytes(int32_t id) const = 0;
+};
+
+// Turns a stream of ids into text pieces that are always whole UTF-8 characters: bytes of a
+// character split across tokens are held back until it is complete. Concatenating every Push()
+// and the final Flush() equals Decode(all ids, skip_special_tokens).
+class IncrementalDecoder {
+ public:
+  IncrementalDecoder(const Tokenizer& tokenizer, bool skip_special_tokens);
+  std::string Push(int32_t id);
+  std::string Flush();  // whatever is held back (invalid UTF-8 tails become U+FFFD)
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_;
+  std::vector<int32_t> ids_;
+  size_t emitted_bytes_ = 0;
+};
+
+}  // namespace mpa

