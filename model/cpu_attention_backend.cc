@@ -1,0 +1,41 @@
+#include "model/cpu_attention_backend.h"
+
+#include <cmath>
+
+#include "kernels/cpu/attention.h"
+#include "model/kv_cache.h"
+
+namespace mpa {
+
+void CpuAttentionBackend::OnAppend(int layer, SequenceState& seq, int first_new) {
+  // Dense attention keeps no per-sequence state; the sparse modes maintain their indices here.
+}
+
+void CpuAttentionBackend::Decode(int layer, SequenceState& seq, const float* q_rot,
+                                 const float* q_raw, float* out) {
+  switch (seq.attention().mode) {
+    case AttentionMode::kDense:
+    default:
+      DenseDecode(layer, seq, q_rot, out);
+      break;
+  }
+}
+
+void CpuAttentionBackend::DenseDecode(int layer, SequenceState& seq, const float* q_rot,
+                                      float* out) {
+  cpu::DenseDecodeParams p;
+  p.q = q_rot;
+  p.kv = seq.View(layer);
+  p.num_q_heads = config_.num_heads;
+  p.num_kv_heads = config_.num_kv_heads;
+  p.head_dim = config_.head_dim;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
+  p.out = out;
+  cpu::DenseDecodeAttention(p);
+  AttentionStats& stats = seq.stats();
+  stats.decode_steps += 1;
+  stats.tokens_attended_exact += int64_t{seq.num_tokens()} * config_.num_kv_heads;
+  stats.tokens_total += int64_t{seq.num_tokens()} * config_.num_kv_heads;
+}
+
+}  // namespace mpa
