@@ -4,7 +4,7 @@
 
 namespace mpa {
 
-absl::StatusOr<AttentionMode> ParseAttentionMode(std::string_view name) {
+absl::StatusOr<AttentionMode> ParseAttentionMode(absl::string_view name) {
   if (name == "dense") return AttentionMode::kDense;
   if (name == "multipole") return AttentionMode::kMultipole;
   if (name == "exact-only" || name == "exact_only") return AttentionMode::kExactOnly;
@@ -13,7 +13,7 @@ absl::StatusOr<AttentionMode> ParseAttentionMode(std::string_view name) {
       "attention mode '", name, "' is unknown (dense, multipole, exact-only, quest are)"));
 }
 
-std::string_view AttentionModeName(AttentionMode mode) {
+absl::string_view AttentionModeName(AttentionMode mode) {
   switch (mode) {
     case AttentionMode::kDense:
       return "dense";

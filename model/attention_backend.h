@@ -4,7 +4,7 @@
 
 #include <memory>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 #include "model/multipole_config.h"
@@ -17,8 +17,8 @@ enum class AttentionMode {
   kExactOnly,  // selected clusters exact, the rest dropped (Squeezed-Attention-style ablation)
   kQuest,      // Quest baseline: pages scored by min/max bound, top pages exact
 };
-absl::StatusOr<AttentionMode> ParseAttentionMode(std::string_view name);
-std::string_view AttentionModeName(AttentionMode mode);
+absl::StatusOr<AttentionMode> ParseAttentionMode(absl::string_view name);
+absl::string_view AttentionModeName(AttentionMode mode);
 
 struct AttentionOptions {
   AttentionMode mode = AttentionMode::kDense;

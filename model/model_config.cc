@@ -14,7 +14,7 @@ namespace {
 
 using json = nlohmann::json;
 
-absl::Status FieldError(std::string_view field, std::string_view problem) {
+absl::Status FieldError(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat("config.json: field '", field, "' ", problem));
 }
 
@@ -57,7 +57,7 @@ absl::Status GetBool(const json& j, const char* field, bool* out) {
 
 // rope_scaling (classic form) or rope_parameters (newer form): both carry the rope type and its
 // parameters; the newer one also carries rope_theta.
-absl::Status ParseRopeParameters(const json& r, std::string_view where, ModelConfig& c) {
+absl::Status ParseRopeParameters(const json& r, absl::string_view where, ModelConfig& c) {
   if (!r.is_object()) return FieldError(where, "must be an object");
   std::string type = "default";
   for (const char* key : {"rope_type", "type"}) {
@@ -188,7 +188,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
 }
 
 absl::Status ModelConfig::Validate() const {
-  auto positive = [](std::string_view field, int v) -> absl::Status {
+  auto positive = [](absl::string_view field, int v) -> absl::Status {
     if (v <= 0) return FieldError(field, absl::StrCat("must be > 0 (got ", v, ")"));
     return absl::OkStatus();
   };

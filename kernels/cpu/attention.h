@@ -2,6 +2,7 @@
 // from it. Exact parts, approximate parts and split-KV pieces all combine through MergePartial.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
