@@ -4,9 +4,9 @@
 
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "model/multipole_config.h"
 
 namespace mpa {
@@ -27,9 +27,9 @@ struct AttentionOptions {
 
 // Counters a sequence accumulates; the server exports them.
 struct AttentionStats {
-  int64_t decode_steps = 0;            // (layer x token) attention calls in decode
-  int64_t tokens_attended_exact = 0;   // summed over calls and KV heads
-  int64_t tokens_total = 0;            // summed over calls and KV heads
+  int64_t decode_steps = 0;           // (layer x token) attention calls in decode
+  int64_t tokens_attended_exact = 0;  // summed over calls and KV heads
+  int64_t tokens_total = 0;           // summed over calls and KV heads
   int64_t centroids_scored = 0;
   int64_t cluster_updates = 0;
   int64_t tokens_reclustered = 0;

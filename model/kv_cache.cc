@@ -16,8 +16,8 @@ absl::Status KvBlockPool::Acquire(int64_t n) {
   std::lock_guard<std::mutex> lock(mu_);
   if (used_ + n > num_blocks_) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache is full: need ", n, " more blocks of ", block_tokens_,
-                     " tokens, ", num_blocks_ - used_, " of ", num_blocks_, " are free"));
+        absl::StrCat("KV cache is full: need ", n, " more blocks of ", block_tokens_, " tokens, ",
+                     num_blocks_ - used_, " of ", num_blocks_, " are free"));
   }
   used_ += n;
   return absl::OkStatus();
@@ -88,8 +88,7 @@ absl::Status SequenceState::Reserve(int count) {
   capacity = (capacity + block - 1) / block * block;
   for (LayerKv& l : layers_) {
     Regrow(l.k, num_kv_heads_, l.capacity, static_cast<int>(capacity), head_dim_, num_tokens());
-    Regrow(l.k_raw, num_kv_heads_, l.capacity, static_cast<int>(capacity), head_dim_,
-           num_tokens());
+    Regrow(l.k_raw, num_kv_heads_, l.capacity, static_cast<int>(capacity), head_dim_, num_tokens());
     Regrow(l.v, num_kv_heads_, l.capacity, static_cast<int>(capacity), head_dim_, num_tokens());
     l.capacity = static_cast<int>(capacity);
   }

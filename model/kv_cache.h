@@ -44,7 +44,9 @@ struct LayerKv {
   int capacity = 0;
   int head_dim = 0;
 
-  float* KeyRow(int kv_head, int t) { return k.data() + kv_head * head_stride() + int64_t{t} * head_dim; }
+  float* KeyRow(int kv_head, int t) {
+    return k.data() + kv_head * head_stride() + int64_t{t} * head_dim;
+  }
   float* RawKeyRow(int kv_head, int t) {
     return k_raw.data() + kv_head * head_stride() + int64_t{t} * head_dim;
   }

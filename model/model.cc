@@ -54,8 +54,7 @@ std::unique_ptr<SequenceState> Model::NewSequence(const AttentionOptions& option
                                          config_.head_dim, options);
 }
 
-absl::Status Model::CheckTokens(const SequenceState& seq,
-                                absl::Span<const int32_t> tokens) const {
+absl::Status Model::CheckTokens(const SequenceState& seq, absl::Span<const int32_t> tokens) const {
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
@@ -65,10 +64,10 @@ absl::Status Model::CheckTokens(const SequenceState& seq,
   }
   const int64_t total = int64_t{seq.num_tokens()} + static_cast<int64_t>(tokens.size());
   if (total > config_.max_position_embeddings) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("context of ", total, " tokens (", seq.num_tokens(), " cached + ",
-                     tokens.size(), " new) exceeds the model's context window of ",
-                     config_.max_position_embeddings, " tokens"));
+    return absl::InvalidArgumentError(absl::StrCat("context of ", total, " tokens (",
+                                                   seq.num_tokens(), " cached + ", tokens.size(),
+                                                   " new) exceeds the model's context window of ",
+                                                   config_.max_position_embeddings, " tokens"));
   }
   return absl::OkStatus();
 }
@@ -100,12 +99,12 @@ void Model::ForwardRows(absl::Span<SequenceState* const> seqs, const int* rows_p
   const int64_t ffn = c.intermediate_size;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-  std::vector<float> h(rows * hidden);       // [rows, hidden] normalised input
-  std::vector<float> q(rows * q_dim);        // [rows, num_heads, head_dim]
-  std::vector<float> q_raw(rows * q_dim);    // same, before RoPE
-  std::vector<float> k(rows * kv_dim);       // [rows, num_kv_heads, head_dim]
+  std::vector<float> h(rows * hidden);     // [rows, hidden] normalised input
+  std::vector<float> q(rows * q_dim);      // [rows, num_heads, head_dim]
+  std::vector<float> q_raw(rows * q_dim);  // same, before RoPE
+  std::vector<float> k(rows * kv_dim);     // [rows, num_kv_heads, head_dim]
   std::vector<float> v(rows * kv_dim);
-  std::vector<float> attn(rows * q_dim);     // [rows, num_heads, head_dim]
+  std::vector<float> attn(rows * q_dim);  // [rows, num_heads, head_dim]
   std::vector<float> proj(rows * hidden);
   std::vector<float> gate(rows * ffn), up(rows * ffn);
 
@@ -221,13 +220,14 @@ absl::Status Model::Prefill(SequenceState& seq, absl::Span<const int32_t> tokens
 absl::Status Model::Decode(absl::Span<SequenceState* const> seqs, absl::Span<const int32_t> tokens,
                            float* logits) {
   if (seqs.size() != tokens.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("decode got ", seqs.size(), " sequences but ",
-                                                   tokens.size(), " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode got ", seqs.size(), " sequences but ", tokens.size(), " tokens"));
   }
   if (seqs.empty()) return absl::OkStatus();
   for (size_t s = 0; s < seqs.size(); ++s) {
     for (size_t t = 0; t < s; ++t) {
-      if (seqs[s] == seqs[t]) return absl::InvalidArgumentError("a sequence appears twice in a batch");
+      if (seqs[s] == seqs[t])
+        return absl::InvalidArgumentError("a sequence appears twice in a batch");
     }
     MPA_RETURN_IF_ERROR(CheckTokens(*seqs[s], tokens.subspan(s, 1)));
   }

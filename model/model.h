@@ -20,8 +20,8 @@ namespace mpa {
 struct ModelOptions {
   int64_t max_kv_tokens = 1 << 20;  // KV capacity over all sequences, in tokens
   int kv_block_tokens = 16;
-  bool use_blas = true;              // false: the plain reference matrix products
-  int threads = 0;                   // BLAS threads (0: BLAS default)
+  bool use_blas = true;  // false: the plain reference matrix products
+  int threads = 0;       // BLAS threads (0: BLAS default)
 };
 
 class Model {

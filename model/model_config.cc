@@ -175,9 +175,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   }
   auto act = t.find("hidden_act");
   if (act != t.end() && act->is_string() && act->get<std::string>() != "silu") {
-    return absl::UnimplementedError(
-        absl::StrCat("config.json: hidden_act '", act->get<std::string>(),
-                     "' is not supported (silu is)"));
+    return absl::UnimplementedError(absl::StrCat(
+        "config.json: hidden_act '", act->get<std::string>(), "' is not supported (silu is)"));
   }
   int bos = -1;
   MPA_RETURN_IF_ERROR(GetInt(t, "bos_token_id", false, &bos));
@@ -201,9 +200,9 @@ absl::Status ModelConfig::Validate() const {
   MPA_RETURN_IF_ERROR(positive("head_dim", head_dim));
   MPA_RETURN_IF_ERROR(positive("max_position_embeddings", max_position_embeddings));
   if (num_heads % num_kv_heads != 0) {
-    return FieldError("num_key_value_heads",
-                      absl::StrCat("(", num_kv_heads, ") must divide num_attention_heads (",
-                                   num_heads, ")"));
+    return FieldError(
+        "num_key_value_heads",
+        absl::StrCat("(", num_kv_heads, ") must divide num_attention_heads (", num_heads, ")"));
   }
   if (head_dim % 2 != 0) return FieldError("head_dim", "must be even for RoPE");
   if (!(rms_norm_eps > 0)) return FieldError("rms_norm_eps", "must be > 0");
@@ -219,8 +218,7 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   ss << in.rdbuf();
   auto config = ParseModelConfig(ss.str());
   if (!config.ok()) {
-    return absl::Status(config.status().code(),
-                        absl::StrCat(dir, "/", config.status().message()));
+    return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
   }
   return config;
 }

@@ -49,8 +49,8 @@ Rope::Rope(const ModelConfig& config) : head_dim_(config.head_dim) {
         const double wavelen = 2.0 * kPi / f;
         double out = wavelen > low_freq_wavelen ? f / s.factor : f;
         if (!(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen)) {
-          const double smooth =
-              (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+          const double smooth = (old_context / wavelen - s.low_freq_factor) /
+                                (s.high_freq_factor - s.low_freq_factor);
           out = (1.0 - smooth) * out / s.factor + smooth * out;
         }
         inv_freq_[i] = static_cast<float>(out);

@@ -14,7 +14,8 @@ absl::Status SamplingParams::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("temperature must be a finite number >= 0 (got ", temperature, ")"));
   }
-  if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0 (got ", top_k, ")"));
+  if (top_k < 0)
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0 (got ", top_k, ")"));
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1] (got ", top_p, ")"));
   }

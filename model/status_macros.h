@@ -7,10 +7,10 @@
 #define MPA_CONCAT_INNER(a, b) a##b
 #define MPA_CONCAT(a, b) MPA_CONCAT_INNER(a, b)
 
-#define MPA_RETURN_IF_ERROR(expr)               \
-  do {                                          \
-    const ::absl::Status _mpa_status = (expr);  \
-    if (!_mpa_status.ok()) return _mpa_status;  \
+#define MPA_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    const ::absl::Status _mpa_status = (expr); \
+    if (!_mpa_status.ok()) return _mpa_status; \
   } while (0)
 
 #define MPA_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

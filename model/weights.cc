@@ -48,7 +48,8 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c, Weights& w) {
     specs.push_back({p + "mlp.down_proj.weight", {hidden, ffn}, &l.down_proj});
   }
   specs.push_back({"model.norm.weight", {hidden}, &w.final_norm});
-  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, hidden}, &w.lm_head});
+  if (!c.tie_word_embeddings)
+    specs.push_back({"lm_head.weight", {c.vocab_size, hidden}, &w.lm_head});
   return specs;
 }
 

@@ -11,29 +11,31 @@
 namespace mpa {
 
 struct LayerWeights {
-  std::vector<float> input_norm;     // [hidden]
-  std::vector<float> q_proj;         // [num_heads * head_dim, hidden]
-  std::vector<float> k_proj;         // [num_kv_heads * head_dim, hidden]
-  std::vector<float> v_proj;         // [num_kv_heads * head_dim, hidden]
-  std::vector<float> q_bias;         // [num_heads * head_dim] or empty
-  std::vector<float> k_bias;         // [num_kv_heads * head_dim] or empty
-  std::vector<float> v_bias;         // [num_kv_heads * head_dim] or empty
-  std::vector<float> q_norm;         // [head_dim] (Qwen3) or empty
-  std::vector<float> k_norm;         // [head_dim] (Qwen3) or empty
-  std::vector<float> o_proj;         // [hidden, num_heads * head_dim]
+  std::vector<float> input_norm;           // [hidden]
+  std::vector<float> q_proj;               // [num_heads * head_dim, hidden]
+  std::vector<float> k_proj;               // [num_kv_heads * head_dim, hidden]
+  std::vector<float> v_proj;               // [num_kv_heads * head_dim, hidden]
+  std::vector<float> q_bias;               // [num_heads * head_dim] or empty
+  std::vector<float> k_bias;               // [num_kv_heads * head_dim] or empty
+  std::vector<float> v_bias;               // [num_kv_heads * head_dim] or empty
+  std::vector<float> q_norm;               // [head_dim] (Qwen3) or empty
+  std::vector<float> k_norm;               // [head_dim] (Qwen3) or empty
+  std::vector<float> o_proj;               // [hidden, num_heads * head_dim]
   std::vector<float> post_attention_norm;  // [hidden]
-  std::vector<float> gate_proj;      // [ffn, hidden]
-  std::vector<float> up_proj;        // [ffn, hidden]
-  std::vector<float> down_proj;      // [hidden, ffn]
+  std::vector<float> gate_proj;            // [ffn, hidden]
+  std::vector<float> up_proj;              // [ffn, hidden]
+  std::vector<float> down_proj;            // [hidden, ffn]
 };
 
 struct Weights {
   std::vector<float> embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  std::vector<float> final_norm;    // [hidden]
-  std::vector<float> lm_head;       // [vocab, hidden]; empty when tied to embed_tokens
+  std::vector<float> final_norm;  // [hidden]
+  std::vector<float> lm_head;     // [vocab, hidden]; empty when tied to embed_tokens
 
-  const std::vector<float>& output_matrix() const { return lm_head.empty() ? embed_tokens : lm_head; }
+  const std::vector<float>& output_matrix() const {
+    return lm_head.empty() ? embed_tokens : lm_head;
+  }
 };
 
 // Reads every tensor the config calls for from the checkpoint folder (HF names), checking shapes

@@ -55,7 +55,8 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   for (absl::string_view piece : absl::StrSplit(text, absl::ByAnyChar(", "), absl::SkipEmpty())) {
     int32_t id;
     if (!absl::SimpleAtoi(piece, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("--prompt_ids: '", piece, "' is not an integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt_ids: '", piece, "' is not an integer"));
     }
     ids.push_back(id);
   }
@@ -92,7 +93,8 @@ absl::Status Run() {
   if (dir.empty()) return absl::InvalidArgumentError("--model is required");
   const std::string output = absl::GetFlag(FLAGS_output);
   if (output != "ids" && output != "text") {
-    return absl::InvalidArgumentError(absl::StrCat("--output must be ids or text (got '", output, "')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--output must be ids or text (got '", output, "')"));
   }
   const int max_new = absl::GetFlag(FLAGS_max_new_tokens);
   if (max_new < 0) return absl::InvalidArgumentError("--max_new_tokens must be >= 0");
@@ -127,14 +129,15 @@ absl::Status Run() {
     MPA_ASSIGN_OR_RETURN(prompt, ParseIds(prompt_ids));
   } else if (!prompt_text.empty()) {
     if (!tokenizer) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("--prompt needs a tokenizer, but ", dir, " has no tokenizer.json; use --prompt_ids"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--prompt needs a tokenizer, but ", dir, " has no tokenizer.json; use --prompt_ids"));
     }
     prompt = tokenizer->Encode(prompt_text, /*add_special_tokens=*/true);
     if (prompt.empty()) return absl::InvalidArgumentError("--prompt encodes to no tokens");
   } else {
     if (!model->config().bos_token_id) {
-      return absl::InvalidArgumentError("give --prompt or --prompt_ids (the model has no BOS token)");
+      return absl::InvalidArgumentError(
+          "give --prompt or --prompt_ids (the model has no BOS token)");
     }
     prompt = {*model->config().bos_token_id};
   }
@@ -175,11 +178,11 @@ absl::Status Run() {
   }
   if (absl::GetFlag(FLAGS_stats)) {
     const AttentionStats& s = seq->stats();
-    std::cerr << "attention " << AttentionModeName(attention.mode)
-              << ": exact fraction " << s.sparsity() << ", centroids scored " << s.centroids_scored
-              << ", cluster updates " << s.cluster_updates << " (" << s.tokens_reclustered
-              << " tokens, " << s.cluster_update_seconds << " s), prefill clustering "
-              << s.prefill_cluster_seconds << " s\n";
+    std::cerr << "attention " << AttentionModeName(attention.mode) << ": exact fraction "
+              << s.sparsity() << ", centroids scored " << s.centroids_scored << ", cluster updates "
+              << s.cluster_updates << " (" << s.tokens_reclustered << " tokens, "
+              << s.cluster_update_seconds << " s), prefill clustering " << s.prefill_cluster_seconds
+              << " s\n";
   }
   return absl::OkStatus();
 }

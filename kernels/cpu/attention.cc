@@ -72,8 +72,8 @@ void DenseDecodeAttention(const DenseDecodeParams& p) {
     const int kvh = h / group;
     PartialAttention acc(p.head_dim);
     PartialOverTokenRange(p.q + int64_t{h} * p.head_dim, p.kv.k + kvh * p.kv.head_stride,
-                          p.kv.v + kvh * p.kv.head_stride, p.head_dim, p.scale, 0,
-                          p.kv.num_tokens, acc);
+                          p.kv.v + kvh * p.kv.head_stride, p.head_dim, p.scale, 0, p.kv.num_tokens,
+                          acc);
     FinalizePartial(acc, p.out + int64_t{h} * p.head_dim);
   }
 }

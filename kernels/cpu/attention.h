@@ -48,7 +48,7 @@ struct DenseDecodeParams {
   int num_q_heads = 0;
   int num_kv_heads = 0;  // query head h reads KV head h / (num_q_heads / num_kv_heads)
   int head_dim = 0;
-  float scale = 0.0f;     // softmax scale, usually 1/sqrt(head_dim)
+  float scale = 0.0f;    // softmax scale, usually 1/sqrt(head_dim)
   float* out = nullptr;  // [num_q_heads, head_dim]
 };
 

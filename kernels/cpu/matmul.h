@@ -12,7 +12,7 @@ struct LinearParams {
   int64_t rows = 0;
   int64_t in_features = 0;
   int64_t out_features = 0;
-  float* y = nullptr;           // [rows, out_features]
+  float* y = nullptr;  // [rows, out_features]
 };
 
 // Plain triple loop with double accumulation: the oracle.

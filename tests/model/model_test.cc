@@ -75,7 +75,8 @@ std::unique_ptr<Model> SmallModel(int64_t max_kv_tokens = 1 << 16) {
   ModelConfig c = SmallConfig();
   Weights w = RandomWeights(c, 7);
   // Larger weights than the default 0.02 so logits are far from uniform.
-  for (auto* m : {&w.embed_tokens}) for (float& x : *m) x *= 50.0f;
+  for (auto* m : {&w.embed_tokens})
+    for (float& x : *m) x *= 50.0f;
   ModelOptions options;
   options.max_kv_tokens = max_kv_tokens;
   auto model = Model::FromWeights(c, std::move(w), options);
@@ -147,7 +148,8 @@ TEST(ModelTest, BatchedDecodeEqualsEachSequenceAlone) {
       std::vector<float> one(vocab);
       SequenceState* single[] = {alone[s].get()};
       ASSERT_TRUE(model->Decode(absl::MakeSpan(single), {next[s]}, one.data()).ok());
-      std::vector<float> row(batch_logits.begin() + s * vocab, batch_logits.begin() + (s + 1) * vocab);
+      std::vector<float> row(batch_logits.begin() + s * vocab,
+                             batch_logits.begin() + (s + 1) * vocab);
       EXPECT_LT(RelativeL2(row, one), 1e-5f) << "sequence " << s << " step " << step;
     }
   }
