@@ -4,16 +4,36 @@
 
 #include "kernels/cpu/attention.h"
 #include "model/kv_cache.h"
+#include "model/multipole_attention.h"
+#include "model/quest_attention.h"
 
 namespace mpa {
 
 void CpuAttentionBackend::OnAppend(int layer, SequenceState& seq, int first_new) {
   // Dense attention keeps no per-sequence state; the sparse modes maintain their indices here.
+  switch (seq.attention().mode) {
+    case AttentionMode::kMultipole:
+    case AttentionMode::kExactOnly:
+      UpdateClusters(layer, seq);
+      break;
+    case AttentionMode::kQuest:
+      UpdateQuestPages(layer, seq);
+      break;
+    case AttentionMode::kDense:
+      break;
+  }
 }
 
 void CpuAttentionBackend::Decode(int layer, SequenceState& seq, const float* q_rot,
                                  const float* q_raw, float* out) {
   switch (seq.attention().mode) {
+    case AttentionMode::kMultipole:
+    case AttentionMode::kExactOnly:
+      MultipoleDecode(rope_, config_.num_heads, layer, seq, q_rot, q_raw, out);
+      break;
+    case AttentionMode::kQuest:
+      QuestDecode(config_.num_heads, layer, seq, q_rot, out);
+      break;
     case AttentionMode::kDense:
     default:
       DenseDecode(layer, seq, q_rot, out);
