@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
@@ -17,7 +18,7 @@ enum class DType { kF32, kF16, kBF16, kUnsupported };
 
 struct TensorInfo {
   std::string name;
-  std::string dtype_name;        // as written in the header ("F32", "BF16", "I64", ...)
+  std::string dtype_name;  // as written in the header ("F32", "BF16", "I64", ...)
   DType dtype = DType::kUnsupported;
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;  // into the mapping
@@ -28,9 +29,13 @@ struct TensorInfo {
 class SafetensorsFile {
  public:
   // InvalidArgument for a malformed file (short header, bad JSON, offsets past the end,
-  // overlapping or misaligned ranges, byte count not matching shape x dtype); NotFound if absent.
+  // overlapping ranges, byte count not matching shape x dtype); NotFound if absent. Ranges need
+  // not be aligned: readers copy with memcpy. Unknown dtype names are accepted (their size is not
+  // checked); ReadF32 refuses them.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
   ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;  // owns the mapping
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   const TensorInfo* Find(const std::string& name) const;  // null if absent
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -42,6 +47,7 @@ class SafetensorsFile {
   void* map_ = nullptr;
   size_t map_size_ = 0;
   std::vector<TensorInfo> tensors_;
+  absl::flat_hash_map<std::string, size_t> index_;  // name -> position in tensors_
 };
 
 // A checkpoint folder: model.safetensors, or model.safetensors.index.json and its shards.
@@ -61,7 +67,10 @@ class Checkpoint {
   int64_t total_bytes() const;  // sum of tensor bytes, for progress reporting
 
  private:
+  std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  // Tensor name -> its entry in one of files_; for a sharded checkpoint, only names in the index.
+  absl::flat_hash_map<std::string, const TensorInfo*> routes_;
 };
 
 // fp16 / bf16 bit patterns to fp32.
