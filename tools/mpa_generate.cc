@@ -146,6 +146,15 @@ absl::Status Run() {
         absl::StrCat("--output text needs a tokenizer, but ", dir, " has no tokenizer.json"));
   }
 
+  // Generating max_new tokens stores prompt + max_new - 1 of them; say so before doing any work.
+  const int64_t needed = static_cast<int64_t>(prompt.size()) + std::max(max_new - 1, 0);
+  if (needed > model->config().max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", prompt.size(), " tokens) + --max_new_tokens (", max_new,
+                     ") exceeds the model's context window of ",
+                     model->config().max_position_embeddings, " tokens"));
+  }
+
   std::vector<int32_t> eos = model->config().eos_token_ids;
   if (tokenizer) {
     for (int32_t id : tokenizer->eos_ids()) eos.push_back(id);
