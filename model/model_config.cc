@@ -160,7 +160,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   MPA_RETURN_IF_ERROR(GetDouble(t, "rms_norm_eps", &eps));
   c.rms_norm_eps = static_cast<float>(eps);
   MPA_RETURN_IF_ERROR(GetBool(t, "tie_word_embeddings", &c.tie_word_embeddings));
-  if (c.architecture == Architecture::kLlama) {
+  if (c.architecture != Architecture::kQwen2) {  // Qwen2 always has q/k/v biases
     MPA_RETURN_IF_ERROR(GetBool(t, "attention_bias", &c.attention_bias));
   }
   MPA_RETURN_IF_ERROR(GetDouble(t, "rope_theta", &c.rope_theta));
