@@ -1,0 +1,444 @@
+#include "server/decode_service.h"
+
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/status_translation.h"
+
+namespace mpa::server {
+namespace v1 = ::multipole::v1;
+
+namespace {
+
+v1::AttentionMode ToProtoMode(AttentionMode mode) {
+  switch (mode) {
+    case AttentionMode::kDense:
+      return v1::ATTENTION_MODE_DENSE;
+    case AttentionMode::kMultipole:
+      return v1::ATTENTION_MODE_MULTIPOLE;
+    case AttentionMode::kExactOnly:
+      return v1::ATTENTION_MODE_EXACT_ONLY;
+    case AttentionMode::kQuest:
+      return v1::ATTENTION_MODE_QUEST;
+  }
+  return v1::ATTENTION_MODE_UNSPECIFIED;
+}
+
+v1::FinishReason FinishReasonToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kEos:
+      return v1::FINISH_REASON_EOS;
+    case FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+void SessionInfoToProto(const SessionInfo& info, v1::GetSessionResponse* out) {
+  out->set_session_id(info.session_id);
+  out->set_context_tokens(info.context_tokens);
+  out->set_generating(info.generating);
+  out->set_idle_seconds(info.idle_seconds);
+  out->set_ttl_seconds(info.ttl_seconds);
+  AttentionToProto(info.attention, out->mutable_attention());
+}
+
+absl::Status CheckIds(absl::Span<const int32_t> ids, int vocab, absl::string_view field) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s[%d]: token id %d is outside the vocabulary [0, %d)", field, i, ids[i], vocab));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The Generate stream. The scheduler (engine thread) pushes into it without blocking: new
+// tokens merge into one pending message while a write is in flight, so memory per stream stays
+// bounded by the generation itself and a slow reader never holds up the engine. The reactor
+// calls back (OnWriteDone/OnCancel/OnDone) on gRPC's threads; all state is under mu_.
+class GenerateStream : public GenerationSink, public std::enable_shared_from_this<GenerateStream> {
+ public:
+  class Reactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+   public:
+    explicit Reactor(std::shared_ptr<GenerateStream> stream) : stream_(std::move(stream)) {}
+    void OnWriteDone(bool ok) override { stream_->OnWriteDone(ok); }
+    void OnCancel() override { stream_->OnCancel(); }
+    void OnDone() override {
+      stream_->Detach();
+      delete this;
+    }
+
+   private:
+    std::shared_ptr<GenerateStream> stream_;
+  };
+
+  void Attach(Reactor* reactor) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reactor_ = reactor;
+  }
+
+  void Start(const std::string& session_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.set_session_id(session_id);
+    has_pending_ = true;
+    MaybeWriteLocked();
+  }
+  void Tokens(std::vector<GeneratedToken> tokens) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (GeneratedToken& t : tokens) {
+      v1::GeneratedToken* out = pending_.add_tokens();
+      out->set_id(t.id);
+      out->set_text(std::move(t.text));
+      if (return_logprobs_) out->set_logprob(t.logprob);
+    }
+    has_pending_ = true;
+    MaybeWriteLocked();
+  }
+  void Finish(const GenerationResult& r) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    v1::GenerateResult* out = pending_.mutable_result();
+    out->set_finish_reason(FinishReasonToProto(r.finish_reason));
+    out->mutable_usage()->set_prompt_tokens(r.prompt_tokens);
+    out->mutable_usage()->set_cached_tokens(r.cached_tokens);
+    out->mutable_usage()->set_generated_tokens(r.generated_tokens);
+    out->mutable_stats()->set_mean_sparsity(r.mean_sparsity);
+    out->mutable_stats()->set_time_to_first_token_seconds(r.time_to_first_token_seconds);
+    out->mutable_stats()->set_decode_seconds(r.decode_seconds);
+    out->mutable_stats()->set_queue_seconds(r.queue_seconds);
+    out->set_text_tail(r.text_tail);
+    has_pending_ = true;
+    finish_status_ = grpc::Status::OK;
+    MaybeWriteLocked();
+  }
+  void Fail(const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    finish_status_ = ToGrpcStatus(status);
+    MaybeWriteLocked();
+  }
+  bool cancelled() const override { return cancelled_.load(); }
+
+  void set_return_logprobs(bool v) { return_logprobs_ = v; }
+
+ private:
+  void OnWriteDone(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    write_in_flight_ = false;
+    if (!ok) {
+      // The client is gone (or cancelled): nothing more can be delivered.
+      cancelled_ = true;
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
+      return;
+    }
+    MaybeWriteLocked();
+  }
+  void OnCancel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    // With a write in flight, OnWriteDone(false) follows and finishes the call.
+    if (!write_in_flight_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
+    }
+  }
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu_);
+    reactor_ = nullptr;
+  }
+  void FinishLocked(const grpc::Status& status) {
+    if (finish_called_ || reactor_ == nullptr) return;
+    finish_called_ = true;
+    reactor_->Finish(status);
+  }
+  // At most one write in flight; the pending message is written when the previous one is done,
+  // and the call finishes once nothing is pending.
+  void MaybeWriteLocked() {
+    if (reactor_ == nullptr || finish_called_ || write_in_flight_) return;
+    if (has_pending_ &&
+        (!finish_status_.has_value() || finish_status_->ok() || pending_.tokens_size() > 0)) {
+      in_flight_ = std::move(pending_);
+      pending_.Clear();
+      has_pending_ = false;
+      write_in_flight_ = true;
+      reactor_->StartWrite(&in_flight_);
+      return;
+    }
+    if (finish_status_.has_value()) FinishLocked(*finish_status_);
+  }
+
+  std::mutex mu_;
+  Reactor* reactor_ = nullptr;
+  v1::GenerateResponse in_flight_;  // owned here until OnWriteDone
+  v1::GenerateResponse pending_;
+  bool has_pending_ = false;
+  bool write_in_flight_ = false;
+  bool finish_called_ = false;
+  std::optional<grpc::Status> finish_status_;
+  std::atomic<bool> cancelled_{false};
+  bool return_logprobs_ = false;
+};
+
+// A write reactor that only finishes with an error (requests refused before admission).
+class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+void AttentionToProto(const AttentionOptions& options, v1::AttentionConfig* out) {
+  out->set_mode(ToProtoMode(options.mode));
+  out->set_token_budget(options.multipole.token_budget);
+  if (options.multipole.token_budget_fraction > 0.0f) {
+    out->set_token_budget_fraction(options.multipole.token_budget_fraction);
+  }
+}
+
+absl::StatusOr<AttentionOverride> ParseAttentionConfig(const v1::AttentionConfig& config,
+                                                       absl::string_view field) {
+  AttentionOverride o;
+  switch (config.mode()) {
+    case v1::ATTENTION_MODE_UNSPECIFIED:
+      break;
+    case v1::ATTENTION_MODE_DENSE:
+      o.mode = AttentionMode::kDense;
+      break;
+    case v1::ATTENTION_MODE_MULTIPOLE:
+      o.mode = AttentionMode::kMultipole;
+      break;
+    case v1::ATTENTION_MODE_EXACT_ONLY:
+      o.mode = AttentionMode::kExactOnly;
+      break;
+    case v1::ATTENTION_MODE_QUEST:
+      o.mode = AttentionMode::kQuest;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".mode: unknown attention mode ", static_cast<int>(config.mode())));
+  }
+  if (config.has_token_budget()) {
+    if (config.token_budget() < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".token_budget: ", config.token_budget(), " must be at least 1"));
+    }
+    o.token_budget = config.token_budget();
+  }
+  if (config.has_token_budget_fraction()) {
+    const float f = config.token_budget_fraction();
+    if (!(f > 0.0f && f <= 1.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".token_budget_fraction: ", f, " must be in (0, 1]"));
+    }
+    o.token_budget_fraction = f;
+  }
+  return o;
+}
+
+absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& request,
+                                                    const Engine& engine,
+                                                    int64_t max_prompt_tokens) {
+  GenerateParams p;
+  p.arrival = absl::Now();
+  p.session_id = request.session_id();
+  const EngineInfo& info = engine.info();
+  switch (request.input_case()) {
+    case v1::GenerateRequest::kText: {
+      if (request.text().empty()) {
+        return absl::InvalidArgumentError("text: empty input; send some text or token_ids");
+      }
+      absl::StatusOr<std::vector<int32_t>> ids = engine.Encode(request.text(), false);
+      if (!ids.ok()) return ids.status();
+      absl::StatusOr<std::vector<int32_t>> first = engine.Encode(request.text(), true);
+      if (!first.ok()) return first.status();
+      p.input = std::move(*ids);
+      p.input_if_first = std::move(*first);
+      break;
+    }
+    case v1::GenerateRequest::kTokenIds: {
+      if (request.token_ids().ids().empty()) {
+        return absl::InvalidArgumentError("token_ids.ids: empty input; send at least one token");
+      }
+      p.input.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
+      if (absl::Status s = CheckIds(p.input, info.vocab_size, "token_ids.ids"); !s.ok()) return s;
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError("input: neither text nor token_ids is set");
+  }
+  const int64_t input_tokens =
+      static_cast<int64_t>(std::max(p.input.size(), p.input_if_first.size()));
+  if (input_tokens > max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %d input tokens exceed the limit of %d (--max_prompt_tokens)",
+        request.input_case() == v1::GenerateRequest::kText ? "text" : "token_ids.ids", input_tokens,
+        max_prompt_tokens));
+  }
+
+  const v1::SamplingParams& s = request.sampling();
+  if (!(s.temperature() >= 0.0f) || !std::isfinite(s.temperature())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.temperature: ", s.temperature(), " must be finite and >= 0"));
+  }
+  p.sampling.temperature = s.temperature();
+  if (s.has_top_p()) {
+    if (!(s.top_p() > 0.0f && s.top_p() <= 1.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.top_p: ", s.top_p(), " must be in (0, 1]"));
+    }
+    p.sampling.top_p = s.top_p();
+  }
+  if (s.top_k() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k: ", s.top_k(), " must be >= 0 (0: off)"));
+  }
+  p.sampling.top_k = s.top_k();
+  p.sampling.seed = s.seed();
+  if (s.has_max_new_tokens()) {
+    if (s.max_new_tokens() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.max_new_tokens: ", s.max_new_tokens(), " must be >= 0"));
+    }
+    p.max_new_tokens = s.max_new_tokens();
+  }
+  for (int i = 0; i < s.stop_size(); ++i) {
+    if (s.stop(i).empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "]: empty stop string"));
+    }
+    if (!info.has_tokenizer) {
+      return absl::FailedPreconditionError(
+          "sampling.stop: stop strings need a tokenizer and the served model has none; use "
+          "stop_token_ids");
+    }
+    p.stop.push_back(s.stop(i));
+  }
+  p.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  if (absl::Status st = CheckIds(p.stop_token_ids, info.vocab_size, "sampling.stop_token_ids");
+      !st.ok()) {
+    return st;
+  }
+  p.ignore_eos = s.ignore_eos();
+  p.return_logprobs = request.return_logprobs();
+  absl::StatusOr<AttentionOverride> attention =
+      ParseAttentionConfig(request.attention(), "attention");
+  if (!attention.ok()) return attention.status();
+  p.attention = *attention;
+  return p;
+}
+
+grpc::ServerUnaryReactor* DecodeService::CreateSession(grpc::CallbackServerContext* context,
+                                                       const v1::CreateSessionRequest* request,
+                                                       v1::CreateSessionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<AttentionOverride> attention =
+      ParseAttentionConfig(request->attention(), "attention");
+  if (!attention.ok()) {
+    reactor->Finish(ToGrpcStatus(attention.status()));
+    return reactor;
+  }
+  scheduler_->CreateSession(*attention, [reactor, response](absl::StatusOr<SessionInfo> info) {
+    if (info.ok()) {
+      response->set_session_id(info->session_id);
+      response->set_ttl_seconds(info->ttl_seconds);
+    }
+    reactor->Finish(ToGrpcStatus(info.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  if (scheduler_->draining()) {
+    return new RefusedStream(ToGrpcStatus(
+        absl::UnavailableError("the server is shutting down: not accepting new requests")));
+  }
+  absl::StatusOr<GenerateParams> params =
+      ParseGenerateRequest(*request, scheduler_->engine(), scheduler_->max_prompt_tokens());
+  if (!params.ok()) return new RefusedStream(ToGrpcStatus(params.status()));
+  auto stream = std::make_shared<GenerateStream>();
+  stream->set_return_logprobs(params->return_logprobs);
+  auto* reactor = new GenerateStream::Reactor(stream);
+  stream->Attach(reactor);
+  scheduler_->Generate(std::move(*params), stream);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecodeService::CancelGeneration(
+    grpc::CallbackServerContext* context, const v1::CancelGenerationRequest* request,
+    v1::CancelGenerationResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->session_id().empty()) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("session_id: empty")));
+    return reactor;
+  }
+  scheduler_->CancelGeneration(request->session_id(),
+                               [reactor, response](absl::StatusOr<bool> cancelled) {
+                                 if (cancelled.ok()) response->set_cancelled(*cancelled);
+                                 reactor->Finish(ToGrpcStatus(cancelled.status()));
+                               });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecodeService::CloseSession(grpc::CallbackServerContext* context,
+                                                      const v1::CloseSessionRequest* request,
+                                                      v1::CloseSessionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->session_id().empty()) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("session_id: empty")));
+    return reactor;
+  }
+  scheduler_->CloseSession(request->session_id(), [reactor](absl::Status status) {
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecodeService::GetSession(grpc::CallbackServerContext* context,
+                                                    const v1::GetSessionRequest* request,
+                                                    v1::GetSessionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->session_id().empty()) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("session_id: empty")));
+    return reactor;
+  }
+  scheduler_->GetSession(request->session_id(),
+                         [reactor, response](absl::StatusOr<SessionInfo> info) {
+                           if (info.ok()) SessionInfoToProto(*info, response);
+                           reactor->Finish(ToGrpcStatus(info.status()));
+                         });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetModelInfoRequest* request,
+                                                      v1::GetModelInfoResponse* response) {
+  const EngineInfo& info = scheduler_->engine().info();
+  response->set_model_name(info.model_name);
+  response->set_architecture(info.architecture);
+  response->set_vocab_size(info.vocab_size);
+  response->set_max_context_tokens(info.max_context_tokens);
+  response->set_has_tokenizer(info.has_tokenizer);
+  if (info.bos_id.has_value()) response->set_bos_token_id(*info.bos_id);
+  for (int32_t id : info.eos_ids) response->add_eos_token_ids(id);
+  response->set_max_sessions(scheduler_->options().max_sessions);
+  response->set_max_prompt_tokens(scheduler_->max_prompt_tokens());
+  response->set_max_total_tokens(scheduler_->max_total_tokens());
+  response->set_kv_capacity_tokens(info.kv_capacity_tokens);
+  response->set_kv_free_tokens(scheduler_->snapshot().kv_free_tokens);
+  AttentionToProto(scheduler_->options().default_attention, response->mutable_default_attention());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace mpa::server

@@ -1,0 +1,51 @@
+// The gRPC edge: DecodeService on the callback API. Requests are validated and converted to
+// native structs here (the only code that sees both protobuf and the scheduler), results are
+// converted back, and every error passes through ToGrpcStatus.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "multipole/v1/decode.grpc.pb.h"
+#include "server/decode_scheduler.h"
+#include "server/types.h"
+
+namespace mpa::server {
+
+// Validates a GenerateRequest against the model and limits and converts it (tokenizing text).
+// InvalidArgument naming the field and the limit; FailedPrecondition for text without a
+// tokenizer.
+absl::StatusOr<GenerateParams> ParseGenerateRequest(const multipole::v1::GenerateRequest& request,
+                                                    const Engine& engine,
+                                                    int64_t max_prompt_tokens);
+absl::StatusOr<AttentionOverride> ParseAttentionConfig(const multipole::v1::AttentionConfig& config,
+                                                       absl::string_view field);
+void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionConfig* out);
+
+class DecodeService final : public multipole::v1::DecodeService::CallbackService {
+ public:
+  explicit DecodeService(DecodeScheduler* scheduler) : scheduler_(scheduler) {}
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const multipole::v1::CreateSessionRequest* request,
+                                          multipole::v1::CreateSessionResponse* response) override;
+  grpc::ServerWriteReactor<multipole::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const multipole::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* CancelGeneration(
+      grpc::CallbackServerContext* context, const multipole::v1::CancelGenerationRequest* request,
+      multipole::v1::CancelGenerationResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
+                                         const multipole::v1::CloseSessionRequest* request,
+                                         multipole::v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const multipole::v1::GetSessionRequest* request,
+                                       multipole::v1::GetSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const multipole::v1::GetModelInfoRequest* request,
+                                         multipole::v1::GetModelInfoResponse* response) override;
+
+ private:
+  DecodeScheduler* scheduler_;
+};
+
+}  // namespace mpa::server

@@ -1,0 +1,79 @@
+// What the decode scheduler needs from an inference engine, as one small interface: the real
+// one is ModelEngine (model/ + tokenizer); tests drive the scheduler and the gRPC service with a
+// scripted engine, so server behaviour (batching, limits, cancellation, drain) is tested apart
+// from the numerics.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "model/attention_backend.h"
+
+namespace mpa::server {
+
+// Fixed facts about the served model.
+struct EngineInfo {
+  std::string model_name;    // the model folder's name
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  int vocab_size = 0;
+  int max_context_tokens = 0;  // max_position_embeddings
+  bool has_tokenizer = false;
+  std::optional<int32_t> bos_id;
+  std::vector<int32_t> eos_ids;
+  int64_t kv_capacity_tokens = 0;
+  int kv_block_tokens = 16;
+};
+
+// One context's KV cache inside the engine.
+class EngineSequence {
+ public:
+  virtual ~EngineSequence() = default;
+  virtual int num_tokens() const = 0;  // tokens in the KV cache
+  virtual AttentionStats stats() const = 0;
+  virtual void set_attention(const AttentionOptions& options) = 0;
+};
+
+// Turns generated ids into UTF-8-safe text pieces (see mpa::IncrementalDecoder).
+class TextStream {
+ public:
+  virtual ~TextStream() = default;
+  virtual std::string Push(int32_t id) = 0;
+  virtual std::string Flush() = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual const EngineInfo& info() const = 0;
+
+  // Tokenizer side: const and safe to call from any thread (the RPC threads tokenize).
+  // FailedPrecondition when the model has no tokenizer.
+  virtual absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
+                                                      bool add_special_tokens) const = 0;
+  // nullptr when the model has no tokenizer.
+  virtual std::unique_ptr<TextStream> NewTextStream() const = 0;
+
+  // Engine side: only the scheduler's thread calls these.
+  virtual std::unique_ptr<EngineSequence> NewSequence(const AttentionOptions& options) = 0;
+  // Appends tokens to seq; logits[vocab] of the last new position.
+  virtual absl::Status Prefill(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                               float* logits) = 0;
+  // One token per sequence; logits[batch, vocab].
+  virtual absl::Status Decode(absl::Span<EngineSequence* const> seqs,
+                              absl::Span<const int32_t> tokens, float* logits) = 0;
+  virtual int64_t free_kv_blocks() const = 0;
+  // KV blocks a context of `tokens` tokens holds.
+  int64_t KvBlocksFor(int64_t tokens) const {
+    const int b = info().kv_block_tokens;
+    return (tokens + b - 1) / b;
+  }
+};
+
+}  // namespace mpa::server

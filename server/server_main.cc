@@ -1,0 +1,157 @@
+// mpa_server: serves one model over gRPC (multipole.v1.DecodeService, grpc.health.v1.Health,
+// server reflection). SIGTERM/SIGINT drain: health goes NOT_SERVING, new work is refused with
+// UNAVAILABLE, running generations finish (cancelled at --drain_timeout), then exit 0.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "model/attention_backend.h"
+#include "server/decode_scheduler.h"
+#include "server/decode_service.h"
+#include "server/model_engine.h"
+
+ABSL_FLAG(std::string, model, "", "Model folder (config.json, *.safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, address, "0.0.0.0:50051",
+          "Listening address host:port (port 0: pick a free one; the bound port is printed)");
+ABSL_FLAG(int, max_sessions, 64, "Sessions open at once");
+ABSL_FLAG(int64_t, max_kv_tokens, 65536, "KV cache capacity over all sessions, in tokens");
+ABSL_FLAG(int, kv_block_tokens, 16, "Tokens per KV cache block (the admission unit)");
+ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Input tokens per request (0: the model's context)");
+ABSL_FLAG(int64_t, max_total_tokens, 0,
+          "Tokens per context: history + input + max_new_tokens (0: the model's context)");
+ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(10),
+          "Idle time after which a session is evicted (0: never)");
+ABSL_FLAG(std::string, attention, "dense",
+          "Default attention mode: dense, multipole, exact-only, quest");
+ABSL_FLAG(int, token_budget, 128, "Default token budget of sparse attention modes");
+ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
+ABSL_FLAG(int, prefill_chunk_tokens, 64,
+          "Input tokens prefilled per engine step (bounds how long running streams wait)");
+ABSL_FLAG(int, max_batch_size, 64, "Sequences per decode call");
+ABSL_FLAG(int, default_max_new_tokens, 256, "max_new_tokens when a request leaves it unset");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
+          "On SIGTERM: how long running generations may take before they are cancelled");
+
+namespace {
+
+std::string BoundAddress(const std::string& address, int port) {
+  const size_t colon = address.rfind(':');
+  const std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  return absl::StrCat(host, ":", port);
+}
+
+int Serve() {
+  using mpa::server::DecodeScheduler;
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) {
+    std::fprintf(stderr, "mpa_server: --model is required (a model folder)\n");
+    return 2;
+  }
+  absl::StatusOr<mpa::AttentionMode> mode = mpa::ParseAttentionMode(absl::GetFlag(FLAGS_attention));
+  if (!mode.ok()) {
+    std::fprintf(stderr, "mpa_server: --attention: %s\n", mode.status().ToString().c_str());
+    return 2;
+  }
+  mpa::ModelOptions model_options;
+  model_options.max_kv_tokens = absl::GetFlag(FLAGS_max_kv_tokens);
+  model_options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
+  model_options.threads = absl::GetFlag(FLAGS_threads);
+  absl::StatusOr<std::unique_ptr<mpa::server::ModelEngine>> engine =
+      mpa::server::ModelEngine::Load(model_dir, model_options);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "mpa_server: loading %s: %s\n", model_dir.c_str(),
+                 engine.status().ToString().c_str());
+    return 1;
+  }
+
+  mpa::server::SchedulerOptions options;
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  options.max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
+  options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
+  options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk_tokens);
+  options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  options.default_attention.mode = *mode;
+  options.default_attention.multipole.token_budget = absl::GetFlag(FLAGS_token_budget);
+  if (absl::Status s = options.default_attention.multipole.Validate(); !s.ok()) {
+    std::fprintf(stderr, "mpa_server: attention flags: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  DecodeScheduler scheduler(engine->get(), options);
+  mpa::server::DecodeService service(&scheduler);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string address = absl::GetFlag(FLAGS_address);
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "mpa_server: cannot listen on %s\n", address.c_str());
+    return 1;
+  }
+  scheduler.Start();
+  server->GetHealthCheckService()->SetServingStatus(true);
+  const mpa::server::EngineInfo& info = (*engine)->info();
+  std::printf("mpa_server: model %s (%s, vocab %d, context %d, tokenizer %s), attention %s\n",
+              info.model_name.c_str(), info.architecture.c_str(), info.vocab_size,
+              info.max_context_tokens, info.has_tokenizer ? "yes" : "no",
+              std::string(mpa::AttentionModeName(*mode)).c_str());
+  std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
+  std::fflush(stdout);
+
+  // Signals were blocked in every thread (see main); wait for one here.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+
+  const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  std::printf("mpa_server: signal %d: draining (up to %s)\n", signal_number,
+              absl::FormatDuration(drain_timeout).c_str());
+  std::fflush(stdout);
+  server->GetHealthCheckService()->SetServingStatus(false);
+  scheduler.BeginDrain();
+  if (!scheduler.WaitForIdle(absl::Now() + drain_timeout)) {
+    std::printf("mpa_server: drain deadline passed: cancelling %lld running generations\n",
+                static_cast<long long>(scheduler.snapshot().active_generations));
+    scheduler.CancelAll();
+    scheduler.WaitForIdle(absl::Now() + absl::Seconds(5));
+  }
+  // Streams have their final messages queued; give their writes time to reach the clients.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  scheduler.Stop();
+  std::printf("mpa_server: stopped\n");
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Serves a model over gRPC: mpa_server --model=DIR [--address=...]");
+  absl::ParseCommandLine(argc, argv);
+  // Block the shutdown signals before any thread starts, so only Serve's sigwait receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return Serve();
+}

@@ -1,0 +1,73 @@
+// Sessions: ids, the session limit, idle time to live. Owned and used by the scheduler's engine
+// thread only (DESIGN.md section 2: one thread owns all session state), so it has no locks.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "model/attention_backend.h"
+#include "server/engine.h"
+
+namespace mpa::server {
+
+struct Generation;  // defined by the scheduler
+
+struct Session {
+  std::string id;
+  // One-shot generations run on a private session: it does not count toward the session
+  // limit, never expires, and is dropped when its generation ends.
+  bool ephemeral = false;
+  std::unique_ptr<EngineSequence> sequence;
+  // Conversation tokens not yet in the KV cache: the last token a generation sampled (it is
+  // fed at the start of the next turn).
+  std::vector<int32_t> pending;
+  AttentionOptions attention;
+  absl::Time last_used;
+  Generation* active = nullptr;  // the running generation, if any
+
+  int64_t context_tokens() const {
+    return sequence->num_tokens() + static_cast<int64_t>(pending.size());
+  }
+};
+
+class SessionManager {
+ public:
+  // max_sessions: explicit sessions at once; ttl: idle time after which a session is evicted
+  // (zero or infinite: never).
+  SessionManager(int max_sessions, absl::Duration ttl) : max_sessions_(max_sessions), ttl_(ttl) {}
+
+  // ResourceExhausted at the session limit (ephemeral sessions are not limited here).
+  absl::StatusOr<Session*> Create(std::unique_ptr<EngineSequence> sequence,
+                                  const AttentionOptions& attention, bool ephemeral,
+                                  absl::Time now);
+  // NotFound naming the id.
+  absl::StatusOr<Session*> Find(absl::string_view id);
+  void Remove(absl::string_view id);
+  // Ids of explicit sessions idle (no generation running) for longer than the TTL.
+  std::vector<std::string> Expired(absl::Time now) const;
+  // The earliest time a session can expire (InfiniteFuture if none).
+  absl::Time NextExpiry() const;
+
+  int explicit_sessions() const { return explicit_count_; }
+  int max_sessions() const { return max_sessions_; }
+  absl::Duration ttl() const { return ttl_; }
+  bool has_ttl() const { return ttl_ > absl::ZeroDuration() && ttl_ != absl::InfiniteDuration(); }
+
+ private:
+  std::string NewId(bool ephemeral);
+
+  int max_sessions_;
+  absl::Duration ttl_;
+  int explicit_count_ = 0;
+  absl::flat_hash_map<std::string, std::unique_ptr<Session>> sessions_;
+  absl::BitGen bitgen_;
+};
+
+}  // namespace mpa::server
