@@ -22,9 +22,9 @@ class Tokenizer {
   // InvalidArgument naming the file and the problem if it is malformed or of an unsupported type.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFromDir(const std::string& dir);
   // Same from the files' contents (tokenizer_config_json and generation_config_json may be "").
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view tokenizer_json,
-                                                             std::string_view tokenizer_config_json,
-                                                             std::string_view generation_config_json);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(
+      std::string_view tokenizer_json, std::string_view tokenizer_config_json,
+      std::string_view generation_config_json);
   virtual ~Tokenizer() = default;
 
   // add_special_tokens: prepend BOS where the tokenizer's config asks for it (as HF's
@@ -40,6 +40,25 @@ class Tokenizer {
   // The raw bytes this token stands for when decoded on its own in a stream (may be part of a
   // UTF-8 character), used by IncrementalDecoder.
   virtual std::string TokenBytes(int32_t id) const = 0;
+
+  // The streaming form of Decode: text comes out as ids go in, each piece whole UTF-8 characters,
+  // and the pieces of Push()es and the final Flush() concatenate to Decode(all ids). Use it
+  // through IncrementalDecoder.
+  class DecodeState {
+   public:
+    virtual ~DecodeState() = default;
+    virtual std::string Push(int32_t id) = 0;
+    virtual std::string Flush() = 0;
+  };
+
+ protected:
+  // The default concatenates TokenBytes() (skipping special ids when asked) and holds back an
+  // incomplete UTF-8 tail; tokenizers whose Decode does more (byte-fallback groups, stripping the
+  // leading space) override it, and their Decode runs through the same state so the two agree.
+  virtual std::unique_ptr<DecodeState> NewDecodeState(bool skip_special_tokens) const;
+
+ private:
+  friend class IncrementalDecoder;
 };
 
 // Turns a stream of ids into text pieces that are always whole UTF-8 characters: bytes of a
@@ -52,10 +71,7 @@ class IncrementalDecoder {
   std::string Flush();  // whatever is held back (invalid UTF-8 tails become U+FFFD)
 
  private:
-  const Tokenizer& tokenizer_;
-  bool skip_special_;
-  std::vector<int32_t> ids_;
-  size_t emitted_bytes_ = 0;
+  std::unique_ptr<Tokenizer::DecodeState> state_;
 };
 
 }  // namespace mpa
