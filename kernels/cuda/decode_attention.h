@@ -1,0 +1,45 @@
+// Split-KV flash decoding over the paged BF16 KV cache: one new query token per sequence.
+//
+// Each thread block takes one (sequence, KV head, split): the GQA group's query heads are packed
+// into one tile so every key/value row read from memory serves the whole group. A split keeps the
+// base-2 online-softmax partial (o, m, l) of kernels/cpu/attention.h; splits are merged with the
+// same rule. Decode is bound by reading the cache, so splits exist only to keep every
+// multiprocessor busy when batch x KV heads is small.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/cuda/common.h"
+
+namespace mpa::cuda {
+
+struct DecodeAttentionParams {
+  const bf16* q = nullptr;  // [batch, num_q_heads, head_dim] after RoPE
+  PagedKvCache kv;
+  BlockTable block_table;
+  const int32_t* seq_lens = nullptr;  // [batch] device: tokens in each sequence's cache (>= 0)
+  int batch = 0;
+  int num_q_heads = 0;  // a multiple of kv.num_kv_heads, group = num_q_heads / num_kv_heads <= 8
+  int max_seq_len = 0;  // host: an upper bound of seq_lens (sizes the splits)
+  float scale = 0.0f;   // softmax scale, usually 1/sqrt(head_dim)
+  int num_splits = 0;   // 0: chosen from the device and max_seq_len
+  // Exactly one of the outputs is set.
+  bf16* out = nullptr;       // [batch, num_q_heads, head_dim]
+  float* out_f32 = nullptr;  // [batch, num_q_heads, head_dim]
+  // Scratch for split partials; DecodeAttentionWorkspaceBytes says how much a split count needs.
+  // With too little, the launcher uses fewer splits.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int tokens_per_thread = 0;  // tokens each thread keeps in flight per step (2 or 4; 0: default)
+};
+
+// Supported: head_dim in {8, 16, 32, 64, 128, 256}, group in {1, 2, 4, 8}.
+size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim, int num_splits);
+
+// The split count the launcher would choose (for workspace sizing and benchmarks).
+int ChooseDecodeSplits(int batch, int num_kv_heads, int max_seq_len, int page_size);
+
+// cudaErrorInvalidValue on unsupported shapes or missing pointers.
+cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream);
+
+}  // namespace mpa::cuda
