@@ -256,7 +256,7 @@ class BpeModel {
       symbols.push_back({id, index - 1, -1, true});
       if (index > 0) symbols[index - 1].next = index;
     };
-    std::optional<int32_t> pending_unk;
+    int32_t pending_unk = -1;  // unknown-token id waiting to be added, or -1
     size_t i = 0;
     while (i < word.size()) {
       const size_t length = ti::Utf8CharLength(word, i);
@@ -268,8 +268,8 @@ class BpeModel {
       if (last && !end_of_word_suffix.empty()) piece += end_of_word_suffix;
       auto it = vocab.find(piece);
       if (it != vocab.end()) {
-        if (pending_unk) add(*pending_unk);
-        pending_unk.reset();
+        if (pending_unk >= 0) add(pending_unk);
+        pending_unk = -1;
         add(it->second);
         continue;
       }
@@ -282,11 +282,11 @@ class BpeModel {
         }
       }
       if (unk_id) {
-        if (pending_unk && !fuse_unk) add(*pending_unk);
+        if (pending_unk >= 0 && !fuse_unk) add(pending_unk);
         pending_unk = *unk_id;
       }
     }
-    if (pending_unk) add(*pending_unk);
+    if (pending_unk >= 0) add(pending_unk);
 
     std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
     auto consider = [&](int32_t left) {
