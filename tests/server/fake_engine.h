@@ -1,0 +1,168 @@
+// A scripted engine for server tests: a deterministic "language model" whose greedy next token
+// is a hash of the whole context, so any mix-up of sequences, lost or repeated tokens, or a
+// context that differs from the conversation shows up as different tokens. Optional per-call
+// delay makes streams slow enough to cancel or drain; every call is logged.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/engine.h"
+
+namespace mpa::server::testing {
+
+class FakeSequence : public EngineSequence {
+ public:
+  explicit FakeSequence(std::atomic<int64_t>* used_blocks) : used_blocks_(used_blocks) {}
+  ~FakeSequence() override { *used_blocks_ -= held_blocks; }
+  int num_tokens() const override { return static_cast<int>(tokens.size()); }
+  AttentionStats stats() const override { return stats_; }
+  void set_attention(const AttentionOptions& options) override { attention = options; }
+  std::vector<int32_t> tokens;
+  AttentionOptions attention;
+  AttentionStats stats_;
+  int64_t held_blocks = 0;
+
+ private:
+  std::atomic<int64_t>* used_blocks_;
+};
+
+class FakeTextStream : public TextStream {
+ public:
+  std::string Push(int32_t id) override { return std::string(1, static_cast<char>('a' + id % 26)); }
+  std::string Flush() override { return ""; }
+};
+
+class FakeEngine : public Engine {
+ public:
+  static constexpr int kVocab = 64;
+  static constexpr int32_t kBos = 1;
+  static constexpr int32_t kEos = 2;
+
+  explicit FakeEngine(int64_t kv_tokens = 1 << 16, int max_context = 512) {
+    info_.model_name = "fake";
+    info_.architecture = "FakeForCausalLM";
+    info_.vocab_size = kVocab;
+    info_.max_context_tokens = max_context;
+    info_.has_tokenizer = true;
+    info_.bos_id = kBos;
+    info_.eos_ids = {kEos};
+    info_.kv_block_tokens = 16;
+    info_.kv_capacity_tokens = kv_tokens;
+  }
+
+  // The greedy next token after `context`: never BOS or EOS (tests add those on purpose).
+  static int32_t NextToken(const std::vector<int32_t>& context) {
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t t : context) h = (h ^ static_cast<uint64_t>(t + 7)) * 1099511628211ull;
+    return static_cast<int32_t>(3 + (h >> 17) % (kVocab - 3));
+  }
+  // Greedy continuation of `context` by n tokens, computed without the server.
+  static std::vector<int32_t> Greedy(std::vector<int32_t> context, int n) {
+    std::vector<int32_t> out;
+    for (int i = 0; i < n; ++i) {
+      out.push_back(NextToken(context));
+      context.push_back(out.back());
+    }
+    return out;
+  }
+
+  const EngineInfo& info() const override { return info_; }
+  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
+                                              bool add_special_tokens) const override {
+    std::vector<int32_t> ids;
+    if (add_special_tokens) ids.push_back(kBos);
+    for (char c : text) ids.push_back(3 + static_cast<unsigned char>(c) % (kVocab - 3));
+    return ids;
+  }
+  std::unique_ptr<TextStream> NewTextStream() const override {
+    return std::make_unique<FakeTextStream>();
+  }
+  std::unique_ptr<EngineSequence> NewSequence(const AttentionOptions& options) override {
+    auto s = std::make_unique<FakeSequence>(&used_blocks_);
+    s->attention = options;
+    return s;
+  }
+  absl::Status Prefill(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                       float* logits) override {
+    Delay();
+    auto& s = static_cast<FakeSequence&>(seq);
+    if (absl::Status st = Grow(s, static_cast<int64_t>(tokens.size())); !st.ok()) return st;
+    s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+    Fill(s.tokens, logits);
+    std::lock_guard<std::mutex> lock(mu_);
+    log_.push_back(absl::StrCat("prefill ", tokens.size()));
+    max_prefill_tokens_ = std::max<int64_t>(max_prefill_tokens_, tokens.size());
+    return absl::OkStatus();
+  }
+  absl::Status Decode(absl::Span<EngineSequence* const> seqs, absl::Span<const int32_t> tokens,
+                      float* logits) override {
+    Delay();
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      auto& s = static_cast<FakeSequence&>(*seqs[i]);
+      if (absl::Status st = Grow(s, 1); !st.ok()) return st;
+      s.tokens.push_back(tokens[i]);
+      s.stats_.tokens_total += s.num_tokens();
+      s.stats_.tokens_attended_exact += s.num_tokens();
+      Fill(s.tokens, logits + i * kVocab);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    log_.push_back(absl::StrCat("decode ", seqs.size()));
+    max_batch_ = std::max<int64_t>(max_batch_, seqs.size());
+    return absl::OkStatus();
+  }
+  int64_t free_kv_blocks() const override {
+    return KvBlocksFor(info_.kv_capacity_tokens) - used_blocks_.load();
+  }
+
+  void set_step_delay(std::chrono::microseconds d) { delay_us_ = d.count(); }
+  int64_t max_batch() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_batch_;
+  }
+  int64_t max_prefill_tokens() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_prefill_tokens_;
+  }
+  std::vector<std::string> log() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return log_;
+  }
+
+ private:
+  void Delay() {
+    if (delay_us_ > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us_.load()));
+  }
+  absl::Status Grow(FakeSequence& s, int64_t n) {
+    const int64_t more = KvBlocksFor(s.num_tokens() + n) - KvBlocksFor(s.num_tokens());
+    if (used_blocks_ + more > KvBlocksFor(info_.kv_capacity_tokens)) {
+      return absl::ResourceExhaustedError("fake KV cache is full");
+    }
+    used_blocks_ += more;
+    s.held_blocks += more;
+    return absl::OkStatus();
+  }
+  // Greedy picks NextToken(context); the rest get distinct smaller logits so sampling works.
+  static void Fill(const std::vector<int32_t>& context, float* logits) {
+    const int32_t next = NextToken(context);
+    for (int j = 0; j < kVocab; ++j)
+      logits[j] = static_cast<float>((j * 7 + context.size()) % 13) / 13.0f;
+    logits[next] = 3.0f;
+  }
+
+  EngineInfo info_;
+  std::atomic<int64_t> used_blocks_{0};
+  std::atomic<int64_t> delay_us_{0};
+  std::mutex mu_;
+  std::vector<std::string> log_;
+  int64_t max_batch_ = 0;
+  int64_t max_prefill_tokens_ = 0;
+};
+
+}  // namespace mpa::server::testing
