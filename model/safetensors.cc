@@ -13,6 +13,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/status_macros.h"
@@ -247,12 +248,27 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const uint8_t* data = header_begin + header_size;
   const uint64_t data_size = file_size - 8 - header_size;
 
+  // The parser keeps the last of repeated keys; a tensor named twice is a corrupt header, so the
+  // callback records top-level names to catch it.
+  absl::flat_hash_set<std::string> top_level_keys;
+  std::string repeated_key;
+  auto note_keys = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth == 1 && event == json::parse_event_t::key && parsed.is_string() &&
+        !top_level_keys.insert(parsed.get<std::string>()).second && repeated_key.empty()) {
+      repeated_key = parsed.get<std::string>();
+    }
+    return true;
+  };
   json header;
   try {
-    header = json::parse(header_begin, data);
+    header = json::parse(header_begin, data, note_keys);
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("safetensors file ", path, ": header is not valid JSON: ", e.what()));
+  }
+  if (!repeated_key.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("safetensors file ", path, ": header names '",
+                                                   repeated_key, "' more than once"));
   }
   if (!header.is_object()) {
     return absl::InvalidArgumentError(

@@ -356,6 +356,14 @@ TEST_F(SafetensorsTest, OverlappingTensors) {
   EXPECT_THAT(message, AllOf(HasSubstr("'a'"), HasSubstr("'b'"), HasSubstr("overlap")));
 }
 
+TEST_F(SafetensorsTest, TensorNamedTwice) {
+  const std::string message =
+      OpenExpectingInvalid(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                           R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                           std::vector<uint8_t>(8));
+  EXPECT_THAT(message, AllOf(HasSubstr("'a'"), HasSubstr("more than once")));
+}
+
 TEST_F(SafetensorsTest, BadJson) {
   EXPECT_THAT(OpenExpectingInvalid(R"({"w":{"dtype":"F32",)", {}), HasSubstr("not valid JSON"));
   EXPECT_THAT(OpenExpectingInvalid("[1, 2]", {}), HasSubstr("not a JSON object"));
