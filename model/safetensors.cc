@@ -28,8 +28,8 @@ using json = nlohmann::json;
 // (the format is little-endian).
 static_assert(std::endian::native == std::endian::little);
 
-// The reference implementation refuses headers over 100 MB; a larger length is a corrupt file,
-// and refusing it early keeps a bad length from making us parse the whole data buffer as JSON.
+// Real headers are kilobytes to a few megabytes (the format's own reader caps them near 100 MB);
+// a longer length is a corrupt file, and refusing it keeps us from parsing tensor data as JSON.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
 // Element size in bytes of every dtype the format defines with a whole-byte size; 0 if unknown.
