@@ -2,12 +2,14 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -221,6 +223,29 @@ TEST_F(StoriesTokenizerTest, EncodesLargeTextQuickly) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 1.0) << "100 KB took " << seconds << " s";
   EXPECT_TRUE(tokenizer_->Decode(ids, true) == text);  // (no 100 KB diff on failure)
+}
+
+TEST_F(StoriesTokenizerTest, ConcurrentEncodesAgree) {
+  // Encode is const and shares a word cache; threads must see the single-threaded answers.
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  std::vector<std::string> texts;
+  for (int k = 0; k < 64; ++k) texts.push_back(RandomText(rng, 20));
+  std::vector<std::vector<int32_t>> expected;
+  for (const std::string& text : texts) expected.push_back(tokenizer_->Encode(text, true));
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round) {
+        for (size_t k = 0; k < texts.size(); ++k) {
+          const size_t i = (k + t * 7) % texts.size();
+          if (tokenizer_->Encode(texts[i], true) != expected[i]) ++mismatches;
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 // ---- Synthetic tokenizers (always available) ----
@@ -442,6 +467,8 @@ TEST(SplitPatternTest, QwenPatternAsOnigurumaSplits) {
   EXPECT_THAT(SplitWith(kQwenPattern, "a\u3000b"), ElementsAre("a", "\u3000b"));
   EXPECT_THAT(SplitWith(kQwenPattern, "a \u00a0b"), ElementsAre("a", " ", "\u00a0b"));
   EXPECT_THAT(SplitWith(kQwenPattern, "a\v\vb"), ElementsAre("a", "\v", "\vb"));
+  // U+0085 (NEL) too (Oniguruma's doc/RE lists it; JavaScript's \s leaves it out).
+  EXPECT_THAT(SplitWith(kQwenPattern, "a\u0085\u0085b"), ElementsAre("a", "\u0085", "\u0085b"));
   EXPECT_THAT(SplitWith(kQwenPattern, "中文 text"), ElementsAre("中文", " text"));
 }
 
