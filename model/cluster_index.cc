@@ -17,6 +17,8 @@ void ClusterLevel::Truncate(int n, int head_dim) {
   value_sums.resize(rows);
   key_centroids.resize(rows);
   value_centroids.resize(rows);
+  rotated_key_sums.resize(rows);
+  rotated_key_centroids.resize(rows);
 }
 
 ClusterIndex::ClusterIndex(const MultipoleConfig& config, int head_dim, uint64_t seed)
@@ -94,6 +96,7 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
   std::vector<int32_t> counts(num_local, 0);
   std::vector<float> key_sums(static_cast<size_t>(num_local) * d, 0.0f);
   std::vector<float> value_sums(static_cast<size_t>(num_local) * d, 0.0f);
+  std::vector<float> rotated_sums(static_cast<size_t>(num_local) * d, 0.0f);
   for (int i = 0; i < n; ++i) {
     const int c = local_labels[i];
     const int64_t t = b.token_begin + i;
@@ -101,6 +104,7 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
     for (int j = 0; j < d; ++j) {
       key_sums[int64_t{c} * d + j] += rows.k_raw[t * d + j];
       value_sums[int64_t{c} * d + j] += rows.v[t * d + j];
+      if (rows.k != nullptr) rotated_sums[int64_t{c} * d + j] += rows.k[t * d + j];
     }
   }
   // Non-empty clusters in the order they will be numbered. Two levels: cluster the fine
@@ -169,6 +173,9 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
       fine_.value_sums[int64_t{g} * d + j] = vs;
       fine_.key_centroids[int64_t{g} * d + j] = ks / counts[c];
       fine_.value_centroids[int64_t{g} * d + j] = vs / counts[c];
+      fine_.rotated_key_sums[int64_t{g} * d + j] = rotated_sums[int64_t{c} * d + j];
+      fine_.rotated_key_centroids[int64_t{g} * d + j] =
+          rotated_sums[int64_t{c} * d + j] / counts[c];
     }
   }
   // Labels and the cluster-major permutation (positions ascending inside a cluster).
@@ -189,6 +196,7 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
       coarse_.ranges[c] = {INT32_MAX, INT32_MIN};
       std::fill_n(coarse_.key_sums.begin() + int64_t{c} * d, d, 0.0f);
       std::fill_n(coarse_.value_sums.begin() + int64_t{c} * d, d, 0.0f);
+      std::fill_n(coarse_.rotated_key_sums.begin() + int64_t{c} * d, d, 0.0f);
     }
     for (size_t i = 0; i < kept.size(); ++i) {
       const int g = global[kept[i]];
@@ -200,6 +208,7 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
       for (int j = 0; j < d; ++j) {
         coarse_.key_sums[int64_t{c} * d + j] += fine_.key_sums[int64_t{g} * d + j];
         coarse_.value_sums[int64_t{c} * d + j] += fine_.value_sums[int64_t{g} * d + j];
+        coarse_.rotated_key_sums[int64_t{c} * d + j] += fine_.rotated_key_sums[int64_t{g} * d + j];
       }
     }
     for (int c = b.coarse_begin; c < b.coarse_end; ++c) {
@@ -208,6 +217,8 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
             coarse_.key_sums[int64_t{c} * d + j] / coarse_.counts[c];
         coarse_.value_centroids[int64_t{c} * d + j] =
             coarse_.value_sums[int64_t{c} * d + j] / coarse_.counts[c];
+        coarse_.rotated_key_centroids[int64_t{c} * d + j] =
+            coarse_.rotated_key_sums[int64_t{c} * d + j] / coarse_.counts[c];
       }
     }
   } else {

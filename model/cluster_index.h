@@ -27,6 +27,8 @@ namespace mpa {
 struct HeadRows {
   const float* k_raw = nullptr;  // [>= region_end, head_dim] keys before RoPE
   const float* v = nullptr;      // [>= region_end, head_dim] values
+  const float* k = nullptr;      // [>= region_end, head_dim] keys after RoPE, or null (then the
+                                 // rotated centroids are left empty)
 };
 
 // One level of clusters (the single level, or the fine or coarse level of two).
@@ -36,6 +38,10 @@ struct ClusterLevel {
   std::vector<float> value_sums;        // [num_clusters, head_dim] fp32 sums of values
   std::vector<float> key_centroids;     // [num_clusters, head_dim] key_sums / counts
   std::vector<float> value_centroids;   // [num_clusters, head_dim] value_sums / counts
+  // Means of the post-RoPE keys ([num_clusters, head_dim]; only when HeadRows::k is given):
+  // q_rot . mean(k_rot) is exactly the mean logit of the cluster at the query's true position.
+  std::vector<float> rotated_key_sums;
+  std::vector<float> rotated_key_centroids;
   std::vector<cpu::TokenRange> ranges;  // [num_clusters] the cluster's run of slots
 
   int num_clusters() const { return static_cast<int>(counts.size()); }

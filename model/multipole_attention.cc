@@ -66,13 +66,17 @@ MultipoleHeadResult MultipoleHeadAttention(const MultipoleHeadParams& p) {
   std::vector<float> coarse_scores(num_coarse);
   std::vector<uint8_t> coarse_expanded(num_coarse, 0);
 
+  // Which centroids stand for a cluster's keys, and which query scores them.
+  auto key_centroids = [&](const ClusterLevel& level) {
+    return p.rotated_centroids ? level.rotated_key_centroids.data() : level.key_centroids.data();
+  };
   cpu::CentroidLookupParams lookup;
-  lookup.q = p.q_lookup;
+  lookup.q = p.rotated_centroids ? p.q_rot : p.q_lookup;
   lookup.group_size = G;
   lookup.head_dim = d;
   lookup.scale = p.scale;
   if (index.levels() == 2) {
-    lookup.key_centroids = coarse.key_centroids.data();
+    lookup.key_centroids = key_centroids(coarse);
     lookup.counts = coarse.counts.data();
     lookup.num_clusters = num_coarse;
     lookup.logits2 = coarse_logits2.data();
@@ -97,7 +101,7 @@ MultipoleHeadResult MultipoleHeadAttention(const MultipoleHeadParams& p) {
   } else {
     result.centroids_scored += num_fine;
   }
-  lookup.key_centroids = fine.key_centroids.data();
+  lookup.key_centroids = key_centroids(fine);
   lookup.counts = fine_counts.data();
   lookup.num_clusters = num_fine;
   lookup.logits2 = fine_logits2.data();
@@ -171,7 +175,7 @@ MultipoleSequenceState& StateOf(SequenceState& seq) {
 
 HeadRows RowsOf(SequenceState& seq, int layer, int kv_head) {
   LayerKv& kv = seq.layer(layer);
-  return HeadRows{kv.RawKeyRow(kv_head, 0), kv.ValueRow(kv_head, 0)};
+  return HeadRows{kv.RawKeyRow(kv_head, 0), kv.ValueRow(kv_head, 0), kv.KeyRow(kv_head, 0)};
 }
 
 uint64_t HeadSeed(const MultipoleConfig& config, int layer, int kv_head) {
@@ -272,6 +276,7 @@ void MultipoleDecode(const Rope& rope, int num_heads, int layer, SequenceState& 
     p.token_budget = budget;
     p.coarse_expansion = config.coarse_expansion;
     p.approximate = config.approximate && seq.attention().mode != AttentionMode::kExactOnly;
+    p.rotated_centroids = config.rotated_centroids;
     p.out = out + int64_t{h} * group * d;
     const MultipoleHeadResult r = MultipoleHeadAttention(p);
     stats.tokens_attended_exact += r.tokens_exact;

@@ -54,9 +54,10 @@ struct MultipoleHeadParams {
   int head_dim = 0;
   float scale = 0.0f;
   int64_t token_budget = 0;
-  float coarse_expansion = 4.0f;  // two levels only
-  bool approximate = true;        // false: exact-only (non-selected clusters are dropped)
-  float* out = nullptr;           // [group_size, head_dim]
+  float coarse_expansion = 4.0f;   // two levels only
+  bool approximate = true;         // false: exact-only (non-selected clusters are dropped)
+  bool rotated_centroids = false;  // score the post-RoPE centroids with q_rot (see config)
+  float* out = nullptr;            // [group_size, head_dim]
 };
 
 struct MultipoleHeadResult {

@@ -19,6 +19,11 @@ struct MultipoleConfig {
   int token_budget = 128;              // tokens of the clustered region attended exactly
   float token_budget_fraction = 0.0f;  // if > 0, budget = ceil(fraction x clustered length)
   int lookup_position = 2048;          // position at which the query is rotated to score centroids
+  // false (the design's default): centroids are means of pre-RoPE keys, scored with the query
+  // rotated at lookup_position, for both selection and the approximation term. true: centroids
+  // are means of post-RoPE keys scored with the query at its true position, so a centroid's
+  // logit is exactly the mean logit of its cluster (no assumed distance).
+  bool rotated_centroids = false;
   int prefill_kmeans_iterations = 10;
   int update_kmeans_iterations = 3;
   int block_tokens = 8192;      // frozen block size

@@ -79,10 +79,11 @@ Scene MixtureScene(int T, int d, int group, int centres, std::mt19937& rng) {
 
 // Runs MultipoleHeadAttention on a scene with the cluster index built over the middle.
 std::vector<float> SceneAttention(const Scene& s, const MultipoleConfig& config, int64_t budget,
-                                  bool approximate, MultipoleHeadResult* result) {
+                                  bool approximate, MultipoleHeadResult* result,
+                                  bool rotated = false) {
   CachePartition part = PartitionCache(s.T, config);
   ClusterIndex index(config, s.d, 7);
-  index.Build({s.k.data(), s.v.data()}, part.sink_end, part.clustered_end);
+  index.Build({s.k.data(), s.v.data(), s.k.data()}, part.sink_end, part.clustered_end);
   EXPECT_TRUE(index.CheckInvariants().ok());
   std::vector<float> out(size_t(s.group) * s.d);
   MultipoleHeadParams p;
@@ -98,6 +99,7 @@ std::vector<float> SceneAttention(const Scene& s, const MultipoleConfig& config,
   p.token_budget = budget;
   p.coarse_expansion = config.coarse_expansion;
   p.approximate = approximate;
+  p.rotated_centroids = rotated;
   p.out = out.data();
   MultipoleHeadResult r = MultipoleHeadAttention(p);
   if (result != nullptr) *result = r;
@@ -148,9 +150,11 @@ TEST(MultipoleHeadAttentionTest, FullBudgetEqualsDense) {
         const MultipoleConfig config = SmallConfig(levels);
         const Scene s = MixtureScene(301, d, group, 9, rng);
         const std::vector<float> dense = SceneDense(s);
-        for (bool approximate : {true, false}) {
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool approximate = variant & 1, rotated = variant & 2;
           MultipoleHeadResult r;
-          const std::vector<float> out = SceneAttention(s, config, 1 << 20, approximate, &r);
+          const std::vector<float> out =
+              SceneAttention(s, config, 1 << 20, approximate, &r, rotated);
           EXPECT_LT(RelativeError(out.data(), dense.data(), group * d), 1e-5)
               << "levels " << levels << " d " << d << " group " << group;
           EXPECT_EQ(r.tokens_exact, s.T);
