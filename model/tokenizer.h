@@ -28,7 +28,8 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // add_special_tokens: prepend BOS where the tokenizer's config asks for it (as HF's
-  // tokenizer(text) does). Special/added tokens written in the text are recognised.
+  // tokenizer(text) does). Special/added tokens written in the text are recognised. Invalid
+  // UTF-8 in text is first replaced by U+FFFD (HF only ever sees valid strings). Thread-safe.
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const = 0;
   // The text of the ids, as HF's decode(ids, skip_special_tokens) gives it.
   virtual std::string Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const = 0;
