@@ -148,13 +148,16 @@ int main(int argc, char** argv) {
       std::string name;
       int splits;
       int unroll;
+      int stages;
     };
     const int auto_splits = mpa::cuda::ChooseDecodeSplits(s.batch, kKvHeads, s.context, kPage);
-    std::vector<Variant> variants = {{"default", 0, 0}};
+    std::vector<Variant> variants = {{"default", 0, 0, 0}};
     if (sweep) {
-      variants.push_back({"unroll2", 0, 2});
-      for (int f : {2, 4}) variants.push_back({"splits_x" + std::to_string(f), auto_splits * f, 0});
-      if (auto_splits > 1) variants.push_back({"splits_half", std::max(1, auto_splits / 2), 0});
+      variants.push_back({"stages6", 0, 2, 6});
+      variants.push_back({"stages8", 0, 2, 8});
+      variants.push_back({"unroll4_st3", 0, 4, 3});
+      variants.push_back({"splits_x2", auto_splits * 2, 0, 0});
+      variants.push_back({"splits_x2_st6", auto_splits * 2, 2, 6});
     }
     for (const Variant& var : variants) {
       mpa::cuda::DecodeAttentionParams p;
@@ -167,6 +170,7 @@ int main(int argc, char** argv) {
       p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
       p.num_splits = var.splits;
       p.tokens_per_thread = var.unroll;
+      p.pipeline_stages = var.stages;
       p.out = out;
       p.workspace = ws;
       p.workspace_bytes = ws_bytes;

@@ -29,13 +29,43 @@ struct DecodeArgs {
   float* partial_lse;  // [batch, num_splits, num_q_heads] base 2
 };
 
+// cp.async (sm_80+); older targets copy synchronously (correct, only slower).
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+#endif
+}
+__device__ __forceinline__ void CommitAsync() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void WaitAsync() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+template <int kUnroll, int kStages>
+constexpr int PipelineBytes() {
+  return kStages * kUnroll * kThreads * 2 * 16;
+}
+
 // Thread layout: kLanes = HD / 8 consecutive threads share one token (16 bytes of its key and of
-// its value each); kSlots = kThreads / kLanes tokens are read side by side, kUnroll times per
-// step, so each thread has 2 * kUnroll independent 16-byte loads in flight.
-template <int HD, int G, int kUnroll>
+// its value each); kSlots = kThreads / kLanes tokens are read side by side, kUnroll of them per
+// thread per step. Each thread streams exactly the bytes it will itself consume through a
+// kStages-deep cp.async pipeline in shared memory, so many loads stay in flight without holding
+// registers and without any barrier in the loop.
+template <int HD, int G, int kUnroll, int kStages>
 __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(DecodeArgs a) {
   constexpr int kLanes = HD / 8;
   constexpr int kSlots = kThreads / kLanes;
+  constexpr int kStep = kSlots * kUnroll;  // tokens per pipeline stage
+  extern __shared__ uint4 pipe[];          // [kStages][kUnroll][2 (k, v)][kThreads]
   __shared__ float sm_o[kSlots * HD];
   __shared__ float sm_m[kSlots];
   __shared__ float sm_l[kSlots];
@@ -45,6 +75,32 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
   const int begin = split * a.chunk;
   const int end = min(len, begin + a.chunk);
   const int slot = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+
+  const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
+  const int64_t page_stride = static_cast<int64_t>(a.num_kv_heads) * a.page_size * HD;
+  const int64_t head_offset = static_cast<int64_t>(kvh) * a.page_size * HD + lane * 8;
+  const int offset_mask = a.page_size - 1;
+  const int num_steps = end > begin ? (end - begin + kStep - 1) / kStep : 0;
+
+  // Issues the copies of step `step` (nothing past the end; empty groups keep the count).
+  auto issue = [&](int step) {
+    if (step < num_steps) {
+      uint4* buf = pipe + (step % kStages) * kUnroll * 2 * kThreads + threadIdx.x;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = begin + step * kStep + u * kSlots + slot;
+        if (t < end) {
+          const int64_t row = table[t >> a.page_shift] * page_stride + head_offset +
+                              static_cast<int64_t>(t & offset_mask) * HD;
+          CopyAsync16(buf + (2 * u) * kThreads, a.k + row);
+          CopyAsync16(buf + (2 * u + 1) * kThreads, a.v + row);
+        }
+      }
+    }
+    CommitAsync();
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) issue(st);
 
   float q[G][8];
 #pragma unroll
@@ -64,33 +120,18 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
     for (int i = 0; i < 8; ++i) o[g][i] = 0.0f;
   }
 
-  const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
-  const int64_t page_stride = static_cast<int64_t>(a.num_kv_heads) * a.page_size * HD;
-  const int64_t head_offset = static_cast<int64_t>(kvh) * a.page_size * HD + lane * 8;
-  const int offset_mask = a.page_size - 1;
-
-  for (int base = begin; base < end; base += kSlots * kUnroll) {
-    uint4 kr[kUnroll], vr[kUnroll];
+  for (int step = 0; step < num_steps; ++step) {
+    issue(step + kStages - 1);
+    WaitAsync<kStages - 1>();  // this thread's copies of `step` have landed
+    const uint4* buf = pipe + (step % kStages) * kUnroll * 2 * kThreads + threadIdx.x;
+    const int base = begin + step * kStep;
     bool valid[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = base + u * kSlots + slot;
-      valid[u] = t < end;
-      if (valid[u]) {
-        const int64_t row = table[t >> a.page_shift] * page_stride + head_offset +
-                            static_cast<int64_t>(t & offset_mask) * HD;
-        kr[u] = __ldg(reinterpret_cast<const uint4*>(a.k + row));
-        vr[u] = __ldg(reinterpret_cast<const uint4*>(a.v + row));
-      } else {
-        kr[u] = make_uint4(0, 0, 0, 0);
-        vr[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
     float s[kUnroll][G];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      valid[u] = base + u * kSlots + slot < end;
       float kf[8];
-      detail::Bf16x8ToFloat(kr[u], kf);
+      detail::Bf16x8ToFloat(buf[(2 * u) * kThreads], kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
@@ -104,7 +145,14 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
     }
     float vf[kUnroll][8];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) detail::Bf16x8ToFloat(vr[u], vf[u]);
+    for (int u = 0; u < kUnroll; ++u) {
+      if (valid[u]) {
+        detail::Bf16x8ToFloat(buf[(2 * u + 1) * kThreads], vf[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) vf[u][i] = 0.0f;  // stale bytes must not meet p = 0 as NaN
+      }
+    }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float mx = m[g];
@@ -130,6 +178,7 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
       }
     }
   }
+  WaitAsync<0>();
 
   // Merge the kSlots partials of each query head (same rule as MergePartial), then write the
   // normalised output, or the split's (o / l, m + log2 l) for the merge kernel.
@@ -199,34 +248,44 @@ __global__ void MergeSplitsKernel(DecodeArgs a) {
   }
 }
 
-template <int HD, int G, int U>
+template <int HD, int G, int U, int S>
 cudaError_t LaunchWith(const DecodeArgs& a, int batch, cudaStream_t stream) {
+  constexpr int bytes = PipelineBytes<U, S>();
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      DecodeSplitKernel<HD, G, U, S>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (attr != cudaSuccess) return attr;
   const dim3 grid(a.num_splits, a.num_kv_heads, batch);
-  DecodeSplitKernel<HD, G, U><<<grid, kThreads, 0, stream>>>(a);
+  DecodeSplitKernel<HD, G, U, S><<<grid, kThreads, bytes, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.num_splits == 1) return err;
   MergeSplitsKernel<HD><<<dim3(a.num_q_heads, batch), std::max(HD, 32), 0, stream>>>(a);
   return cudaGetLastError();
 }
 
+// Tuning variants (tokens per thread per stage, stages) exist for the benchmark's shape only.
 template <int HD, int G>
-cudaError_t LaunchUnroll(const DecodeArgs& a, int batch, int unroll, cudaStream_t stream) {
-  if (unroll == 2) return LaunchWith<HD, G, 2>(a, batch, stream);
-  return LaunchWith<HD, G, 4>(a, batch, stream);
+cudaError_t LaunchVariant(const DecodeArgs& a, int batch, int unroll, int stages,
+                          cudaStream_t stream) {
+  if constexpr (HD == 128 && G == 4) {
+    if (unroll == 4 && stages == 3) return LaunchWith<HD, G, 4, 3>(a, batch, stream);
+    if (unroll == 2 && stages == 6) return LaunchWith<HD, G, 2, 6>(a, batch, stream);
+    if (unroll == 2 && stages == 8) return LaunchWith<HD, G, 2, 8>(a, batch, stream);
+  }
+  return LaunchWith<HD, G, 2, 4>(a, batch, stream);
 }
 
 template <int HD>
-cudaError_t LaunchGroup(const DecodeArgs& a, int batch, int group, int unroll,
+cudaError_t LaunchGroup(const DecodeArgs& a, int batch, int group, int unroll, int stages,
                         cudaStream_t stream) {
   switch (group) {
     case 1:
-      return LaunchUnroll<HD, 1>(a, batch, unroll, stream);
+      return LaunchVariant<HD, 1>(a, batch, unroll, stages, stream);
     case 2:
-      return LaunchUnroll<HD, 2>(a, batch, unroll, stream);
+      return LaunchVariant<HD, 2>(a, batch, unroll, stages, stream);
     case 4:
-      return LaunchUnroll<HD, 4>(a, batch, unroll, stream);
+      return LaunchVariant<HD, 4>(a, batch, unroll, stages, stream);
     case 8:
-      return LaunchUnroll<HD, 8>(a, batch, unroll, stream);
+      return LaunchVariant<HD, 8>(a, batch, unroll, stages, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -309,20 +368,21 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.partial_lse = splits > 1
                       ? a.partial_o + static_cast<size_t>(p.batch) * splits * p.num_q_heads * hd
                       : nullptr;
-  const int unroll = p.tokens_per_thread == 2 ? 2 : 4;
+  const int unroll = p.tokens_per_thread;
+  const int stages = p.pipeline_stages;
   switch (hd) {
     case 8:
-      return LaunchGroup<8>(a, p.batch, group, unroll, stream);
+      return LaunchGroup<8>(a, p.batch, group, unroll, stages, stream);
     case 16:
-      return LaunchGroup<16>(a, p.batch, group, unroll, stream);
+      return LaunchGroup<16>(a, p.batch, group, unroll, stages, stream);
     case 32:
-      return LaunchGroup<32>(a, p.batch, group, unroll, stream);
+      return LaunchGroup<32>(a, p.batch, group, unroll, stages, stream);
     case 64:
-      return LaunchGroup<64>(a, p.batch, group, unroll, stream);
+      return LaunchGroup<64>(a, p.batch, group, unroll, stages, stream);
     case 128:
-      return LaunchGroup<128>(a, p.batch, group, unroll, stream);
+      return LaunchGroup<128>(a, p.batch, group, unroll, stages, stream);
     case 256:
-      return LaunchGroup<256>(a, p.batch, group, unroll, stream);
+      return LaunchGroup<256>(a, p.batch, group, unroll, stages, stream);
     default:
       return cudaErrorInvalidValue;
   }

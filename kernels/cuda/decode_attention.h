@@ -30,7 +30,10 @@ struct DecodeAttentionParams {
   // With too little, the launcher uses fewer splits.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  int tokens_per_thread = 0;  // tokens each thread keeps in flight per step (2 or 4; 0: default)
+  // Tuning knobs for benchmarks (0: the default, 2 tokens per thread per stage, 4 stages). Other
+  // values take effect only for head_dim 128, group 4: (4, 3), (2, 6), (2, 8).
+  int tokens_per_thread = 0;
+  int pipeline_stages = 0;
 };
 
 // Supported: head_dim in {8, 16, 32, 64, 128, 256}, group in {1, 2, 4, 8}.
