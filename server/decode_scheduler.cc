@@ -131,6 +131,7 @@ void DecodeScheduler::Run() {
     const bool stopping = stop_;
     const bool cancel_all = cancel_all_;
     cancel_all_ = false;
+    processing_ = true;  // WaitForIdle must not see the taken commands as done yet
     lock.unlock();
 
     RunCommands(commands);
@@ -158,7 +159,10 @@ void DecodeScheduler::PublishSnapshot() {
   snap_active_ = active;
   snap_sessions_ = sessions_.explicit_sessions();
   snap_kv_free_tokens_ = engine_->free_kv_blocks() * engine_->info().kv_block_tokens;
-  { std::lock_guard<std::mutex> lock(mu_); }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    processing_ = false;
+  }
   idle_cv_.notify_all();
 }
 
@@ -244,8 +248,8 @@ bool DecodeScheduler::WaitForIdle(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     // Commands still queued may hold Generates admitted before the drain began.
-    if (snap_active_ == 0 && commands_.empty()) return true;
-    if (stopped_ || absl::Now() >= deadline) return snap_active_ == 0 && commands_.empty();
+    const bool idle = snap_active_ == 0 && commands_.empty() && !processing_;
+    if (idle || stopped_ || absl::Now() >= deadline) return idle;
     idle_cv_.wait_until(
         lock, absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(50))));
   }

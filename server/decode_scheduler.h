@@ -121,6 +121,7 @@ class DecodeScheduler {
   bool stop_ = false;
   bool stopped_ = false;
   bool cancel_all_ = false;
+  bool processing_ = false;  // the engine thread took commands and has not published since
   std::thread thread_;
   std::atomic<bool> draining_{false};
 

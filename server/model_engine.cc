@@ -1,6 +1,7 @@
 #include "server/model_engine.h"
 
 #include <filesystem>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -76,7 +77,7 @@ absl::StatusOr<std::vector<int32_t>> ModelEngine::Encode(absl::string_view text,
     return absl::FailedPreconditionError(
         "text: the served model has no tokenizer.json; send input as token_ids");
   }
-  return tokenizer_->Encode(text, add_special_tokens);
+  return tokenizer_->Encode(std::string_view(text.data(), text.size()), add_special_tokens);
 }
 
 std::unique_ptr<TextStream> ModelEngine::NewTextStream() const {

@@ -1,0 +1,439 @@
+// mpa_client: talks to mpa_server.
+//   mpa_client generate --prompt="Once upon a time"   streams one generation to the terminal
+//   mpa_client chat                                     multi-turn conversation on one session
+//   mpa_client bench --concurrency=8 --duration=10s     load generator with latency percentiles
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/latency_stats.h"
+#include "google/protobuf/util/json_util.h"
+#include "multipole/v1/decode.grpc.pb.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "Server address host:port");
+ABSL_FLAG(std::string, prompt, "", "generate: input text");
+ABSL_FLAG(std::string, prompt_ids, "",
+          "generate: input as comma- or space-separated token ids (instead of --prompt)");
+ABSL_FLAG(std::string, session, "", "generate: continue this session (default: one-shot)");
+ABSL_FLAG(int, max_new_tokens, -1, "Tokens to generate (-1: the server's default)");
+ABSL_FLAG(double, temperature, 0.0, "0: greedy");
+ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling threshold (1: off)");
+ABSL_FLAG(int, top_k, 0, "Top-k sampling (0: off)");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "Stop strings (comma-separated)");
+ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence tokens");
+ABSL_FLAG(std::string, attention, "",
+          "Attention mode override: dense, multipole, exact-only, quest");
+ABSL_FLAG(int, token_budget, 0, "Token budget override (0: keep)");
+ABSL_FLAG(std::string, output, "text",
+          "generate/chat: text (the text as it streams), ids (token ids), json (one line per "
+          "message)");
+ABSL_FLAG(bool, stats, true, "generate/chat: print the finish reason and timings to stderr");
+ABSL_FLAG(double, timeout, 600, "Per-call deadline in seconds");
+// bench
+ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams");
+ABSL_FLAG(int, prompt_tokens, 64, "bench: prompt length in tokens (random ids)");
+ABSL_FLAG(int, output_tokens, 64, "bench: tokens generated per request (EOS ignored)");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: how long to send requests");
+ABSL_FLAG(int, requests, 0, "bench: stop after this many requests (0: run for --duration)");
+ABSL_FLAG(std::string, json_out, "", "bench: also write the results as JSON to this file");
+
+namespace v1 = ::multipole::v1;
+
+namespace {
+
+std::unique_ptr<v1::DecodeService::Stub> Connect() {
+  auto channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  return v1::DecodeService::NewStub(channel);
+}
+
+void SetDeadline(grpc::ClientContext& context) {
+  context.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1000)));
+}
+
+int Fail(const std::string& what, const grpc::Status& status) {
+  std::fprintf(stderr, "mpa_client: %s failed: %s: %s\n", what.c_str(),
+               absl::StrCat("code ", static_cast<int>(status.error_code())).c_str(),
+               status.error_message().c_str());
+  return 1;
+}
+
+bool ParseIds(const std::string& text, v1::TokenIds* out) {
+  for (absl::string_view piece :
+       absl::StrSplit(text, absl::ByAnyChar(", \t\n"), absl::SkipEmpty())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(piece, &id)) return false;
+    out->add_ids(id);
+  }
+  return out->ids_size() > 0;
+}
+
+bool FillCommon(v1::GenerateRequest& request) {
+  v1::SamplingParams* s = request.mutable_sampling();
+  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  if (absl::GetFlag(FLAGS_top_p) != 1.0)
+    s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  s->set_seed(absl::GetFlag(FLAGS_seed));
+  if (absl::GetFlag(FLAGS_max_new_tokens) >= 0)
+    s->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop(stop);
+  s->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  const std::string mode = absl::GetFlag(FLAGS_attention);
+  if (!mode.empty()) {
+    v1::AttentionMode m;
+    if (mode == "dense")
+      m = v1::ATTENTION_MODE_DENSE;
+    else if (mode == "multipole")
+      m = v1::ATTENTION_MODE_MULTIPOLE;
+    else if (mode == "exact-only" || mode == "exact_only")
+      m = v1::ATTENTION_MODE_EXACT_ONLY;
+    else if (mode == "quest")
+      m = v1::ATTENTION_MODE_QUEST;
+    else {
+      std::fprintf(stderr, "mpa_client: --attention: unknown mode '%s'\n", mode.c_str());
+      return false;
+    }
+    request.mutable_attention()->set_mode(m);
+  }
+  if (absl::GetFlag(FLAGS_token_budget) > 0) {
+    request.mutable_attention()->set_token_budget(absl::GetFlag(FLAGS_token_budget));
+  }
+  return true;
+}
+
+const char* FinishName(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_EOS:
+      return "eos";
+    case v1::FINISH_REASON_CANCELLED:
+      return "cancelled";
+    default:
+      return "unspecified";
+  }
+}
+
+// Streams one Generate call to stdout in the --output format. Returns the exit code.
+int StreamGenerate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  const std::string format = absl::GetFlag(FLAGS_output);
+  const absl::Time start = absl::Now();
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      stub.Generate(&context, request);
+  v1::GenerateResponse message;
+  bool first_id = true;
+  std::optional<v1::GenerateResult> result;
+  while (reader->Read(&message)) {
+    if (format == "json") {
+      std::string line;
+      google::protobuf::util::JsonPrintOptions options;
+      options.add_whitespace = false;
+      (void)google::protobuf::util::MessageToJsonString(message, &line, options);
+      std::printf("%s\n", line.c_str());
+    } else {
+      for (const v1::GeneratedToken& t : message.tokens()) {
+        if (format == "ids") {
+          std::printf(first_id ? "%d" : " %d", t.id());
+          first_id = false;
+        } else {
+          std::fwrite(t.text().data(), 1, t.text().size(), stdout);
+        }
+      }
+      if (message.has_result() && format == "text") {
+        std::fwrite(message.result().text_tail().data(), 1, message.result().text_tail().size(),
+                    stdout);
+      }
+    }
+    std::fflush(stdout);
+    if (message.has_result()) result = message.result();
+  }
+  grpc::Status status = reader->Finish();
+  if (format != "json") std::printf("\n");
+  std::fflush(stdout);
+  if (!status.ok()) return Fail("Generate", status);
+  if (result.has_value() && absl::GetFlag(FLAGS_stats)) {
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    const auto& u = result->usage();
+    const auto& st = result->stats();
+    std::fprintf(stderr,
+                 "[finish: %s | prompt %lld, cached %lld, generated %lld tokens | ttft %.1f ms, "
+                 "%.1f tokens/s | sparsity %.3f | %.2f s]\n",
+                 FinishName(result->finish_reason()), static_cast<long long>(u.prompt_tokens()),
+                 static_cast<long long>(u.cached_tokens()),
+                 static_cast<long long>(u.generated_tokens()),
+                 st.time_to_first_token_seconds() * 1e3,
+                 st.decode_seconds() > 0 ? (u.generated_tokens() - 1) / st.decode_seconds() : 0.0,
+                 st.mean_sparsity(), seconds);
+  }
+  return 0;
+}
+
+int RunGenerate() {
+  auto stub = Connect();
+  v1::GenerateRequest request;
+  request.set_session_id(absl::GetFlag(FLAGS_session));
+  if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
+    if (!ParseIds(absl::GetFlag(FLAGS_prompt_ids), request.mutable_token_ids())) {
+      std::fprintf(stderr, "mpa_client: --prompt_ids: expected integers, got '%s'\n",
+                   absl::GetFlag(FLAGS_prompt_ids).c_str());
+      return 2;
+    }
+  } else if (!absl::GetFlag(FLAGS_prompt).empty()) {
+    request.set_text(absl::GetFlag(FLAGS_prompt));
+  } else {
+    std::fprintf(stderr, "mpa_client generate: give --prompt or --prompt_ids\n");
+    return 2;
+  }
+  if (!FillCommon(request)) return 2;
+  return StreamGenerate(*stub, request);
+}
+
+int RunChat() {
+  auto stub = Connect();
+  v1::CreateSessionResponse session;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::CreateSessionRequest request;
+    grpc::Status status = stub->CreateSession(&context, request, &session);
+    if (!status.ok()) return Fail("CreateSession", status);
+  }
+  std::fprintf(stderr, "session %s (an empty line or end of input ends the chat)\n",
+               session.session_id().c_str());
+  const bool ids = absl::GetFlag(FLAGS_output) == "ids";
+  std::string line;
+  int rc = 0;
+  for (;;) {
+    std::fprintf(stderr, "> ");
+    std::fflush(stderr);
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    v1::GenerateRequest request;
+    request.set_session_id(session.session_id());
+    if (ids) {
+      if (!ParseIds(line, request.mutable_token_ids())) {
+        std::fprintf(stderr, "expected token ids\n");
+        continue;
+      }
+    } else {
+      request.set_text(line);
+    }
+    if (!FillCommon(request)) return 2;
+    rc = StreamGenerate(*stub, request);
+    if (rc != 0) break;
+  }
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::CloseSessionRequest close;
+  close.set_session_id(session.session_id());
+  v1::CloseSessionResponse closed;
+  grpc::Status status = stub->CloseSession(&context, close, &closed);
+  if (!status.ok() && rc == 0) return Fail("CloseSession", status);
+  return rc;
+}
+
+struct RequestSample {
+  double ttft = 0.0;     // seconds from send to the first token
+  double latency = 0.0;  // seconds from send to the end of the stream
+  int64_t tokens = 0;
+  std::vector<double> inter_token;  // seconds between consecutive tokens
+};
+
+int RunBench() {
+  auto channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  auto stub = v1::DecodeService::NewStub(channel);
+  v1::GetModelInfoResponse info;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    grpc::Status status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
+    if (!status.ok()) return Fail("GetModelInfo", status);
+  }
+  const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  const int prompt_tokens = std::max(1, absl::GetFlag(FLAGS_prompt_tokens));
+  const int output_tokens = std::max(1, absl::GetFlag(FLAGS_output_tokens));
+  const int max_requests = absl::GetFlag(FLAGS_requests);
+  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+  std::fprintf(stderr, "bench: %s (%s), %d streams, %d prompt + %d output tokens, %s%s\n",
+               info.model_name().c_str(), absl::GetFlag(FLAGS_server).c_str(), concurrency,
+               prompt_tokens, output_tokens, absl::FormatDuration(duration).c_str(),
+               max_requests > 0 ? absl::StrCat(" or ", max_requests, " requests").c_str() : "");
+
+  std::mutex mu;
+  std::vector<RequestSample> samples;
+  std::vector<std::string> errors;
+  std::atomic<int> started{0};
+  const absl::Time begin = absl::Now();
+  const absl::Time end = begin + duration;
+  std::vector<std::thread> workers;
+  for (int w = 0; w < concurrency; ++w) {
+    workers.emplace_back([&, w] {
+      std::mt19937 rng(1234 + w);
+      // Random ids past the usual special tokens (ids 0..2).
+      std::uniform_int_distribution<int32_t> id(std::min(3, info.vocab_size() - 1),
+                                                info.vocab_size() - 1);
+      while (absl::Now() < end) {
+        if (max_requests > 0 && started.fetch_add(1) >= max_requests) break;
+        v1::GenerateRequest request;
+        if (info.has_bos_token_id()) request.mutable_token_ids()->add_ids(info.bos_token_id());
+        while (request.token_ids().ids_size() < prompt_tokens) {
+          request.mutable_token_ids()->add_ids(id(rng));
+        }
+        request.mutable_sampling()->set_max_new_tokens(output_tokens);
+        request.mutable_sampling()->set_ignore_eos(true);
+        FillCommon(request);
+        request.mutable_sampling()->set_max_new_tokens(output_tokens);
+        request.mutable_sampling()->set_ignore_eos(true);
+        grpc::ClientContext context;
+        SetDeadline(context);
+        RequestSample sample;
+        const absl::Time sent = absl::Now();
+        absl::Time last = sent;
+        auto reader = stub->Generate(&context, request);
+        v1::GenerateResponse message;
+        while (reader->Read(&message)) {
+          const int n = message.tokens_size();
+          if (n == 0) continue;
+          const absl::Time now = absl::Now();
+          if (sample.tokens == 0) {
+            sample.ttft = absl::ToDoubleSeconds(now - sent);
+            // Several tokens in the first message: the rest arrived together with it.
+            for (int i = 1; i < n; ++i) sample.inter_token.push_back(0.0);
+          } else {
+            const double gap = absl::ToDoubleSeconds(now - last) / n;
+            for (int i = 0; i < n; ++i) sample.inter_token.push_back(gap);
+          }
+          sample.tokens += n;
+          last = now;
+        }
+        grpc::Status status = reader->Finish();
+        sample.latency = absl::ToDoubleSeconds(absl::Now() - sent);
+        std::lock_guard<std::mutex> lock(mu);
+        if (status.ok()) {
+          samples.push_back(std::move(sample));
+        } else {
+          errors.push_back(
+              absl::StrCat(static_cast<int>(status.error_code()), ": ", status.error_message()));
+        }
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  const double wall = absl::ToDoubleSeconds(absl::Now() - begin);
+
+  std::vector<double> ttft, itl, latency, per_request_rate;
+  int64_t tokens = 0;
+  for (const RequestSample& s : samples) {
+    ttft.push_back(s.ttft);
+    latency.push_back(s.latency);
+    itl.insert(itl.end(), s.inter_token.begin(), s.inter_token.end());
+    tokens += s.tokens;
+    if (s.latency > s.ttft && s.tokens > 1)
+      per_request_rate.push_back((s.tokens - 1) / (s.latency - s.ttft));
+  }
+  const mpa::client::Summary ttft_s = mpa::client::Summarize(ttft);
+  const mpa::client::Summary itl_s = mpa::client::Summarize(itl);
+  const mpa::client::Summary latency_s = mpa::client::Summarize(latency);
+  const mpa::client::Summary rate_s = mpa::client::Summarize(per_request_rate);
+  const double throughput = wall > 0 ? tokens / wall : 0.0;
+  const double request_rate = wall > 0 ? samples.size() / wall : 0.0;
+
+  std::printf("%s", mpa::client::FormatTable({{"time to first token", ttft_s},
+                                              {"inter-token latency", itl_s},
+                                              {"request latency", latency_s}},
+                                             1e3, "ms")
+                        .c_str());
+  std::printf(
+      "%s",
+      mpa::client::FormatTable({{"per-stream decode rate", rate_s}}, 1.0, "tokens/s").c_str());
+  std::printf(
+      "requests %zu ok, %zu failed in %.2f s: %.2f requests/s, %.1f output tokens/s, "
+      "%.1f total tokens/s\n",
+      samples.size(), errors.size(), wall, request_rate, throughput,
+      wall > 0 ? (tokens + static_cast<double>(samples.size()) * prompt_tokens) / wall : 0.0);
+  for (size_t i = 0; i < errors.size() && i < 5; ++i) {
+    std::printf("error: %s\n", errors[i].c_str());
+  }
+
+  const std::string json_path = absl::GetFlag(FLAGS_json_out);
+  if (!json_path.empty()) {
+    auto summary = [](const mpa::client::Summary& s) {
+      return nlohmann::json{{"count", s.count}, {"mean", s.mean}, {"min", s.min}, {"p50", s.p50},
+                            {"p90", s.p90},     {"p99", s.p99},   {"max", s.max}};
+    };
+    nlohmann::json j;
+    j["server"] = absl::GetFlag(FLAGS_server);
+    j["model"] = info.model_name();
+    j["config"] = {
+        {"concurrency", concurrency},     {"prompt_tokens", prompt_tokens},
+        {"output_tokens", output_tokens}, {"duration_seconds", absl::ToDoubleSeconds(duration)},
+        {"max_requests", max_requests},   {"temperature", absl::GetFlag(FLAGS_temperature)}};
+    j["wall_seconds"] = wall;
+    j["requests_ok"] = samples.size();
+    j["requests_failed"] = errors.size();
+    j["output_tokens"] = tokens;
+    j["output_tokens_per_second"] = throughput;
+    j["requests_per_second"] = request_rate;
+    j["time_to_first_token_seconds"] = summary(ttft_s);
+    j["inter_token_latency_seconds"] = summary(itl_s);
+    j["request_latency_seconds"] = summary(latency_s);
+    j["per_stream_tokens_per_second"] = summary(rate_s);
+    std::ofstream out(json_path);
+    out << j.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "mpa_client: cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+  }
+  return errors.empty() && !samples.empty() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "mpa_client <generate|chat|bench> [--server=host:port] [flags]\n"
+      "  generate  stream one generation (--prompt or --prompt_ids) to stdout\n"
+      "  chat      multi-turn conversation on one session, one turn per input line\n"
+      "  bench     load generator: --concurrency --prompt_tokens --output_tokens --duration");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  const std::string command = args[1];
+  if (command == "generate") return RunGenerate();
+  if (command == "chat") return RunChat();
+  if (command == "bench") return RunBench();
+  std::fprintf(stderr, "mpa_client: unknown command '%s'\n%s\n", command.c_str(),
+               absl::ProgramUsageMessage().data());
+  return 2;
+}
