@@ -14,7 +14,7 @@ void CpuAttentionBackend::OnAppend(int layer, SequenceState& seq, int first_new)
   switch (seq.attention().mode) {
     case AttentionMode::kMultipole:
     case AttentionMode::kExactOnly:
-      UpdateClusters(layer, seq);
+      UpdateClusters(layer, seq, first_new);
       break;
     case AttentionMode::kQuest:
       UpdateQuestPages(layer, seq);

@@ -190,7 +190,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-void UpdateClusters(int layer, SequenceState& seq) {
+void UpdateClusters(int layer, SequenceState& seq, int first_new) {
   const MultipoleConfig& config = seq.attention().multipole;
   MultipoleSequenceState::Layer& state = StateOf(seq).layers[layer];
   const CachePartition part = PartitionCache(seq.num_tokens(), config);
@@ -203,16 +203,15 @@ void UpdateClusters(int layer, SequenceState& seq) {
     // Dense until the clustered region is long enough to be worth clustering; then cluster all
     // of it at once (at the end of prefill, or the first time decoding crosses the threshold).
     if (part.clustered_tokens() < config.min_clustered_tokens) return;
-    const bool in_prefill = state.clustered_end == 0 && seq.num_tokens() > 0 &&
-                            part.num_tokens - part.clustered_end > config.cluster_interval * 2;
     for (int h = 0; h < num_kv_heads; ++h) {
       state.heads.emplace_back(config, seq.head_dim(), HeadSeed(config, layer, h));
       state.heads.back().Build(RowsOf(seq, layer, h), part.sink_end, part.clustered_end);
     }
     state.clustered_end = part.clustered_end;
     stats.tokens_reclustered += int64_t{part.clustered_tokens()} * num_kv_heads;
-    (void)in_prefill;
-    stats.prefill_cluster_seconds += SecondsSince(start);
+    const bool prefill = seq.num_tokens() - first_new > 1;  // a prompt chunk, not one token
+    (prefill ? stats.prefill_cluster_seconds : stats.cluster_update_seconds) += SecondsSince(start);
+    if (!prefill) stats.cluster_updates += 1;
     return;
   }
   // The online update, one interval at a time.

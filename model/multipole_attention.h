@@ -82,8 +82,9 @@ class MultipoleSequenceState : public BackendSequenceState {
 
 // Keeps layer `layer`'s indices in step with the cache after tokens [first_new, T) were written:
 // builds them when the clustered region first reaches min_clustered_tokens (with
-// prefill_kmeans_iterations), and from then on extends them one interval at a time.
-void UpdateClusters(int layer, SequenceState& seq);
+// prefill_kmeans_iterations), and from then on extends them one interval at a time. Time spent
+// building from a prompt chunk counts as prefill clustering, the rest as cluster updates.
+void UpdateClusters(int layer, SequenceState& seq, int first_new);
 
 // Multipole (or exact-only, with config.approximate or mode kExactOnly) attention for the newest
 // token at `layer`. Falls back to dense attention while the clustered region is shorter than
