@@ -33,11 +33,11 @@ struct HeadRows {
 
 // One level of clusters (the single level, or the fine or coarse level of two).
 struct ClusterLevel {
-  std::vector<int32_t> counts;          // [num_clusters] tokens (never 0 after an update)
-  std::vector<float> key_sums;          // [num_clusters, head_dim] fp32 sums of pre-RoPE keys
-  std::vector<float> value_sums;        // [num_clusters, head_dim] fp32 sums of values
-  std::vector<float> key_centroids;     // [num_clusters, head_dim] key_sums / counts
-  std::vector<float> value_centroids;   // [num_clusters, head_dim] value_sums / counts
+  std::vector<int32_t> counts;         // [num_clusters] tokens (never 0 after an update)
+  std::vector<float> key_sums;         // [num_clusters, head_dim] fp32 sums of pre-RoPE keys
+  std::vector<float> value_sums;       // [num_clusters, head_dim] fp32 sums of values
+  std::vector<float> key_centroids;    // [num_clusters, head_dim] key_sums / counts
+  std::vector<float> value_centroids;  // [num_clusters, head_dim] value_sums / counts
   // Means of the post-RoPE keys ([num_clusters, head_dim]; only when HeadRows::k is given):
   // q_rot . mean(k_rot) is exactly the mean logit of the cluster at the query's true position.
   std::vector<float> rotated_key_sums;
