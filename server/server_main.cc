@@ -105,6 +105,8 @@ int Serve() {
     return 1;
   }
   scheduler.Start();
+  server->GetHealthCheckService()->SetServingStatus(
+      multipole::v1::DecodeService::service_full_name(), true);
   server->GetHealthCheckService()->SetServingStatus(true);
   const mpa::server::EngineInfo& info = (*engine)->info();
   std::printf("mpa_server: model %s (%s, vocab %d, context %d, tokenizer %s), attention %s\n",
