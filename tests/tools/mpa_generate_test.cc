@@ -18,7 +18,7 @@ struct Result {
   std::string err;  // stderr
 };
 
-Result Run(const std::string& args) {
+Result RunGenerate(const std::string& args) {
   const std::string err_file = testing::TempDir() + "/mpa_generate_stderr.txt";
   const std::string cmd = kBinary + " " + args + " 2>" + err_file;
   Result r;
@@ -43,7 +43,7 @@ class MpaGenerateTest : public ::testing::Test {
 };
 
 TEST_F(MpaGenerateTest, GreedyIdsEqualTheReference) {
-  Result r = Run("--model " + kStories +
+  Result r = RunGenerate("--model " + kStories +
                  " --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output ids");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
@@ -54,7 +54,7 @@ TEST_F(MpaGenerateTest, GreedyIdsEqualTheReference) {
 }
 
 TEST_F(MpaGenerateTest, TextOutputIsTheStory) {
-  Result r = Run("--model " + kStories +
+  Result r = RunGenerate("--model " + kStories +
                  " --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output text");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time, there was a little girl named Lily. She loved to play "
@@ -68,10 +68,10 @@ TEST_F(MpaGenerateTest, SeededSamplingIsReproducible) {
   const std::string args = "--model " + kStories +
                            " --prompt_ids 1 --max_new_tokens 40 --temperature 0.9 --top_p 0.95 "
                            "--top_k 50 --seed 17 --output ids";
-  Result a = Run(args), b = Run(args);
+  Result a = RunGenerate(args), b = RunGenerate(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
-  Result c = Run("--model " + kStories +
+  Result c = RunGenerate("--model " + kStories +
                  " --prompt_ids 1 --max_new_tokens 40 --temperature 0.9 --top_p 0.95 --top_k 50 "
                  "--seed 18 --output ids");
   EXPECT_NE(a.out, c.out);
@@ -98,7 +98,7 @@ TEST_F(MpaGenerateTest, BadInputsFailWithOneLineReason) {
       {m + " --prompt_ids 1 --attention multipole --cluster_ratio 0", "tokens_per_centroid"},
   };
   for (const BadRun& c : cases) {
-    Result r = Run(c.args);
+    Result r = RunGenerate(c.args);
     EXPECT_EQ(r.exit_code, 1) << c.args;
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.args << " -> " << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.args << " -> " << r.err;
