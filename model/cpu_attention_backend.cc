@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_blas.h"
 #include "model/kv_cache.h"
 #include "model/multipole_attention.h"
 #include "model/quest_attention.h"
@@ -51,7 +52,11 @@ void CpuAttentionBackend::DenseDecode(int layer, SequenceState& seq, const float
   p.head_dim = config_.head_dim;
   p.scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
   p.out = out;
-  cpu::DenseDecodeAttention(p);
+  if (use_blas_) {
+    cpu::DenseDecodeAttentionBlas(p);
+  } else {
+    cpu::DenseDecodeAttention(p);
+  }
   AttentionStats& stats = seq.stats();
   stats.decode_steps += 1;
   stats.tokens_attended_exact += int64_t{seq.num_tokens()} * config_.num_kv_heads;

@@ -9,7 +9,9 @@ namespace mpa {
 
 class CpuAttentionBackend : public AttentionBackend {
  public:
-  CpuAttentionBackend(const ModelConfig& config, const Rope& rope) : config_(config), rope_(rope) {}
+  // use_blas: dense attention through BLAS (the fast path) instead of the reference loops.
+  CpuAttentionBackend(const ModelConfig& config, const Rope& rope, bool use_blas = false)
+      : config_(config), rope_(rope), use_blas_(use_blas) {}
 
   void OnAppend(int layer, SequenceState& seq, int first_new) override;
   void Decode(int layer, SequenceState& seq, const float* q_rot, const float* q_raw,
@@ -20,6 +22,7 @@ class CpuAttentionBackend : public AttentionBackend {
 
   const ModelConfig& config_;
   const Rope& rope_;
+  bool use_blas_;
 };
 
 }  // namespace mpa

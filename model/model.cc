@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_blas.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "model/cpu_attention_backend.h"
@@ -21,7 +22,7 @@ Model::Model(const ModelConfig& config, Weights weights, const ModelOptions& opt
       pool_(std::make_unique<KvBlockPool>(
           (options.max_kv_tokens + options.kv_block_tokens - 1) / options.kv_block_tokens,
           options.kv_block_tokens)),
-      backend_(std::make_unique<CpuAttentionBackend>(config_, rope_)) {
+      backend_(std::make_unique<CpuAttentionBackend>(config_, rope_, options.use_blas)) {
   cpu::SetBlasThreads(options.threads);
 }
 
@@ -153,18 +154,36 @@ void Model::ForwardRows(absl::Span<SequenceState* const> seqs, const int* rows_p
     }
     if (prefill) {
       // Dense causal attention: row r sees tokens [0, pos]. Clustering happens in OnAppend.
-      for (int64_t r = 0; r < rows; ++r) {
-        SequenceState& seq = *seqs[row_seq[r]];
-        cpu::DenseDecodeParams p;
-        p.q = &q[r * q_dim];
-        p.kv = seq.View(layer);
-        p.kv.num_tokens = row_pos[r] + 1;
-        p.num_q_heads = c.num_heads;
-        p.num_kv_heads = c.num_kv_heads;
-        p.head_dim = hd;
-        p.scale = scale;
-        p.out = &attn[r * q_dim];
-        cpu::DenseDecodeAttention(p);
+      if (options_.use_blas) {
+        int64_t r0 = 0;
+        for (size_t s = 0; s < seqs.size(); ++s) {
+          cpu::CausalPrefillParams p;
+          p.q = &q[r0 * q_dim];
+          p.kv = seqs[s]->View(layer);
+          p.num_rows = rows_per_seq[s];
+          p.first_position = first_new[s];
+          p.num_q_heads = c.num_heads;
+          p.num_kv_heads = c.num_kv_heads;
+          p.head_dim = hd;
+          p.scale = scale;
+          p.out = &attn[r0 * q_dim];
+          cpu::CausalPrefillAttentionBlas(p);
+          r0 += rows_per_seq[s];
+        }
+      } else {
+        for (int64_t r = 0; r < rows; ++r) {
+          SequenceState& seq = *seqs[row_seq[r]];
+          cpu::DenseDecodeParams p;
+          p.q = &q[r * q_dim];
+          p.kv = seq.View(layer);
+          p.kv.num_tokens = row_pos[r] + 1;
+          p.num_q_heads = c.num_heads;
+          p.num_kv_heads = c.num_kv_heads;
+          p.head_dim = hd;
+          p.scale = scale;
+          p.out = &attn[r * q_dim];
+          cpu::DenseDecodeAttention(p);
+        }
       }
       for (size_t s = 0; s < seqs.size(); ++s) backend_->OnAppend(layer, *seqs[s], first_new[s]);
     } else {
