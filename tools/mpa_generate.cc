@@ -43,6 +43,10 @@ ABSL_FLAG(int, cluster_interval, -1, "decoded tokens between online cluster upda
 ABSL_FLAG(int, sink_tokens, -1, "first tokens always attended exactly (default 10)");
 ABSL_FLAG(int, min_clustered_tokens, -1, "below this clustered length attention is dense");
 ABSL_FLAG(int, block_tokens, -1, "frozen cluster block size in tokens (default 8192)");
+ABSL_FLAG(int, lookup_position, -1,
+          "position at which queries are rotated to score pre-RoPE centroids (default 2048)");
+ABSL_FLAG(bool, rotated_centroids, false,
+          "cluster keys after RoPE and score centroids with the query at its own position");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0 = library default)");
 ABSL_FLAG(bool, reference, false, "use the plain reference matrix products instead of BLAS");
 ABSL_FLAG(bool, stats, false, "print attention statistics to stderr at the end");
@@ -77,6 +81,8 @@ absl::StatusOr<AttentionOptions> AttentionFromFlags() {
   set_if_given(absl::GetFlag(FLAGS_sink_tokens), &m.sink_tokens);
   set_if_given(absl::GetFlag(FLAGS_min_clustered_tokens), &m.min_clustered_tokens);
   set_if_given(absl::GetFlag(FLAGS_block_tokens), &m.block_tokens);
+  set_if_given(absl::GetFlag(FLAGS_lookup_position), &m.lookup_position);
+  m.rotated_centroids = absl::GetFlag(FLAGS_rotated_centroids);
   if (absl::GetFlag(FLAGS_block_tokens) != -1) {
     // Keep the final window's bounds proportional to the block size (design: 1/2 .. 3/2 blocks).
     m.final_window_min = m.block_tokens / 2;
