@@ -109,7 +109,7 @@ int Run() {
       "(earlier steps are dense by design): top-1 agreement with dense, mean and max "
       "KL(dense || mode) of the next-token distribution in nats, and the fraction of the cache "
       "(per layer and KV head) read exactly.\n\n"
-      "Settings: sink %d, cluster interval %d, %s, %s, block %d tokens, final "
+      "Settings: sink %d, cluster interval %d, %s, block %d tokens, final "
       "window %d..%d, min clustered %d, k-means iterations %d (prefill) / %d (update), Quest "
       "pages of %d tokens. Budget = ceil(fraction x clustered region).\n\n"
       "Centroids: *pre-RoPE* = means of pre-RoPE keys scored with the query rotated at lookup "
@@ -124,7 +124,8 @@ int Run() {
                             base.coarse_tokens_per_centroid, base.fine_tokens_per_centroid)
           : absl::StrFormat("one centroid per %d tokens", base.tokens_per_centroid),
       base.block_tokens, base.final_window_min, base.final_window_max, base.min_clustered_tokens,
-      base.prefill_kmeans_iterations, base.update_kmeans_iterations, base.quest_page_tokens);
+      base.prefill_kmeans_iterations, base.update_kmeans_iterations, base.quest_page_tokens,
+      base.lookup_position);
   for (const AccuracyResult& r : *results) {
     const char* centroids = r.options.mode == AttentionMode::kQuest ? "-"
                             : r.options.multipole.rotated_centroids ? "post-RoPE"
