@@ -44,7 +44,7 @@ class MpaGenerateTest : public ::testing::Test {
 
 TEST_F(MpaGenerateTest, GreedyIdsEqualTheReference) {
   Result r = RunGenerate("--model " + kStories +
-                 " --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output ids");
+                         " --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output ids");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
             "403 407 261 378 432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337 410 "
@@ -55,7 +55,7 @@ TEST_F(MpaGenerateTest, GreedyIdsEqualTheReference) {
 
 TEST_F(MpaGenerateTest, TextOutputIsTheStory) {
   Result r = RunGenerate("--model " + kStories +
-                 " --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output text");
+                         " --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output text");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time, there was a little girl named Lily. She loved to play "
                         "outside in the park.",
@@ -71,9 +71,10 @@ TEST_F(MpaGenerateTest, SeededSamplingIsReproducible) {
   Result a = RunGenerate(args), b = RunGenerate(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
-  Result c = RunGenerate("--model " + kStories +
-                 " --prompt_ids 1 --max_new_tokens 40 --temperature 0.9 --top_p 0.95 --top_k 50 "
-                 "--seed 18 --output ids");
+  Result c =
+      RunGenerate("--model " + kStories +
+                  " --prompt_ids 1 --max_new_tokens 40 --temperature 0.9 --top_p 0.95 --top_k 50 "
+                  "--seed 18 --output ids");
   EXPECT_NE(a.out, c.out);
 }
 
@@ -102,6 +103,28 @@ TEST_F(MpaGenerateTest, BadInputsFailWithOneLineReason) {
     EXPECT_EQ(r.exit_code, 1) << c.args;
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.args << " -> " << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.args << " -> " << r.err;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Every attention mode runs end to end on every golden fixture (folders without a tokenizer:
+// ids in, ids out), with knobs scaled down so clustering and online updates happen.
+TEST(MpaGenerateFixtures, EveryModeRunsOnEveryFixture) {
+  const std::string fixtures = MPA_SOURCE_DIR "/tests/fixtures";
+  for (const char* name : {"llama3_tiny", "qwen2_tiny", "qwen3_tiny", "qwen3_tiny_bf16"}) {
+    for (const char* mode : {"dense", "multipole", "exact-only", "quest"}) {
+      Result r = RunGenerate("--model " + fixtures + "/" + name +
+                             " --prompt_ids 5,6,7,8,9,10,11,12 --max_new_tokens 60 --ignore_eos "
+                             "--output ids --attention " +
+                             mode +
+                             " --token_budget 8 --cluster_interval 8 --block_tokens 32 "
+                             "--min_clustered_tokens 8 --sink_tokens 2 --cluster_ratio 4");
+      ASSERT_EQ(r.exit_code, 0) << name << " " << mode << ": " << r.err;
+      EXPECT_EQ(std::count(r.out.begin(), r.out.end(), ' '), 59) << name << " " << mode;
+    }
   }
 }
 
