@@ -153,11 +153,9 @@ int main(int argc, char** argv) {
     const int auto_splits = mpa::cuda::ChooseDecodeSplits(s.batch, kKvHeads, s.context, kPage);
     std::vector<Variant> variants = {{"default", 0, 0, 0}};
     if (sweep) {
-      variants.push_back({"stages6", 0, 2, 6});
-      variants.push_back({"stages8", 0, 2, 8});
-      variants.push_back({"unroll4_st3", 0, 4, 3});
+      variants.push_back({"unroll2_st4", 0, 2, 4});
+      variants.push_back({"unroll4_st2", 0, 4, 2});
       variants.push_back({"splits_x2", auto_splits * 2, 0, 0});
-      variants.push_back({"splits_x2_st6", auto_splits * 2, 2, 6});
     }
     for (const Variant& var : variants) {
       mpa::cuda::DecodeAttentionParams p;

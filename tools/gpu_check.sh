@@ -14,6 +14,8 @@ out=${2:-gpu_out}
 commit=${3:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$bin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# Tests built elsewhere find the repository's fixtures (and a model folder) through these.
+export MPA_SOURCE_ROOT="${MPA_SOURCE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}"
 status=0
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee "$out/device.txt"

@@ -62,7 +62,13 @@ constexpr int PipelineBytes() {
 // registers and without any barrier in the loop.
 template <int HD, int G, int kUnroll, int kStages>
 __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(DecodeArgs a) {
-  constexpr int kLanes = HD / 8;
+  constexpr int kVecs = HD / 8;  // 16-byte vectors per row
+  constexpr int kLanes = kVecs <= 1    ? 1
+                         : kVecs <= 2  ? 2
+                         : kVecs <= 4  ? 4
+                         : kVecs <= 8  ? 8
+                         : kVecs <= 16 ? 16
+                                       : 32;
   constexpr int kSlots = kThreads / kLanes;
   constexpr int kStep = kSlots * kUnroll;  // tokens per pipeline stage
   extern __shared__ uint4 pipe[];          // [kStages][kUnroll][2 (k, v)][kThreads]
@@ -75,6 +81,7 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
   const int begin = split * a.chunk;
   const int end = min(len, begin + a.chunk);
   const int slot = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const bool lane_active = lane < kVecs;  // head_dim not a power of two: spare lanes idle
 
   const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
   const int64_t page_stride = static_cast<int64_t>(a.num_kv_heads) * a.page_size * HD;
@@ -89,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = begin + step * kStep + u * kSlots + slot;
-        if (t < end) {
+        if (t < end && lane_active) {
           const int64_t row = table[t >> a.page_shift] * page_stride + head_offset +
                               static_cast<int64_t>(t & offset_mask) * HD;
           CopyAsync16(buf + (2 * u) * kThreads, a.k + row);
@@ -105,8 +112,11 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
   float q[G][8];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(
-        a.q + (static_cast<int64_t>(b) * a.num_q_heads + kvh * G + g) * HD + lane * 8);
+    const uint4 raw =
+        lane_active
+            ? *reinterpret_cast<const uint4*>(
+                  a.q + (static_cast<int64_t>(b) * a.num_q_heads + kvh * G + g) * HD + lane * 8)
+            : make_uint4(0, 0, 0, 0);
     detail::Bf16x8ToFloat(raw, q[g]);
 #pragma unroll
     for (int i = 0; i < 8; ++i) q[g][i] *= a.scale2;
@@ -131,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
     for (int u = 0; u < kUnroll; ++u) {
       valid[u] = base + u * kSlots + slot < end;
       float kf[8];
-      detail::Bf16x8ToFloat(buf[(2 * u) * kThreads], kf);
+      detail::Bf16x8ToFloat(lane_active ? buf[(2 * u) * kThreads] : make_uint4(0, 0, 0, 0), kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
@@ -146,7 +156,7 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
     float vf[kUnroll][8];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      if (valid[u]) {
+      if (valid[u] && lane_active) {
         detail::Bf16x8ToFloat(buf[(2 * u + 1) * kThreads], vf[u]);
       } else {
 #pragma unroll
@@ -188,8 +198,10 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
       sm_m[slot] = m[g];
       sm_l[slot] = l[g];
     }
+    if (lane_active) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sm_o[slot * HD + lane * 8 + i] = o[g][i];
+      for (int i = 0; i < 8; ++i) sm_o[slot * HD + lane * 8 + i] = o[g][i];
+    }
     __syncthreads();
     const int qh = kvh * G + g;
     for (int d = threadIdx.x; d < HD; d += kThreads) {
@@ -263,15 +275,16 @@ cudaError_t LaunchWith(const DecodeArgs& a, int batch, cudaStream_t stream) {
 }
 
 // Tuning variants (tokens per thread per stage, stages) exist for the benchmark's shape only.
+// Default: 4 tokens per thread per stage, 3 stages (96 KiB of copies in flight per block).
 template <int HD, int G>
 cudaError_t LaunchVariant(const DecodeArgs& a, int batch, int unroll, int stages,
                           cudaStream_t stream) {
   if constexpr (HD == 128 && G == 4) {
-    if (unroll == 4 && stages == 3) return LaunchWith<HD, G, 4, 3>(a, batch, stream);
+    if (unroll == 2 && stages == 4) return LaunchWith<HD, G, 2, 4>(a, batch, stream);
     if (unroll == 2 && stages == 6) return LaunchWith<HD, G, 2, 6>(a, batch, stream);
-    if (unroll == 2 && stages == 8) return LaunchWith<HD, G, 2, 8>(a, batch, stream);
+    if (unroll == 4 && stages == 2) return LaunchWith<HD, G, 4, 2>(a, batch, stream);
   }
-  return LaunchWith<HD, G, 2, 4>(a, batch, stream);
+  return LaunchWith<HD, G, 4, 3>(a, batch, stream);
 }
 
 template <int HD>

@@ -30,13 +30,13 @@ struct DecodeAttentionParams {
   // With too little, the launcher uses fewer splits.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  // Tuning knobs for benchmarks (0: the default, 2 tokens per thread per stage, 4 stages). Other
-  // values take effect only for head_dim 128, group 4: (4, 3), (2, 6), (2, 8).
+  // Tuning knobs for benchmarks (0: the default, 4 tokens per thread per stage, 3 stages). Other
+  // values take effect only for head_dim 128, group 4: (2, 4), (2, 6), (4, 2).
   int tokens_per_thread = 0;
   int pipeline_stages = 0;
 };
 
-// Supported: head_dim in {8, 16, 32, 64, 128, 256}, group in {1, 2, 4, 8}.
+// Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}, group in {1, 2, 4, 8}.
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim, int num_splits);
 
 // The split count the launcher would choose (for workspace sizing and benchmarks).

@@ -24,7 +24,7 @@ struct PrefillAttentionParams {
   float* out_f32 = nullptr;  // [total_rows, num_q_heads, head_dim]
 };
 
-// Supported: head_dim in {8, 16, 32, 64, 128, 256}. cudaErrorInvalidValue otherwise.
+// Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}. cudaErrorInvalidValue otherwise.
 cudaError_t PrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream);
 
 }  // namespace mpa::cuda

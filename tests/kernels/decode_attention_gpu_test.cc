@@ -105,7 +105,7 @@ constexpr double kBf16Bound = 5e-3;
 
 TEST(DecodeAttentionGpuTest, MatchesReferenceOnAwkwardShapes) {
   MPA_SKIP_WITHOUT_GPU();
-  for (int hd : {8, 64, 128}) {
+  for (int hd : {8, 24, 64, 128}) {
     for (int group : {1, 2, 4, 8}) {
       for (int splits : {0, 1, 3}) {
         const Case c{hd, group, 2, 16, {1, 37, 1000 + hd + group}, splits, false};
@@ -158,8 +158,8 @@ TEST(DecodeAttentionGpuTest, RejectsBadShapes) {
   p.num_q_heads = 5;
   EXPECT_EQ(DecodeAttention(p, nullptr), cudaErrorInvalidValue);  // 5 heads over 2 KV heads
   p.num_q_heads = 4;
-  p.kv.head_dim = 96;
-  EXPECT_EQ(DecodeAttention(p, nullptr), cudaErrorInvalidValue);  // head_dim 96
+  p.kv.head_dim = 100;
+  EXPECT_EQ(DecodeAttention(p, nullptr), cudaErrorInvalidValue);  // head_dim 100
 }
 
 }  // namespace

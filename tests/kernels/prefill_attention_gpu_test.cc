@@ -94,7 +94,7 @@ constexpr double kBf16Bound = 5e-3;
 
 TEST(PrefillAttentionGpuTest, MatchesReferenceOnAwkwardShapes) {
   MPA_SKIP_WITHOUT_GPU();
-  for (int hd : {8, 64, 128}) {
+  for (int hd : {8, 24, 64, 128}) {
     for (int group : {1, 2, 4, 8}) {
       // A fresh prompt, a chunk after a prefix that ends mid-page, and a one-token chunk.
       const std::vector<Seq> seqs = {{0, 77}, {37, 45 + group}, {100, 1}};

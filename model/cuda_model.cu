@@ -1,0 +1,607 @@
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/norm_rope.h"
+#include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/sampling.h"
+#include "model/cuda_model.h"
+#include "model/rope.h"
+#include "model/status_macros.h"
+
+namespace mpa {
+namespace {
+
+using cuda::bf16;
+
+absl::Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
+}
+absl::Status BlasStatus(cublasStatus_t st, const char* what) {
+  if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(st)));
+}
+
+#define MPA_CUDA(expr) MPA_RETURN_IF_ERROR(CudaStatus((expr), #expr))
+#define MPA_BLAS(expr) MPA_RETURN_IF_ERROR(BlasStatus((expr), #expr))
+
+// Every device allocation of the model, freed together.
+class DeviceArena {
+ public:
+  ~DeviceArena() {
+    for (void* p : ptrs_) cudaFree(p);
+  }
+  template <typename T>
+  absl::StatusOr<T*> Alloc(int64_t n) {
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(T));
+    if (err != cudaSuccess) {
+      return absl::ResourceExhaustedError(absl::StrCat("device allocation of ", n * sizeof(T),
+                                                       " bytes failed: ", cudaGetErrorString(err)));
+    }
+    ptrs_.push_back(p);
+    bytes_ += n * sizeof(T);
+    return static_cast<T*>(p);
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  std::vector<void*> ptrs_;
+  int64_t bytes_ = 0;
+};
+
+struct DeviceLayer {
+  bf16* qkv = nullptr;        // [(nq + 2 nkv) * hd, hidden]: q_proj | k_proj | v_proj rows
+  float* qkv_bias = nullptr;  // [(nq + 2 nkv) * hd] or null
+  float* q_norm = nullptr;    // [hd] or null
+  float* k_norm = nullptr;
+  float* input_norm = nullptr;  // [hidden]
+  float* post_norm = nullptr;   // [hidden]
+  bf16* o_proj = nullptr;       // [hidden, nq * hd]
+  bf16* gate_up = nullptr;      // [2 ffn, hidden]: gate_proj | up_proj rows
+  bf16* down = nullptr;         // [hidden, ffn]
+  bf16* k_cache = nullptr;      // [num_pages, nkv, page, hd]
+  bf16* v_cache = nullptr;
+};
+
+}  // namespace
+
+struct CudaModel::Impl {
+  DeviceArena arena;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  std::vector<DeviceLayer> layers;
+  bf16* embed = nullptr;    // [vocab, hidden]
+  bf16* lm_head = nullptr;  // [vocab, hidden] (== embed when tied)
+  float* final_norm = nullptr;
+  float* rope_cos = nullptr;  // [max_pos, hd / 2]
+  float* rope_sin = nullptr;
+  // Activations for up to max_rows tokens.
+  float* x = nullptr;              // [rows, hidden] residual stream
+  bf16* h = nullptr;               // [rows, max(hidden, ffn)] normalised input / SwiGLU output
+  float* qkv = nullptr;            // [rows, (nq + 2 nkv) * hd]
+  bf16* q = nullptr;               // [rows, nq * hd]
+  bf16* attn = nullptr;            // [rows, nq * hd]
+  float* gate_up = nullptr;        // [rows, 2 ffn]
+  float* logits = nullptr;         // [max_batch, vocab]
+  int32_t* ids = nullptr;          // [rows]
+  int32_t* positions = nullptr;    // [rows]
+  int64_t* slots = nullptr;        // [rows]
+  int32_t* block_table = nullptr;  // [max_batch, max_pages_per_seq]
+  int32_t* seq_lens = nullptr;     // [max_batch]
+  int32_t* q_starts = nullptr;     // [2]
+  int32_t* greedy = nullptr;       // [max_batch]
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // Host staging of per-step metadata (one copy per step).
+  std::vector<int32_t> h_ints;
+  std::vector<int64_t> h_slots;
+
+  ~Impl() {
+    if (blas != nullptr) cublasDestroy(blas);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
+CudaSequence::~CudaSequence() {
+  if (model_ != nullptr) model_->ReleasePages(pages_);
+}
+
+CudaModel::CudaModel(const ModelConfig& config, const CudaModelOptions& options)
+    : config_(config), options_(options), impl_(std::make_unique<Impl>()) {}
+
+CudaModel::~CudaModel() = default;
+
+absl::Status CudaModel::Init() {
+  const ModelConfig& c = config_;
+  MPA_RETURN_IF_ERROR(c.Validate());
+  if (cuda::Log2PowerOfTwo(options_.page_size) < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size must be a power of two (got ", options_.page_size, ")"));
+  }
+  if (options_.max_batch <= 0 || options_.max_prefill_chunk <= 0 || options_.max_kv_tokens <= 0) {
+    return absl::InvalidArgumentError("max_batch, max_prefill_chunk and max_kv_tokens must be > 0");
+  }
+  MPA_CUDA(cudaSetDevice(options_.device));
+  Impl& d = *impl_;
+  MPA_CUDA(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
+  MPA_BLAS(cublasCreate(&d.blas));
+  MPA_BLAS(cublasSetStream(d.blas, d.stream));
+
+  const int64_t hidden = c.hidden_size, hd = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t ffn = c.intermediate_size, vocab = c.vocab_size;
+  const int64_t qkv_rows = (nq + 2 * nkv) * hd;
+  const int64_t num_pages = (options_.max_kv_tokens + options_.page_size - 1) / options_.page_size;
+  max_pages_per_seq_ = (c.max_position_embeddings + options_.page_size - 1) / options_.page_size;
+  const int64_t page_elems = nkv * options_.page_size * hd;
+  d.layers.resize(c.num_layers);
+  for (DeviceLayer& l : d.layers) {
+    MPA_ASSIGN_OR_RETURN(l.qkv, d.arena.Alloc<bf16>(qkv_rows * hidden));
+    if (c.attention_bias) {
+      MPA_ASSIGN_OR_RETURN(l.qkv_bias, d.arena.Alloc<float>(qkv_rows));
+    }
+    if (c.qk_norm) {
+      MPA_ASSIGN_OR_RETURN(l.q_norm, d.arena.Alloc<float>(hd));
+      MPA_ASSIGN_OR_RETURN(l.k_norm, d.arena.Alloc<float>(hd));
+    }
+    MPA_ASSIGN_OR_RETURN(l.input_norm, d.arena.Alloc<float>(hidden));
+    MPA_ASSIGN_OR_RETURN(l.post_norm, d.arena.Alloc<float>(hidden));
+    MPA_ASSIGN_OR_RETURN(l.o_proj, d.arena.Alloc<bf16>(hidden * nq * hd));
+    MPA_ASSIGN_OR_RETURN(l.gate_up, d.arena.Alloc<bf16>(2 * ffn * hidden));
+    MPA_ASSIGN_OR_RETURN(l.down, d.arena.Alloc<bf16>(hidden * ffn));
+    MPA_ASSIGN_OR_RETURN(l.k_cache, d.arena.Alloc<bf16>(num_pages * page_elems));
+    MPA_ASSIGN_OR_RETURN(l.v_cache, d.arena.Alloc<bf16>(num_pages * page_elems));
+  }
+  MPA_ASSIGN_OR_RETURN(d.embed, d.arena.Alloc<bf16>(vocab * hidden));
+  if (c.tie_word_embeddings) {
+    d.lm_head = d.embed;
+  } else {
+    MPA_ASSIGN_OR_RETURN(d.lm_head, d.arena.Alloc<bf16>(vocab * hidden));
+  }
+  MPA_ASSIGN_OR_RETURN(d.final_norm, d.arena.Alloc<float>(hidden));
+  weight_bytes_per_step_ =
+      2 *
+      (c.num_layers * (qkv_rows * hidden + hidden * nq * hd + 3 * ffn * hidden) + vocab * hidden);
+
+  // RoPE table for every position the model allows; the Rope class carries the scaling variant.
+  const Rope rope(c);
+  const int64_t half = hd / 2, max_pos = c.max_position_embeddings;
+  std::vector<float> cos(max_pos * half), sin(max_pos * half);
+  for (int64_t p = 0; p < max_pos; ++p)
+    rope.CosSin(static_cast<int>(p), &cos[p * half], &sin[p * half]);
+  MPA_ASSIGN_OR_RETURN(d.rope_cos, d.arena.Alloc<float>(cos.size()));
+  MPA_ASSIGN_OR_RETURN(d.rope_sin, d.arena.Alloc<float>(sin.size()));
+  MPA_CUDA(cudaMemcpy(d.rope_cos, cos.data(), cos.size() * 4, cudaMemcpyHostToDevice));
+  MPA_CUDA(cudaMemcpy(d.rope_sin, sin.data(), sin.size() * 4, cudaMemcpyHostToDevice));
+
+  const int64_t rows = std::max(options_.max_batch, options_.max_prefill_chunk);
+  MPA_ASSIGN_OR_RETURN(d.x, d.arena.Alloc<float>(rows * hidden));
+  MPA_ASSIGN_OR_RETURN(d.h, d.arena.Alloc<bf16>(rows * std::max(hidden, ffn)));
+  MPA_ASSIGN_OR_RETURN(d.qkv, d.arena.Alloc<float>(rows * qkv_rows));
+  MPA_ASSIGN_OR_RETURN(d.q, d.arena.Alloc<bf16>(rows * nq * hd));
+  MPA_ASSIGN_OR_RETURN(d.attn, d.arena.Alloc<bf16>(rows * nq * hd));
+  MPA_ASSIGN_OR_RETURN(d.gate_up, d.arena.Alloc<float>(rows * 2 * ffn));
+  MPA_ASSIGN_OR_RETURN(d.logits, d.arena.Alloc<float>(options_.max_batch * vocab));
+  // ids | positions | seq_lens | q_starts | block table, one host-to-device copy per step.
+  const int64_t ints =
+      2 * rows + options_.max_batch + 2 + int64_t{options_.max_batch} * max_pages_per_seq_;
+  MPA_ASSIGN_OR_RETURN(d.ids, d.arena.Alloc<int32_t>(ints));
+  d.positions = d.ids + rows;
+  d.seq_lens = d.positions + rows;
+  d.q_starts = d.seq_lens + options_.max_batch;
+  d.block_table = d.q_starts + 2;
+  d.h_ints.assign(ints, 0);
+  MPA_ASSIGN_OR_RETURN(d.slots, d.arena.Alloc<int64_t>(rows));
+  MPA_ASSIGN_OR_RETURN(d.greedy, d.arena.Alloc<int32_t>(options_.max_batch));
+  d.workspace_bytes =
+      cuda::DecodeAttentionWorkspaceBytes(options_.max_batch, c.num_heads, c.head_dim, 256);
+  MPA_ASSIGN_OR_RETURN(char* ws, d.arena.Alloc<char>(d.workspace_bytes));
+  d.workspace = ws;
+
+  free_pages_.resize(num_pages);
+  std::iota(free_pages_.rbegin(), free_pages_.rend(), 0);  // pop_back hands out page 0 first
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Uploads fp32 host values as bf16 into dst through a reused staging buffer.
+absl::Status UploadBf16(const std::vector<float>& src, bf16* dst, float* staging,
+                        cudaStream_t stream) {
+  if (src.empty()) return absl::OkStatus();
+  MPA_CUDA(cudaMemcpyAsync(staging, src.data(), src.size() * 4, cudaMemcpyHostToDevice, stream));
+  MPA_CUDA(cuda::ConvertToBf16(staging, static_cast<int64_t>(src.size()), dst, stream));
+  return CudaStatus(cudaStreamSynchronize(stream), "upload");
+}
+
+absl::Status UploadF32(const std::vector<float>& src, float* dst, cudaStream_t stream) {
+  if (src.empty()) return absl::OkStatus();
+  MPA_CUDA(cudaMemcpyAsync(dst, src.data(), src.size() * 4, cudaMemcpyHostToDevice, stream));
+  return CudaStatus(cudaStreamSynchronize(stream), "upload");
+}
+
+}  // namespace
+
+absl::Status CudaModel::UploadWeights(const Weights& w) {
+  const ModelConfig& c = config_;
+  Impl& d = *impl_;
+  size_t largest = w.embed_tokens.size();
+  for (const LayerWeights& l : w.layers) {
+    largest = std::max({largest, l.q_proj.size(), l.gate_proj.size(), l.down_proj.size()});
+  }
+  largest = std::max(largest, w.lm_head.size());
+  DeviceArena staging_arena;
+  MPA_ASSIGN_OR_RETURN(float* staging, staging_arena.Alloc<float>(largest));
+  const int64_t hidden = c.hidden_size, hd = c.head_dim;
+  const int64_t q_rows = int64_t{c.num_heads} * hd, kv_rows = int64_t{c.num_kv_heads} * hd;
+  for (int i = 0; i < c.num_layers; ++i) {
+    const LayerWeights& l = w.layers[i];
+    DeviceLayer& dl = d.layers[i];
+    MPA_RETURN_IF_ERROR(UploadBf16(l.q_proj, dl.qkv, staging, d.stream));
+    MPA_RETURN_IF_ERROR(UploadBf16(l.k_proj, dl.qkv + q_rows * hidden, staging, d.stream));
+    MPA_RETURN_IF_ERROR(
+        UploadBf16(l.v_proj, dl.qkv + (q_rows + kv_rows) * hidden, staging, d.stream));
+    if (dl.qkv_bias != nullptr) {
+      std::vector<float> bias(q_rows + 2 * kv_rows, 0.0f);
+      std::copy(l.q_bias.begin(), l.q_bias.end(), bias.begin());
+      std::copy(l.k_bias.begin(), l.k_bias.end(), bias.begin() + q_rows);
+      std::copy(l.v_bias.begin(), l.v_bias.end(), bias.begin() + q_rows + kv_rows);
+      MPA_RETURN_IF_ERROR(UploadF32(bias, dl.qkv_bias, d.stream));
+    }
+    if (dl.q_norm != nullptr) {
+      MPA_RETURN_IF_ERROR(UploadF32(l.q_norm, dl.q_norm, d.stream));
+      MPA_RETURN_IF_ERROR(UploadF32(l.k_norm, dl.k_norm, d.stream));
+    }
+    MPA_RETURN_IF_ERROR(UploadF32(l.input_norm, dl.input_norm, d.stream));
+    MPA_RETURN_IF_ERROR(UploadF32(l.post_attention_norm, dl.post_norm, d.stream));
+    MPA_RETURN_IF_ERROR(UploadBf16(l.o_proj, dl.o_proj, staging, d.stream));
+    MPA_RETURN_IF_ERROR(UploadBf16(l.gate_proj, dl.gate_up, staging, d.stream));
+    MPA_RETURN_IF_ERROR(UploadBf16(l.up_proj, dl.gate_up + int64_t{c.intermediate_size} * hidden,
+                                   staging, d.stream));
+    MPA_RETURN_IF_ERROR(UploadBf16(l.down_proj, dl.down, staging, d.stream));
+  }
+  MPA_RETURN_IF_ERROR(UploadBf16(w.embed_tokens, d.embed, staging, d.stream));
+  if (d.lm_head != d.embed)
+    MPA_RETURN_IF_ERROR(UploadBf16(w.lm_head, d.lm_head, staging, d.stream));
+  return UploadF32(w.final_norm, d.final_norm, d.stream);
+}
+
+absl::Status CudaModel::RandomizeWeights(uint64_t seed) {
+  const ModelConfig& c = config_;
+  Impl& d = *impl_;
+  const int64_t hidden = c.hidden_size, hd = c.head_dim, ffn = c.intermediate_size;
+  const int64_t qkv_rows = (int64_t{c.num_heads} + 2 * c.num_kv_heads) * hd;
+  uint64_t tensor = seed * 1000003ull;
+  auto matrix = [&](bf16* p, int64_t n) {
+    return CudaStatus(cuda::FillNormalBf16(p, n, ++tensor, 0.0f, 0.02f, d.stream), "fill");
+  };
+  auto norm = [&](float* p, int64_t n) {
+    return CudaStatus(cuda::FillNormalF32(p, n, ++tensor, 1.0f, 0.02f, d.stream), "fill");
+  };
+  for (DeviceLayer& l : d.layers) {
+    MPA_RETURN_IF_ERROR(matrix(l.qkv, qkv_rows * hidden));
+    if (l.qkv_bias != nullptr) {
+      MPA_CUDA(cuda::FillNormalF32(l.qkv_bias, qkv_rows, ++tensor, 0.0f, 0.02f, d.stream));
+    }
+    if (l.q_norm != nullptr) {
+      MPA_RETURN_IF_ERROR(norm(l.q_norm, hd));
+      MPA_RETURN_IF_ERROR(norm(l.k_norm, hd));
+    }
+    MPA_RETURN_IF_ERROR(norm(l.input_norm, hidden));
+    MPA_RETURN_IF_ERROR(norm(l.post_norm, hidden));
+    MPA_RETURN_IF_ERROR(matrix(l.o_proj, hidden * c.num_heads * hd));
+    MPA_RETURN_IF_ERROR(matrix(l.gate_up, 2 * ffn * hidden));
+    MPA_RETURN_IF_ERROR(matrix(l.down, hidden * ffn));
+  }
+  MPA_RETURN_IF_ERROR(matrix(d.embed, int64_t{c.vocab_size} * hidden));
+  if (d.lm_head != d.embed) MPA_RETURN_IF_ERROR(matrix(d.lm_head, int64_t{c.vocab_size} * hidden));
+  MPA_RETURN_IF_ERROR(norm(d.final_norm, hidden));
+  return CudaStatus(cudaStreamSynchronize(d.stream), "random weights");
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Load(const std::string& dir,
+                                                           const CudaModelOptions& options) {
+  MPA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  MPA_ASSIGN_OR_RETURN(Weights weights, LoadWeights(dir, config));
+  return FromWeights(config, weights, options);
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::FromWeights(const ModelConfig& config,
+                                                                  const Weights& weights,
+                                                                  const CudaModelOptions& options) {
+  std::unique_ptr<CudaModel> m(new CudaModel(config, options));
+  MPA_RETURN_IF_ERROR(m->Init());
+  if (weights.layers.size() != static_cast<size_t>(config.num_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("weights have ", weights.layers.size(),
+                                                   " layers, config says ", config.num_layers));
+  }
+  MPA_RETURN_IF_ERROR(m->UploadWeights(weights));
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Random(const ModelConfig& config,
+                                                             uint64_t seed,
+                                                             const CudaModelOptions& options) {
+  std::unique_ptr<CudaModel> m(new CudaModel(config, options));
+  MPA_RETURN_IF_ERROR(m->Init());
+  MPA_RETURN_IF_ERROR(m->RandomizeWeights(seed));
+  return m;
+}
+
+std::unique_ptr<CudaSequence> CudaModel::NewSequence() {
+  return std::unique_ptr<CudaSequence>(new CudaSequence(this));
+}
+
+void CudaModel::ReleasePages(std::vector<int32_t>& pages) {
+  free_pages_.insert(free_pages_.end(), pages.rbegin(), pages.rend());
+  pages.clear();
+}
+
+absl::Status CudaModel::CheckTokens(const CudaSequence& seq,
+                                    absl::Span<const int32_t> tokens) const {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+  }
+  const int64_t total = int64_t{seq.num_tokens()} + static_cast<int64_t>(tokens.size());
+  if (total > config_.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("context of ", total,
+                                                   " tokens exceeds the model's context window of ",
+                                                   config_.max_position_embeddings, " tokens"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Reserve(CudaSequence& seq, int count) {
+  const int ps = options_.page_size;
+  const int64_t need = (int64_t{seq.num_tokens()} + count + ps - 1) / ps - seq.pages_.size();
+  if (need > static_cast<int64_t>(free_pages_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: need ", need, " pages of ", ps,
+                                                     " tokens, ", free_pages_.size(), " free"));
+  }
+  for (int64_t i = 0; i < need; ++i) {
+    seq.pages_.push_back(free_pages_.back());
+    free_pages_.pop_back();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, int max_new,
+                                int first_logit_row, int logit_rows) {
+  const ModelConfig& c = config_;
+  Impl& d = *impl_;
+  const int64_t hidden = c.hidden_size, hd = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t ffn = c.intermediate_size;
+  const int64_t qkv_rows = (nq + 2 * nkv) * hd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  cudaStream_t s = d.stream;
+
+  MPA_CUDA(cuda::EmbeddingGather(d.embed, d.ids, rows, c.hidden_size, d.x, s));
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const DeviceLayer& l = d.layers[layer];
+    const cuda::PagedKvCache kv{l.k_cache, l.v_cache, c.num_kv_heads, c.head_dim,
+                                options_.page_size};
+    cuda::RmsNormParams norm;
+    norm.residual = d.x;
+    norm.weight = l.input_norm;
+    norm.rows = rows;
+    norm.n = c.hidden_size;
+    norm.eps = c.rms_norm_eps;
+    norm.out = d.h;
+    MPA_CUDA(cuda::RmsNorm(norm, s));
+    MPA_BLAS(cuda::Linear(d.blas, {d.h, l.qkv, rows, hidden, qkv_rows, 0.0f, d.qkv}));
+
+    cuda::QkvPrepareParams prep;
+    prep.qkv = d.qkv;
+    prep.bias = l.qkv_bias;
+    prep.q_norm = l.q_norm;
+    prep.k_norm = l.k_norm;
+    prep.eps = c.rms_norm_eps;
+    prep.rope_cos = d.rope_cos;
+    prep.rope_sin = d.rope_sin;
+    prep.positions = d.positions;
+    prep.rows = rows;
+    prep.num_q_heads = c.num_heads;
+    prep.num_kv_heads = c.num_kv_heads;
+    prep.head_dim = c.head_dim;
+    prep.q_out = d.q;
+    prep.kv = kv;
+    prep.slots = d.slots;
+    MPA_CUDA(cuda::QkvPrepare(prep, s));
+
+    if (prefill) {
+      cuda::PrefillAttentionParams p;
+      p.q = d.q;
+      p.q_starts = d.q_starts;
+      p.kv = kv;
+      p.block_table = {d.block_table, max_pages_per_seq_};
+      p.seq_lens = d.seq_lens;
+      p.batch = batch;
+      p.num_q_heads = c.num_heads;
+      p.max_new_tokens = max_new;
+      p.scale = scale;
+      p.out = d.attn;
+      MPA_CUDA(cuda::PrefillAttention(p, s));
+    } else {
+      cuda::DecodeAttentionParams p;
+      p.q = d.q;
+      p.kv = kv;
+      p.block_table = {d.block_table, max_pages_per_seq_};
+      p.seq_lens = d.seq_lens;
+      p.batch = batch;
+      p.num_q_heads = c.num_heads;
+      p.max_seq_len = max_len;
+      p.scale = scale;
+      p.out = d.attn;
+      p.workspace = d.workspace;
+      p.workspace_bytes = d.workspace_bytes;
+      MPA_CUDA(cuda::DecodeAttention(p, s));
+    }
+    // o_proj and down_proj accumulate straight into the fp32 residual stream (beta = 1).
+    MPA_BLAS(cuda::Linear(d.blas, {d.attn, l.o_proj, rows, nq * hd, hidden, 1.0f, d.x}));
+    norm.weight = l.post_norm;
+    MPA_CUDA(cuda::RmsNorm(norm, s));
+    MPA_BLAS(cuda::Linear(d.blas, {d.h, l.gate_up, rows, hidden, 2 * ffn, 0.0f, d.gate_up}));
+    MPA_CUDA(cuda::SiluMul(d.gate_up, rows, c.intermediate_size, d.h, s));
+    MPA_BLAS(cuda::Linear(d.blas, {d.h, l.down, rows, ffn, hidden, 1.0f, d.x}));
+  }
+  cuda::RmsNormParams norm;
+  norm.residual = d.x + int64_t{first_logit_row} * hidden;
+  norm.weight = d.final_norm;
+  norm.rows = logit_rows;
+  norm.n = c.hidden_size;
+  norm.eps = c.rms_norm_eps;
+  norm.out = d.h;
+  MPA_CUDA(cuda::RmsNorm(norm, s));
+  MPA_BLAS(
+      cuda::Linear(d.blas, {d.h, d.lm_head, logit_rows, hidden, c.vocab_size, 0.0f, d.logits}));
+  last_logit_rows_ = logit_rows;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Prefill(CudaSequence& seq, absl::Span<const int32_t> tokens,
+                                float* logits) {
+  if (tokens.empty()) return absl::InvalidArgumentError("prefill needs at least one token");
+  MPA_RETURN_IF_ERROR(CheckTokens(seq, tokens));
+  MPA_RETURN_IF_ERROR(Reserve(seq, static_cast<int>(tokens.size())));
+  Impl& d = *impl_;
+  const int rows_cap = std::max(options_.max_batch, options_.max_prefill_chunk);
+  const int ps = options_.page_size;
+  for (size_t begin = 0; begin < tokens.size(); begin += options_.max_prefill_chunk) {
+    const int n =
+        static_cast<int>(std::min<size_t>(options_.max_prefill_chunk, tokens.size() - begin));
+    const int first_pos = seq.num_tokens();
+    // Metadata in one host buffer laid out as on the device.
+    int32_t* ids = d.h_ints.data();
+    int32_t* pos = ids + rows_cap;
+    int32_t* lens = pos + rows_cap;
+    int32_t* starts = lens + options_.max_batch;
+    int32_t* table = starts + 2;
+    d.h_slots.resize(n);
+    for (int i = 0; i < n; ++i) {
+      ids[i] = tokens[begin + i];
+      pos[i] = first_pos + i;
+      d.h_slots[i] = int64_t{seq.pages_[pos[i] / ps]} * ps + pos[i] % ps;
+    }
+    lens[0] = first_pos + n;
+    starts[0] = 0;
+    starts[1] = n;
+    std::copy(seq.pages_.begin(), seq.pages_.end(), table);
+    MPA_CUDA(cudaMemcpyAsync(d.ids, d.h_ints.data(),
+                             (table - ids + seq.pages_.size()) * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, d.stream));
+    MPA_CUDA(cudaMemcpyAsync(d.slots, d.h_slots.data(), n * sizeof(int64_t), cudaMemcpyHostToDevice,
+                             d.stream));
+    seq.tokens_.insert(seq.tokens_.end(), tokens.begin() + begin, tokens.begin() + begin + n);
+    MPA_RETURN_IF_ERROR(Forward(n, /*prefill=*/true, 1, first_pos + n, n, n - 1, 1));
+    // The host buffers are rewritten by the next chunk: wait for this chunk's copies.
+    MPA_CUDA(cudaStreamSynchronize(d.stream));
+  }
+  if (logits != nullptr) {
+    MPA_CUDA(cudaMemcpyAsync(logits, d.logits, int64_t{config_.vocab_size} * 4,
+                             cudaMemcpyDeviceToHost, d.stream));
+    MPA_CUDA(cudaStreamSynchronize(d.stream));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
+                               absl::Span<const int32_t> tokens, float* logits) {
+  if (seqs.size() != tokens.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode got ", seqs.size(), " sequences but ", tokens.size(), " tokens"));
+  }
+  if (seqs.empty()) return absl::OkStatus();
+  if (seqs.size() > static_cast<size_t>(options_.max_batch)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode batch of ", seqs.size(), " exceeds max_batch ", options_.max_batch));
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[i] == seqs[j])
+        return absl::InvalidArgumentError("a sequence appears twice in a batch");
+    }
+    MPA_RETURN_IF_ERROR(CheckTokens(*seqs[i], tokens.subspan(i, 1)));
+  }
+  for (CudaSequence* seq : seqs) MPA_RETURN_IF_ERROR(Reserve(*seq, 1));
+  Impl& d = *impl_;
+  const int batch = static_cast<int>(seqs.size());
+  const int rows_cap = std::max(options_.max_batch, options_.max_prefill_chunk);
+  const int ps = options_.page_size;
+  int32_t* ids = d.h_ints.data();
+  int32_t* pos = ids + rows_cap;
+  int32_t* lens = pos + rows_cap;
+  int32_t* table = lens + options_.max_batch + 2;
+  d.h_slots.resize(batch);
+  int max_len = 0;
+  for (int b = 0; b < batch; ++b) {
+    CudaSequence& seq = *seqs[b];
+    const int p = seq.num_tokens();
+    ids[b] = tokens[b];
+    pos[b] = p;
+    lens[b] = p + 1;
+    max_len = std::max(max_len, p + 1);
+    d.h_slots[b] = int64_t{seq.pages_[p / ps]} * ps + p % ps;
+    std::copy(seq.pages_.begin(), seq.pages_.end(), table + int64_t{b} * max_pages_per_seq_);
+    seq.tokens_.push_back(tokens[b]);
+  }
+  MPA_CUDA(cudaMemcpyAsync(d.ids, d.h_ints.data(),
+                           (table - ids + int64_t{batch} * max_pages_per_seq_) * sizeof(int32_t),
+                           cudaMemcpyHostToDevice, d.stream));
+  MPA_CUDA(cudaMemcpyAsync(d.slots, d.h_slots.data(), batch * sizeof(int64_t),
+                           cudaMemcpyHostToDevice, d.stream));
+  MPA_RETURN_IF_ERROR(Forward(batch, /*prefill=*/false, batch, max_len, 1, 0, batch));
+  if (logits != nullptr) {
+    MPA_CUDA(cudaMemcpyAsync(logits, d.logits, int64_t{batch} * config_.vocab_size * 4,
+                             cudaMemcpyDeviceToHost, d.stream));
+  }
+  // The host staging buffers are reused by the next call.
+  MPA_CUDA(cudaStreamSynchronize(d.stream));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> CudaModel::GreedyIds() {
+  Impl& d = *impl_;
+  std::vector<int32_t> ids(last_logit_rows_);
+  if (ids.empty()) return ids;
+  MPA_CUDA(cuda::ArgmaxRows(d.logits, last_logit_rows_, config_.vocab_size, d.greedy, d.stream));
+  MPA_CUDA(cudaMemcpyAsync(ids.data(), d.greedy, ids.size() * 4, cudaMemcpyDeviceToHost, d.stream));
+  MPA_CUDA(cudaStreamSynchronize(d.stream));
+  return ids;
+}
+
+absl::Status CudaModel::AppendUncomputedContext(CudaSequence& seq, int count) {
+  const std::vector<int32_t> ids(count, 0);
+  MPA_RETURN_IF_ERROR(CheckTokens(seq, ids));
+  MPA_RETURN_IF_ERROR(Reserve(seq, count));
+  seq.tokens_.insert(seq.tokens_.end(), ids.begin(), ids.end());
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::FillKvCacheRandom(uint64_t seed) {
+  const int64_t num_pages = (options_.max_kv_tokens + options_.page_size - 1) / options_.page_size;
+  const int64_t n = num_pages * config_.num_kv_heads * options_.page_size * config_.head_dim;
+  for (const DeviceLayer& l : impl_->layers) {
+    MPA_CUDA(cuda::FillNormalBf16(l.k_cache, n, ++seed, 0.0f, 1.0f, impl_->stream));
+    MPA_CUDA(cuda::FillNormalBf16(l.v_cache, n, ++seed, 0.0f, 1.0f, impl_->stream));
+  }
+  return Synchronize();
+}
+
+absl::Status CudaModel::Synchronize() {
+  return CudaStatus(cudaStreamSynchronize(impl_->stream), "sync");
+}
+
+}  // namespace mpa
