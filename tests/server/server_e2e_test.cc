@@ -1,0 +1,497 @@
+// End-to-end: the real mpa_server binary on a free loopback port with the real stories260K
+// model, driven by mpa_client, by a Python grpcio client (a client nobody here wrote), and by
+// C++ stubs for concurrency, bad inputs, limits and SIGTERM drain.
+#include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "multipole/v1/decode.grpc.pb.h"
+
+extern char** environ;
+
+namespace mpa::server {
+namespace {
+
+namespace v1 = ::multipole::v1;
+using ::testing::HasSubstr;
+
+const char kModelDir[] = MPA_SOURCE_DIR "/../shared/models/stories260K";
+// Greedy ids of stories260K from BOS (id 1), as its README records them (checked against HF).
+const char kReferenceIds[] =
+    "403 407 261 378 432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337 410 408 419 "
+    "292 411 322 265 282 295 433 426 385 328 432 358 394 261 370 432 352 266 268 388 426 338 391 "
+    "266 267 337 335 312 432 398 312 286 267 414 270 333 415 426 13 438 310";
+
+// mpa_server as a child process; its output is collected by a thread.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> flags) {
+    int out[2];
+    if (pipe(out) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+    posix_spawn_file_actions_adddup2(&actions, out[1], 2);
+    posix_spawn_file_actions_addclose(&actions, out[0]);
+    std::vector<std::string> argv_s = {MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir),
+                                       "--address=127.0.0.1:0"};
+    argv_s.insert(argv_s.end(), flags.begin(), flags.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, MPA_SERVER_BINARY, &actions, nullptr, argv.data(), environ) != 0) {
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    close(out[1]);
+    reader_ = std::thread([this, fd = out[0]] {
+      char buf[4096];
+      for (;;) {
+        const ssize_t n = read(fd, buf, sizeof(buf));
+        if (n <= 0) break;
+        std::lock_guard<std::mutex> lock(mu_);
+        output_.append(buf, n);
+      }
+      close(fd);
+    });
+    // Wait for "listening on 127.0.0.1:PORT".
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline && pid_ > 0) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        const size_t at = output_.find("listening on ");
+        if (at != std::string::npos && output_.find('\n', at) != std::string::npos) {
+          const size_t start = at + 13;
+          address_ = output_.substr(start, output_.find('\n', at) - start);
+          break;
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      Wait(absl::Seconds(10));
+    }
+    if (reader_.joinable()) reader_.join();
+  }
+  const std::string& address() const { return address_; }
+  void Signal(int sig) { kill(pid_, sig); }
+  // The exit code, or -1 if it did not exit in time (or died of a signal).
+  int Wait(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return -1;
+  }
+  std::string output() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return output_;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::string address_;
+  std::thread reader_;
+  std::mutex mu_;
+  std::string output_;
+};
+
+// Runs a shell command; returns (exit code, stdout).
+std::pair<int, std::string> Shell(const std::string& command) {
+  std::string out;
+  FILE* f = popen(command.c_str(), "r");
+  if (f == nullptr) return {-1, ""};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  const int status = pclose(f);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::vector<int32_t> ParseIds(absl::string_view text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view piece : absl::StrSplit(text, absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
+    int32_t id;
+    if (absl::SimpleAtoi(piece, &id)) ids.push_back(id);
+  }
+  return ids;
+}
+
+struct StreamResult {
+  std::vector<int32_t> ids;
+  std::optional<v1::GenerateResult> result;
+  grpc::Status status;
+  int messages = 0;
+};
+
+v1::GenerateRequest IdsRequest(const std::vector<int32_t>& ids, int max_new,
+                               const std::string& session = "") {
+  v1::GenerateRequest r;
+  r.set_session_id(session);
+  for (int32_t id : ids) r.mutable_token_ids()->add_ids(id);
+  r.mutable_sampling()->set_max_new_tokens(max_new);
+  r.mutable_sampling()->set_ignore_eos(true);
+  return r;
+}
+
+StreamResult Generate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request,
+                      std::atomic<int>* first_token = nullptr) {
+  StreamResult out;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse message;
+  while (reader->Read(&message)) {
+    ++out.messages;
+    const bool first = out.ids.empty() && message.tokens_size() > 0;
+    for (const auto& t : message.tokens()) out.ids.push_back(t.id());
+    if (first_token != nullptr && first) ++*first_token;
+    if (message.has_result()) out.result = message.result();
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+// grpc.health.v1.Health/Check of DecodeService through the generic stub (the response is one
+// enum field: bytes 0x08 <status>, or nothing for UNKNOWN). Returns the status (1 SERVING,
+// 2 NOT_SERVING), or -1 on an RPC error.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue cq;
+  // HealthCheckRequest{service: "multipole.v1.DecodeService"}: field 1, length-delimited.
+  const std::string service = "multipole.v1.DecodeService";
+  const std::string encoded = std::string("\x0a") + static_cast<char>(service.size()) + service;
+  grpc::Slice slice(encoded);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  auto call = generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &cq);
+  call->StartCall();
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  if (!status.ok()) return -1;
+  std::vector<grpc::Slice> slices;
+  (void)response.Dump(&slices);
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  if (bytes.empty()) return 0;
+  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
+}
+
+class ServerE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(std::string(kModelDir) + "/config.json")) {
+      GTEST_SKIP() << "stories260K not found at " << kModelDir;
+    }
+    const unsigned seed = std::random_device{}();
+    rng_.seed(seed);
+    RecordProperty("seed", std::to_string(seed));
+  }
+  void StartServer(std::vector<std::string> flags = {}) {
+    server_ = std::make_unique<ServerProcess>(std::move(flags));
+    ASSERT_FALSE(server_->address().empty()) << "server did not start:\n" << server_->output();
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::DecodeService::NewStub(channel_);
+  }
+  std::vector<int32_t> RandomPrompt(int n) {
+    std::uniform_int_distribution<int32_t> id(3, 511);
+    std::vector<int32_t> ids = {1};
+    while (static_cast<int>(ids.size()) < n) ids.push_back(id(rng_));
+    return ids;
+  }
+  std::string CreateSession() {
+    grpc::ClientContext context;
+    v1::CreateSessionResponse r;
+    grpc::Status s = stub_->CreateSession(&context, v1::CreateSessionRequest(), &r);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return r.session_id();
+  }
+
+  std::mt19937 rng_;
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DecodeService::Stub> stub_;
+};
+
+TEST_F(ServerE2eTest, PythonGrpcioClient) {
+  if (Shell("/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null").first != 0) {
+    GTEST_SKIP() << "python3-grpcio is not installed";
+  }
+  StartServer();
+  auto [rc, out] = Shell(absl::StrCat("/usr/bin/python3 ", MPA_PYTHON_CLIENT,
+                                      " --address=", server_->address(), " --repo=", MPA_SOURCE_DIR,
+                                      " --reference_ids='", kReferenceIds, "' 2>&1"));
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("all python client checks passed"));
+  EXPECT_EQ(HealthStatus(channel_), 1);  // SERVING
+}
+
+TEST_F(ServerE2eTest, MpaClientGenerateAndChat) {
+  StartServer();
+  const std::string client = absl::StrCat(MPA_CLIENT_BINARY, " --server=", server_->address());
+  auto [rc, out] =
+      Shell(client + " generate --prompt_ids=1 --max_new_tokens=64 --output=ids --stats=false");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(ParseIds(out), ParseIds(kReferenceIds));
+
+  auto [rc_text, text] =
+      Shell(client + " generate --prompt='Once upon a time' --max_new_tokens=30 2>&1");
+  ASSERT_EQ(rc_text, 0) << text;
+  EXPECT_THAT(text, HasSubstr("there was"));
+  EXPECT_THAT(text, HasSubstr("[finish: length"));
+
+  // Two chat turns on one session; turn 2 equals a one-shot run over the whole conversation.
+  auto [rc_chat, chat] = Shell(absl::StrCat("printf '1 403 407\\n261 378\\n' | ", client,
+                                            " chat --output=ids --max_new_tokens=8 --ignore_eos "
+                                            "--stats=false 2>/dev/null"));
+  ASSERT_EQ(rc_chat, 0) << chat;
+  std::vector<std::string> lines = absl::StrSplit(chat, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u) << chat;
+  std::vector<int32_t> conversation = {1, 403, 407};
+  for (int32_t id : ParseIds(lines[0])) conversation.push_back(id);
+  conversation.push_back(261);
+  conversation.push_back(378);
+  StreamResult oneshot = Generate(*stub_, IdsRequest(conversation, 8));
+  ASSERT_TRUE(oneshot.status.ok()) << oneshot.status.error_message();
+  EXPECT_EQ(ParseIds(lines[1]), oneshot.ids);
+
+  auto [rc_bad, bad] = Shell(client + " generate --prompt_ids=1,99999 2>&1");
+  EXPECT_EQ(rc_bad, 1);
+  EXPECT_THAT(bad, HasSubstr("token_ids.ids[1]"));
+}
+
+TEST_F(ServerE2eTest, ThirtyTwoConcurrentStreamsEqualRunningAlone) {
+  StartServer({"--threads=1"});
+  constexpr int kStreams = 32;
+  std::vector<v1::GenerateRequest> requests;
+  std::uniform_int_distribution<int> len(1, 60), out(20, 80);
+  for (int i = 0; i < kStreams; ++i)
+    requests.push_back(IdsRequest(RandomPrompt(len(rng_)), out(rng_)));
+  std::vector<StreamResult> alone, together(kStreams);
+  for (const auto& r : requests) alone.push_back(Generate(*stub_, r));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(*stub_, requests[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    const int n = requests[i].sampling().max_new_tokens();
+    EXPECT_EQ(alone[i].ids.size(), static_cast<size_t>(n));
+    EXPECT_EQ(together[i].ids, alone[i].ids) << "stream " << i;
+    ASSERT_TRUE(together[i].result.has_value());
+    EXPECT_EQ(together[i].result->usage().generated_tokens(), n);
+    EXPECT_EQ(together[i].result->finish_reason(), v1::FINISH_REASON_LENGTH);
+  }
+}
+
+TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
+  StartServer({"--threads=1", "--max_prompt_tokens=100"});
+  // Long streams that keep the engine busy while the bad requests arrive.
+  constexpr int kRunning = 12;
+  std::vector<v1::GenerateRequest> running;
+  for (int i = 0; i < kRunning; ++i) running.push_back(IdsRequest(RandomPrompt(8), 440));
+  std::vector<StreamResult> results(kRunning);
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRunning; ++i) {
+    threads.emplace_back([&, i] { results[i] = Generate(*stub_, running[i], &started); });
+  }
+  while (started < kRunning) absl::SleepFor(absl::Milliseconds(1));
+  const std::string busy = CreateSession();
+  std::atomic<int> busy_started{0};
+  StreamResult busy_result;
+  std::thread busy_thread([&] {
+    busy_result = Generate(*stub_, IdsRequest(RandomPrompt(4), 400, busy), &busy_started);
+  });
+  while (busy_started == 0) absl::SleepFor(absl::Milliseconds(1));
+
+  struct Case {
+    std::string name;
+    v1::GenerateRequest request;
+    grpc::StatusCode code;
+    std::string field;
+  };
+  std::vector<Case> cases;
+  cases.push_back(
+      {"id out of range", IdsRequest({1, 512}, 4), grpc::INVALID_ARGUMENT, "token_ids.ids[1]"});
+  cases.push_back({"empty input", IdsRequest({}, 4), grpc::INVALID_ARGUMENT, "token_ids"});
+  cases.push_back({"no input", v1::GenerateRequest(), grpc::INVALID_ARGUMENT, "input"});
+  cases.push_back({"prompt too long", IdsRequest(RandomPrompt(101), 4), grpc::INVALID_ARGUMENT,
+                   "max_prompt_tokens"});
+  cases.push_back({"total too long", IdsRequest(RandomPrompt(50), 480), grpc::INVALID_ARGUMENT,
+                   "sampling.max_new_tokens"});
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    r.mutable_sampling()->set_temperature(-1);
+    cases.push_back({"negative temperature", r, grpc::INVALID_ARGUMENT, "sampling.temperature"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    r.mutable_sampling()->set_top_p(1.5f);
+    cases.push_back({"top_p above 1", r, grpc::INVALID_ARGUMENT, "sampling.top_p"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    r.mutable_sampling()->set_max_new_tokens(-3);
+    cases.push_back(
+        {"negative max_new_tokens", r, grpc::INVALID_ARGUMENT, "sampling.max_new_tokens"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    r.mutable_sampling()->add_stop_token_ids(-1);
+    cases.push_back({"bad stop id", r, grpc::INVALID_ARGUMENT, "sampling.stop_token_ids"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    r.mutable_attention()->set_token_budget(0);
+    cases.push_back({"zero token budget", r, grpc::INVALID_ARGUMENT, "attention.token_budget"});
+  }
+  cases.push_back(
+      {"unknown session", IdsRequest({1}, 4, "ses-0123"), grpc::NOT_FOUND, "session_id"});
+  cases.push_back(
+      {"busy session", IdsRequest({5}, 4, busy), grpc::FAILED_PRECONDITION, "session_id"});
+  for (const Case& c : cases) {
+    StreamResult r = Generate(*stub_, c.request);
+    EXPECT_EQ(r.status.error_code(), c.code) << c.name << ": " << r.status.error_message();
+    EXPECT_THAT(r.status.error_message(), HasSubstr(c.field)) << c.name;
+    EXPECT_TRUE(r.ids.empty()) << c.name;
+  }
+  {
+    grpc::ClientContext context;
+    v1::GetSessionRequest request;
+    request.set_session_id("nope");
+    v1::GetSessionResponse response;
+    grpc::Status s = stub_->GetSession(&context, request, &response);
+    EXPECT_EQ(s.error_code(), grpc::NOT_FOUND);
+    EXPECT_THAT(s.error_message(), HasSubstr("session_id"));
+  }
+  int still_running = 0;
+  for (int i = 0; i < kRunning; ++i) still_running += results[i].result.has_value() ? 0 : 1;
+  for (auto& t : threads) t.join();
+  busy_thread.join();
+  EXPECT_GT(still_running, 0) << "the streams ended before the bad inputs were tested";
+  ASSERT_TRUE(busy_result.status.ok()) << busy_result.status.error_message();
+  EXPECT_EQ(busy_result.ids.size(), 400u);
+  // The running streams were not disturbed: each equals the same prompt run alone.
+  for (int i = 0; i < kRunning; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    StreamResult alone = Generate(*stub_, running[i]);
+    EXPECT_EQ(results[i].ids, alone.ids) << "stream " << i;
+  }
+}
+
+TEST_F(ServerE2eTest, SessionLimitAndKvAdmission) {
+  StartServer({"--max_sessions=2", "--max_kv_tokens=512"});
+  const std::string a = CreateSession();
+  const std::string b = CreateSession();
+  {
+    grpc::ClientContext context;
+    v1::CreateSessionResponse r;
+    grpc::Status s = stub_->CreateSession(&context, v1::CreateSessionRequest(), &r);
+    EXPECT_EQ(s.error_code(), grpc::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(s.error_message(), HasSubstr("max_sessions"));
+  }
+  // Session a keeps 489 tokens of KV resident after its turn; 512 tokens of cache remain 16.
+  StreamResult turn = Generate(*stub_, IdsRequest(RandomPrompt(10), 480, a));
+  ASSERT_TRUE(turn.status.ok()) << turn.status.error_message();
+  StreamResult refused = Generate(*stub_, IdsRequest(RandomPrompt(10), 40));
+  EXPECT_EQ(refused.status.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("max_kv_tokens"));
+  // Closing the session frees its cache.
+  {
+    grpc::ClientContext context;
+    v1::CloseSessionRequest request;
+    request.set_session_id(a);
+    v1::CloseSessionResponse response;
+    ASSERT_TRUE(stub_->CloseSession(&context, request, &response).ok());
+  }
+  StreamResult admitted = Generate(*stub_, IdsRequest(RandomPrompt(10), 40));
+  EXPECT_TRUE(admitted.status.ok()) << admitted.status.error_message();
+  EXPECT_EQ(admitted.ids.size(), 40u);
+}
+
+TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
+  StartServer({"--threads=1", "--drain_timeout=60s"});
+  EXPECT_EQ(HealthStatus(channel_), 1);
+  constexpr int kRunning = 16;
+  std::vector<v1::GenerateRequest> running;
+  for (int i = 0; i < kRunning; ++i) running.push_back(IdsRequest(RandomPrompt(8), 440));
+  std::vector<StreamResult> results(kRunning);
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRunning; ++i) {
+    threads.emplace_back([&, i] { results[i] = Generate(*stub_, running[i], &started); });
+  }
+  while (started < kRunning) absl::SleepFor(absl::Milliseconds(1));
+  server_->Signal(SIGTERM);
+  // Wait until the server has begun draining (health flips), then new work is refused.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  int health = 1;
+  while (absl::Now() < deadline && (health = HealthStatus(channel_)) == 1) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(health, 2);  // NOT_SERVING
+  StreamResult refused = Generate(*stub_, IdsRequest({1}, 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::UNAVAILABLE) << refused.status.error_message();
+  {
+    grpc::ClientContext context;
+    v1::CreateSessionResponse r;
+    EXPECT_EQ(stub_->CreateSession(&context, v1::CreateSessionRequest(), &r).error_code(),
+              grpc::UNAVAILABLE);
+  }
+  int unfinished_at_refusal = 0;
+  for (int i = 0; i < kRunning; ++i) unfinished_at_refusal += results[i].result ? 0 : 1;
+  for (auto& t : threads) t.join();
+  EXPECT_GT(unfinished_at_refusal, 0) << "streams ended before the refusal was tested";
+  for (int i = 0; i < kRunning; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    EXPECT_EQ(results[i].ids.size(), 440u);
+    ASSERT_TRUE(results[i].result.has_value());
+    EXPECT_EQ(results[i].result->finish_reason(), v1::FINISH_REASON_LENGTH);
+  }
+  EXPECT_EQ(server_->Wait(absl::Seconds(30)), 0) << server_->output();
+}
+
+}  // namespace
+}  // namespace mpa::server
