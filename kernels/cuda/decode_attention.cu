@@ -388,10 +388,14 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
       return LaunchGroup<8>(a, p.batch, group, unroll, stages, stream);
     case 16:
       return LaunchGroup<16>(a, p.batch, group, unroll, stages, stream);
+    case 24:
+      return LaunchGroup<24>(a, p.batch, group, unroll, stages, stream);
     case 32:
       return LaunchGroup<32>(a, p.batch, group, unroll, stages, stream);
     case 64:
       return LaunchGroup<64>(a, p.batch, group, unroll, stages, stream);
+    case 96:
+      return LaunchGroup<96>(a, p.batch, group, unroll, stages, stream);
     case 128:
       return LaunchGroup<128>(a, p.batch, group, unroll, stages, stream);
     case 256:

@@ -276,10 +276,14 @@ cudaError_t PrefillAttention(const PrefillAttentionParams& p, cudaStream_t strea
       return LaunchGroup<8>(a, p, group, stream);
     case 16:
       return LaunchGroup<16>(a, p, group, stream);
+    case 24:
+      return LaunchGroup<24>(a, p, group, stream);
     case 32:
       return LaunchGroup<32>(a, p, group, stream);
     case 64:
       return LaunchGroup<64>(a, p, group, stream);
+    case 96:
+      return LaunchGroup<96>(a, p, group, stream);
     case 128:
       return LaunchGroup<128>(a, p, group, stream);
     case 256:
