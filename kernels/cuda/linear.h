@@ -17,7 +17,7 @@ struct LinearParams {
   float* y = nullptr;  // [rows, out_features]
 };
 
-// The handle must be bound to the stream the caller wants (cublasSetStream). Up to 8 rows with
+// The handle must be bound to the stream the caller wants (cublasSetStream). Up to 2 rows with
 // in_features a multiple of 8 (16-byte aligned x and w) run through a weight-streaming GEMV
 // kernel of ours on the handle's stream; everything else through cublasGemmEx.
 cublasStatus_t Linear(cublasHandle_t handle, const LinearParams& p);
