@@ -128,6 +128,7 @@ int Serve() {
   std::printf("mpa_server: signal %d: draining (up to %s)\n", signal_number,
               absl::FormatDuration(drain_timeout).c_str());
   std::fflush(stdout);
+  const absl::Time drain_start = absl::Now();
   server->GetHealthCheckService()->SetServingStatus(false);
   scheduler.BeginDrain();
   if (!scheduler.WaitForIdle(absl::Now() + drain_timeout)) {
@@ -137,9 +138,16 @@ int Serve() {
     scheduler.WaitForIdle(absl::Now() + absl::Seconds(5));
   }
   // Streams have their final messages queued; give their writes time to reach the clients.
+  std::printf("mpa_server: generations drained after %.3f s\n",
+              absl::ToDoubleSeconds(absl::Now() - drain_start));
+  std::fflush(stdout);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  std::printf("mpa_server: gRPC server shut down after %.3f s\n",
+              absl::ToDoubleSeconds(absl::Now() - drain_start));
+  std::fflush(stdout);
   scheduler.Stop();
-  std::printf("mpa_server: stopped\n");
+  std::printf("mpa_server: stopped after %.3f s\n",
+              absl::ToDoubleSeconds(absl::Now() - drain_start));
   std::fflush(stdout);
   return 0;
 }

@@ -17,6 +17,8 @@
 
 namespace mpa::server::testing {
 
+inline uint64_t FakeHashSeed() { return 1469598103934665603ull; }
+
 class FakeSequence : public EngineSequence {
  public:
   explicit FakeSequence(std::atomic<int64_t>* used_blocks) : used_blocks_(used_blocks) {}
@@ -25,6 +27,7 @@ class FakeSequence : public EngineSequence {
   AttentionStats stats() const override { return stats_; }
   void set_attention(const AttentionOptions& options) override { attention = options; }
   std::vector<int32_t> tokens;
+  uint64_t hash = FakeHashSeed();
   AttentionOptions attention;
   AttentionStats stats_;
   int64_t held_blocks = 0;
@@ -57,18 +60,27 @@ class FakeEngine : public Engine {
     info_.kv_capacity_tokens = kv_tokens;
   }
 
+  // A running hash of a context (FNV-1a over the ids): the greedy next token depends on every
+  // token and their order.
+  static uint64_t Extend(uint64_t h, int32_t t) {
+    return (h ^ static_cast<uint64_t>(t + 7)) * 1099511628211ull;
+  }
+  static constexpr uint64_t kEmptyHash = 1469598103934665603ull;
+  static int32_t TokenOf(uint64_t h) { return static_cast<int32_t>(3 + (h >> 17) % (kVocab - 3)); }
   // The greedy next token after `context`: never BOS or EOS (tests add those on purpose).
   static int32_t NextToken(const std::vector<int32_t>& context) {
-    uint64_t h = 1469598103934665603ull;
-    for (int32_t t : context) h = (h ^ static_cast<uint64_t>(t + 7)) * 1099511628211ull;
-    return static_cast<int32_t>(3 + (h >> 17) % (kVocab - 3));
+    uint64_t h = kEmptyHash;
+    for (int32_t t : context) h = Extend(h, t);
+    return TokenOf(h);
   }
   // Greedy continuation of `context` by n tokens, computed without the server.
-  static std::vector<int32_t> Greedy(std::vector<int32_t> context, int n) {
+  static std::vector<int32_t> Greedy(const std::vector<int32_t>& context, int n) {
+    uint64_t h = kEmptyHash;
+    for (int32_t t : context) h = Extend(h, t);
     std::vector<int32_t> out;
     for (int i = 0; i < n; ++i) {
-      out.push_back(NextToken(context));
-      context.push_back(out.back());
+      out.push_back(TokenOf(h));
+      h = Extend(h, out.back());
     }
     return out;
   }
@@ -95,7 +107,8 @@ class FakeEngine : public Engine {
     auto& s = static_cast<FakeSequence&>(seq);
     if (absl::Status st = Grow(s, static_cast<int64_t>(tokens.size())); !st.ok()) return st;
     s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
-    Fill(s.tokens, logits);
+    for (int32_t t : tokens) s.hash = Extend(s.hash, t);
+    Fill(s, logits);
     std::lock_guard<std::mutex> lock(mu_);
     log_.push_back(absl::StrCat("prefill ", tokens.size()));
     max_prefill_tokens_ = std::max<int64_t>(max_prefill_tokens_, tokens.size());
@@ -108,9 +121,10 @@ class FakeEngine : public Engine {
       auto& s = static_cast<FakeSequence&>(*seqs[i]);
       if (absl::Status st = Grow(s, 1); !st.ok()) return st;
       s.tokens.push_back(tokens[i]);
+      s.hash = Extend(s.hash, tokens[i]);
       s.stats_.tokens_total += s.num_tokens();
       s.stats_.tokens_attended_exact += s.num_tokens();
-      Fill(s.tokens, logits + i * kVocab);
+      Fill(s, logits + i * kVocab);
     }
     std::lock_guard<std::mutex> lock(mu_);
     log_.push_back(absl::StrCat("decode ", seqs.size()));
@@ -149,10 +163,11 @@ class FakeEngine : public Engine {
     return absl::OkStatus();
   }
   // Greedy picks NextToken(context); the rest get distinct smaller logits so sampling works.
-  static void Fill(const std::vector<int32_t>& context, float* logits) {
-    const int32_t next = NextToken(context);
-    for (int j = 0; j < kVocab; ++j)
-      logits[j] = static_cast<float>((j * 7 + context.size()) % 13) / 13.0f;
+  static void Fill(const FakeSequence& s, float* logits) {
+    const int32_t next = TokenOf(s.hash);
+    for (int j = 0; j < kVocab; ++j) {
+      logits[j] = static_cast<float>((j * 7 + s.tokens.size()) % 13) / 13.0f;
+    }
     logits[next] = 3.0f;
   }
 

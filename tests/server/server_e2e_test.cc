@@ -491,6 +491,7 @@ TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
     EXPECT_EQ(results[i].result->finish_reason(), v1::FINISH_REASON_LENGTH);
   }
   EXPECT_EQ(server_->Wait(absl::Seconds(30)), 0) << server_->output();
+  std::printf("%s", server_->output().c_str());
 }
 
 }  // namespace
