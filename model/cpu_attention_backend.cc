@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_blas.h"
+#include "model/dense_attention.h"
 #include "model/kv_cache.h"
 #include "model/multipole_attention.h"
 #include "model/quest_attention.h"
@@ -44,19 +45,7 @@ void CpuAttentionBackend::Decode(int layer, SequenceState& seq, const float* q_r
 
 void CpuAttentionBackend::DenseDecode(int layer, SequenceState& seq, const float* q_rot,
                                       float* out) {
-  cpu::DenseDecodeParams p;
-  p.q = q_rot;
-  p.kv = seq.View(layer);
-  p.num_q_heads = config_.num_heads;
-  p.num_kv_heads = config_.num_kv_heads;
-  p.head_dim = config_.head_dim;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
-  p.out = out;
-  if (use_blas_) {
-    cpu::DenseDecodeAttentionBlas(p);
-  } else {
-    cpu::DenseDecodeAttention(p);
-  }
+  SequenceDenseAttention(seq, layer, config_.num_heads, q_rot, out, use_blas_);
   AttentionStats& stats = seq.stats();
   stats.decode_steps += 1;
   stats.tokens_attended_exact += int64_t{seq.num_tokens()} * config_.num_kv_heads;

@@ -10,6 +10,7 @@
 #include "kernels/cpu/multipole/cluster_selection.h"
 #include "kernels/cpu/multipole/kmeans.h"
 #include "kernels/cpu/multipole/sparse_attention.h"
+#include "model/dense_attention.h"
 
 namespace mpa {
 
@@ -240,15 +241,7 @@ void MultipoleDecode(const Rope& rope, int num_heads, int layer, SequenceState& 
   stats.tokens_total += int64_t{seq.num_tokens()} * num_kv_heads;
 
   if (state.heads.empty()) {  // dense fallback: the clustered region is still short
-    cpu::DenseDecodeParams dp;
-    dp.q = q_rot;
-    dp.kv = view;
-    dp.num_q_heads = num_heads;
-    dp.num_kv_heads = num_kv_heads;
-    dp.head_dim = d;
-    dp.scale = scale;
-    dp.out = out;
-    cpu::DenseDecodeAttention(dp);
+    SequenceDenseAttention(seq, layer, num_heads, q_rot, out);
     stats.tokens_attended_exact += int64_t{seq.num_tokens()} * num_kv_heads;
     return;
   }

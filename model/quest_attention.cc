@@ -6,6 +6,7 @@
 #include "kernels/cpu/multipole/cluster_selection.h"
 #include "kernels/cpu/multipole/quest_pages.h"
 #include "kernels/cpu/multipole/sparse_attention.h"
+#include "model/dense_attention.h"
 #include "model/multipole_attention.h"
 
 namespace mpa {
@@ -69,15 +70,7 @@ void QuestDecode(int num_heads, int layer, SequenceState& seq, const float* q_ro
   CachePartition part = PartitionCache(seq.num_tokens(), config);
   part.clustered_end = std::max(part.sink_end, state.paged_end);
   if (part.clustered_tokens() < config.min_clustered_tokens || state.page_min.empty()) {
-    cpu::DenseDecodeParams dp;
-    dp.q = q_rot;
-    dp.kv = view;
-    dp.num_q_heads = num_heads;
-    dp.num_kv_heads = num_kv_heads;
-    dp.head_dim = d;
-    dp.scale = scale;
-    dp.out = out;
-    cpu::DenseDecodeAttention(dp);
+    SequenceDenseAttention(seq, layer, num_heads, q_rot, out);
     stats.tokens_attended_exact += int64_t{seq.num_tokens()} * num_kv_heads;
     return;
   }
