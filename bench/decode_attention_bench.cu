@@ -4,7 +4,7 @@
 //
 // Usage: decode_attention_bench [--out results.csv] [--sweep]
 // Prints a table; --out writes one CSV row per (context, batch, variant); --sweep also times
-// other split counts and per-thread unrolls (for tuning notes).
+// other split counts and tensor-core kernel shapes (warps per block, ring stages) for tuning notes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -144,18 +144,27 @@ int main(int argc, char** argv) {
     void* ws;
     CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
 
+    using mpa::cuda::DecodeKernel;
     struct Variant {
       std::string name;
+      DecodeKernel kernel;
       int splits;
-      int unroll;
+      int unroll;  // CUDA-core kernel: tokens per thread per stage
+      int warps;   // tensor-core kernel: warps per block
       int stages;
     };
     const int auto_splits = mpa::cuda::ChooseDecodeSplits(s.batch, kKvHeads, s.context, kPage);
-    std::vector<Variant> variants = {{"default", 0, 0, 0}};
+    // "default" is what the model runs (the tensor-core kernel on this shape); "cuda_core" is the
+    // previous kernel, kept for the shapes the tensor-core one does not cover.
+    std::vector<Variant> variants = {{"default", DecodeKernel::kAuto, 0, 0, 0, 0},
+                                     {"cuda_core", DecodeKernel::kCudaCore, 0, 0, 0, 0}};
     if (sweep) {
-      variants.push_back({"unroll2_st4", 0, 2, 4});
-      variants.push_back({"unroll4_st2", 0, 4, 2});
-      variants.push_back({"splits_x2", auto_splits * 2, 0, 0});
+      variants.push_back({"tc_w4_st2", DecodeKernel::kTensorCore, 0, 0, 4, 2});
+      variants.push_back({"tc_w4_st4", DecodeKernel::kTensorCore, 0, 0, 4, 4});
+      variants.push_back({"tc_w8_st3", DecodeKernel::kTensorCore, 0, 0, 8, 3});
+      variants.push_back({"splits_x2", DecodeKernel::kAuto, auto_splits * 2, 0, 0, 0});
+      variants.push_back(
+          {"splits_half", DecodeKernel::kAuto, std::max(auto_splits / 2, 1), 0, 0, 0});
     }
     for (const Variant& var : variants) {
       mpa::cuda::DecodeAttentionParams p;
@@ -167,7 +176,9 @@ int main(int argc, char** argv) {
       p.max_seq_len = s.context;
       p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
       p.num_splits = var.splits;
+      p.kernel = var.kernel;
       p.tokens_per_thread = var.unroll;
+      p.warps_per_block = var.warps;
       p.pipeline_stages = var.stages;
       p.out = out;
       p.workspace = ws;

@@ -260,6 +260,324 @@ __global__ void MergeSplitsKernel(DecodeArgs a) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernel (head_dim 64 or 128, pages of >= 16 tokens, sm_80+ instructions).
+//
+// Each warp owns a ring of kStages slots of one 16-token tile (K and V, 2 x 16 x HD bf16) and
+// streams its tiles (warp w takes tiles w, w + W, ... of the split) with 16-byte cp.async, so the
+// loop has no block barrier. Per tile, with the group's (up to 8) query heads on the n = 8 side:
+//   S^T [16 tokens x 8 heads] = K [16 x HD] . Q^T [HD x 8]    (HD / 16 mma, K by ldmatrix)
+//   O^T [HD x 8 heads]       += V^T [HD x 16] . P^T [16 x 8]   (HD / 16 mma per bf16 term of P)
+// The C fragment of S^T becomes the B fragment of P^T by one movmatrix transpose per 8x8 half.
+// P is split into two bf16 terms (hi + lo) so that O carries ~16 bits of P, like the fp32 CUDA-core
+// kernel; the tensor cores are far from busy, so the second term is free. Rows are stored with
+// their 16-byte chunks XOR-swizzled by (row & 7), so ldmatrix's eight rows hit eight different bank
+// groups.
+namespace tc {
+
+constexpr int kTile = 16;  // tokens per tile; a tile never crosses a page (pages >= 16, aligned)
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte cp.async; an invalid row is filled with zeros instead (no read), so rows past the
+// sequence end never bring NaN or Inf into the products.
+__device__ __forceinline__ void CopyAsync16OrZero(uint32_t smem, const void* gmem, bool valid) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void LoadMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void LoadMatrixX4Transposed(uint32_t addr, uint32_t (&r)[4]) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+#endif
+}
+
+// d += a [16 x 16, row] . b [16 x 8, col], bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Transposes an 8x8 bf16 matrix held in the ldmatrix fragment layout (lane holds row lane / 4,
+// columns 2 (lane % 4) and 2 (lane % 4) + 1).
+__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
+  uint32_t y = x;
+#if __CUDA_ARCH__ >= 800
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+#endif
+  return y;
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// Splits (lo, hi) into two bf16 pairs whose sum carries ~16 significant bits of each value.
+__device__ __forceinline__ void PackBf16TwoTerms(float lo, float hi, uint32_t& big,
+                                                 uint32_t& small) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  const float2 back = __bfloat1622float2(h);
+  big = *reinterpret_cast<const uint32_t*>(&h);
+  small = PackBf16(lo - back.x, hi - back.y);
+}
+
+template <int HD, int kWarps, int kStages>
+__host__ __device__ constexpr int RingBytes() {
+  return kWarps * kStages * 2 * kTile * HD * 2;
+}
+
+template <int HD, int G, int kWarps, int kStages>
+__global__ void __launch_bounds__(kWarps * 32) DecodeTensorCoreKernel(DecodeArgs a) {
+  static_assert(HD == 64 || HD == 128, "tensor-core tiles cover head_dim 64 and 128");
+  static_assert(G >= 1 && G <= 8, "the group's heads sit on the 8-wide side of the mma");
+  constexpr int kChunks = HD / 8;                // 16-byte chunks per row
+  constexpr int kRowBytes = HD * 2;              // one token's key (or value) row
+  constexpr int kTileBytes = kTile * kRowBytes;  // one tile of K (or of V)
+  constexpr int kCopies = kTileBytes / 16 / 32;  // 16-byte copies per lane per tile, K (or V)
+  constexpr int kRowsPerCopy = 32 / kChunks;     // rows one warp-wide copy covers
+  constexpr int kSteps = HD / 16;                // mma k-steps of S^T, m-tiles of O^T
+  static_assert(RingBytes<HD, kWarps, kStages>() >= kWarps * (8 * HD + 16) * 4,
+                "the merge scratch reuses the ring");
+  extern __shared__ __align__(128) unsigned char smem[];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;  // fragment row group and column pair
+  const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int len = a.seq_lens[b];
+  const int begin = split * a.chunk;  // a multiple of 16 (chunks are multiples of 64)
+  const int end = min(len, begin + a.chunk);
+  const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
+  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
+
+  const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
+  const int64_t page_stride = static_cast<int64_t>(a.num_kv_heads) * a.page_size * HD;
+  const int64_t head_offset = static_cast<int64_t>(kvh) * a.page_size * HD;
+  const int offset_mask = a.page_size - 1;
+  const uint32_t ring = SharedAddress(smem) + warp * kStages * 2 * kTileBytes;
+
+  // Page numbers of this warp's tiles, 32 at a time: lane i holds tile 32 n + i's. The next batch
+  // is read when the current one starts being used, so the table read never stalls a copy.
+  auto load_pages = [&](int batch) -> int32_t {
+    const int j = batch * 32 + lane;
+    return j < my_tiles ? table[(begin + (warp + j * kWarps) * kTile) >> a.page_shift] : 0;
+  };
+  int32_t pages_now = load_pages(0);
+  int32_t pages_next = load_pages(1);
+
+  // Issues tile j's copies into its slot (nothing past this warp's tiles; the group is committed
+  // either way so the wait count stays fixed). Called with j = 0, 1, 2, ... by the whole warp.
+  auto issue = [&](int j) {
+    if (j > 0 && (j & 31) == 0) {
+      pages_now = pages_next;
+      pages_next = load_pages((j >> 5) + 1);
+    }
+    const int32_t page = __shfl_sync(0xffffffffu, pages_now, j & 31);
+    if (j < my_tiles) {
+      const int base = begin + (warp + j * kWarps) * kTile;
+      const int64_t tile =
+          page * page_stride + head_offset + static_cast<int64_t>(base & offset_mask) * HD;
+      const bf16* kg = a.k + tile;
+      const bf16* vg = a.v + tile;
+      const uint32_t dst = ring + (j % kStages) * 2 * kTileBytes;
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int r = i * kRowsPerCopy + lane / kChunks, c = lane % kChunks;
+        const bool valid = base + r < end;
+        const int from = r * HD + c * 8;
+        const uint32_t to = r * kRowBytes + ((c ^ (r & 7)) << 4);
+        CopyAsync16OrZero(dst + to, kg + from, valid);
+        CopyAsync16OrZero(dst + kTileBytes + to, vg + from, valid);
+      }
+    }
+    CommitAsync();
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue(s);
+
+  // B fragments of Q^T (k = dims, n = heads): lane holds head g, dims 16 kk + 2t (+1) and + 8.
+  // Heads past the group are zero columns. Q stays unscaled bf16 (exact); the scale is applied to
+  // the fp32 scores.
+  uint32_t qf[kSteps][2];
+  {
+    const bf16* qrow = a.q + (static_cast<int64_t>(b) * a.num_q_heads + kvh * G + g) * HD + 2 * t;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      qf[kk][0] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk) : 0u;
+      qf[kk][1] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk + 8) : 0u;
+    }
+  }
+
+  // Softmax state of heads 2t and 2t + 1 (base 2, scaled units). m is the same in every lane of a
+  // column; l is this lane's share (tokens g and g + 8 of each tile), summed over lanes at the end.
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.0f, 0.0f};
+  // O^T accumulators: o[mt] = rows (dims) 16 mt + g and + 8, columns (heads) 2t and 2t + 1.
+  float o[kSteps][4];
+#pragma unroll
+  for (int mt = 0; mt < kSteps; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.0f;
+
+  // ldmatrix row addresses inside a slot. For K (A of S^T): matrix q = lane / 8 holds tokens
+  // 8 (q & 1) + 0..7 and chunk 2 kk + (q >> 1). For V (A of O^T, transposed): tokens
+  // 8 (q >> 1) + 0..7 and chunk 2 mt + (q & 1).
+  const int quad = lane >> 3;
+  const int k_row = (lane & 7) + ((quad & 1) << 3), k_half = quad >> 1;
+  const int v_row = (lane & 7) + ((quad >> 1) << 3), v_half = quad & 1;
+  const float scale2 = a.scale2;
+
+  for (int j = 0; j < my_tiles; ++j) {
+    __syncwarp();  // every lane is done reading the slot the next copies overwrite
+    issue(j + kStages - 1);
+    WaitAsync<kStages - 1>();  // this lane's copies of tile j have landed
+    __syncwarp();              // ... and every other lane's
+    const uint32_t ks = ring + (j % kStages) * 2 * kTileBytes;
+    const uint32_t vs = ks + kTileBytes;
+
+    // S^T: two accumulator chains halve the dependent mma latency.
+    float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      uint32_t af[4];
+      const int c = 2 * kk + k_half;
+      LoadMatrixX4(ks + k_row * kRowBytes + ((c ^ (k_row & 7)) << 4), af);
+      MmaBf16(acc[kk & 1], af, qf[kk][0], qf[kk][1]);
+    }
+    // s[0], s[1]: token g, heads 2t, 2t + 1; s[2], s[3]: token g + 8.
+    const int base = begin + (warp + j * kWarps) * kTile;
+    float s[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[i] = acc[0][i] + acc[1][i];
+    if (base + g >= end) s[0] = s[1] = -INFINITY;
+    if (base + g + 8 >= end) s[2] = s[3] = -INFINITY;
+
+    float mx[2] = {fmaxf(s[0], s[2]), fmaxf(s[1], s[3])};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1)
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], off));
+    }
+    // Every tile holds at least one valid token, so the new maximum is finite.
+    float alpha[2], p[4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float m_new = fmaxf(m[h], mx[h] * scale2);
+      alpha[h] = exp2f(m[h] - m_new);  // 0 on the first tile (m = -inf)
+      p[h] = exp2f(fmaf(s[h], scale2, -m_new));
+      p[h + 2] = exp2f(fmaf(s[h + 2], scale2, -m_new));
+      l[h] = fmaf(l[h], alpha[h], p[h] + p[h + 2]);
+      m[h] = m_new;
+    }
+#pragma unroll
+    for (int mt = 0; mt < kSteps; ++mt) {
+      o[mt][0] *= alpha[0];
+      o[mt][1] *= alpha[1];
+      o[mt][2] *= alpha[0];
+      o[mt][3] *= alpha[1];
+    }
+    // P^T as B fragments (k = tokens, n = heads), big and small bf16 terms.
+    uint32_t big0, small0, big1, small1;
+    PackBf16TwoTerms(p[0], p[1], big0, small0);  // tokens 0..7
+    PackBf16TwoTerms(p[2], p[3], big1, small1);  // tokens 8..15
+    big0 = Transpose8x8(big0);
+    small0 = Transpose8x8(small0);
+    big1 = Transpose8x8(big1);
+    small1 = Transpose8x8(small1);
+#pragma unroll
+    for (int mt = 0; mt < kSteps; ++mt) {
+      uint32_t af[4];
+      const int c = 2 * mt + v_half;
+      LoadMatrixX4Transposed(vs + v_row * kRowBytes + ((c ^ (v_row & 7)) << 4), af);
+      MmaBf16(o[mt], af, big0, big1);
+      MmaBf16(o[mt], af, small0, small1);
+    }
+  }
+  WaitAsync<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) l[h] += __shfl_xor_sync(0xffffffffu, l[h], off);
+  }
+
+  // Merge the warps' partials (same rule as MergePartial) through shared memory, reusing the ring:
+  // sm_o [warps][8 heads][HD], sm_m and sm_l [warps][8 heads].
+  __syncthreads();
+  float* sm_o = reinterpret_cast<float*>(smem);
+  float* sm_m = sm_o + kWarps * 8 * HD;
+  float* sm_l = sm_m + kWarps * 8;
+  {
+    float* mine = sm_o + warp * 8 * HD;
+#pragma unroll
+    for (int mt = 0; mt < kSteps; ++mt) {
+      mine[(2 * t) * HD + 16 * mt + g] = o[mt][0];
+      mine[(2 * t + 1) * HD + 16 * mt + g] = o[mt][1];
+      mine[(2 * t) * HD + 16 * mt + g + 8] = o[mt][2];
+      mine[(2 * t + 1) * HD + 16 * mt + g + 8] = o[mt][3];
+    }
+    if (g == 0) {
+      sm_m[warp * 8 + 2 * t] = m[0];
+      sm_m[warp * 8 + 2 * t + 1] = m[1];
+      sm_l[warp * 8 + 2 * t] = l[0];
+      sm_l[warp * 8 + 2 * t + 1] = l[1];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * HD; idx += kWarps * 32) {
+    const int h = idx / HD, d = idx % HD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w * 8 + h]);
+    float total_l = 0.0f, total_o = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float wt = exp2f(sm_m[w * 8 + h] - mx);  // 0 for a warp without tiles
+        total_l = fmaf(sm_l[w * 8 + h], wt, total_l);
+        total_o = fmaf(sm_o[(w * 8 + h) * HD + d], wt, total_o);
+      }
+    }
+    const float value = total_l > 0.0f ? total_o / total_l : 0.0f;
+    const int qh = kvh * G + h;
+    if (a.num_splits == 1) {
+      const int64_t out = (static_cast<int64_t>(b) * a.num_q_heads + qh) * HD + d;
+      if (a.out != nullptr) {
+        a.out[out] = __float2bfloat16_rn(value);
+      } else {
+        a.out_f32[out] = value;
+      }
+    } else {
+      const int64_t row = (static_cast<int64_t>(b) * a.num_splits + split) * a.num_q_heads + qh;
+      a.partial_o[row * HD + d] = value;
+      if (d == 0) a.partial_lse[row] = total_l > 0.0f ? mx + log2f(total_l) : -INFINITY;
+    }
+  }
+}
+
+}  // namespace tc
+
 template <int HD, int G, int U, int S>
 cudaError_t LaunchWith(const DecodeArgs& a, int batch, cudaStream_t stream) {
   constexpr int bytes = PipelineBytes<U, S>();
@@ -299,6 +617,50 @@ cudaError_t LaunchGroup(const DecodeArgs& a, int batch, int group, int unroll, i
       return LaunchVariant<HD, 4>(a, batch, unroll, stages, stream);
     case 8:
       return LaunchVariant<HD, 8>(a, batch, unroll, stages, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <int HD, int G, int W, int S>
+cudaError_t LaunchTensorCoreWith(const DecodeArgs& a, int batch, cudaStream_t stream) {
+  constexpr int bytes = tc::RingBytes<HD, W, S>();
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      tc::DecodeTensorCoreKernel<HD, G, W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(a.num_splits, a.num_kv_heads, batch);
+  tc::DecodeTensorCoreKernel<HD, G, W, S><<<grid, W * 32, bytes, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || a.num_splits == 1) return err;
+  MergeSplitsKernel<HD><<<dim3(a.num_q_heads, batch), std::max(HD, 32), 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Default: 4 warps, 3 slots of 16 tokens each (96 KiB per block for head_dim 128, two blocks per
+// multiprocessor, 128 KiB of copies in flight per multiprocessor).
+template <int HD, int G>
+cudaError_t LaunchTensorCoreVariant(const DecodeArgs& a, int batch, int warps, int stages,
+                                    cudaStream_t stream) {
+  if constexpr (HD == 128 && G == 4) {
+    if (warps == 4 && stages == 2) return LaunchTensorCoreWith<HD, G, 4, 2>(a, batch, stream);
+    if (warps == 4 && stages == 4) return LaunchTensorCoreWith<HD, G, 4, 4>(a, batch, stream);
+    if (warps == 8 && stages == 3) return LaunchTensorCoreWith<HD, G, 8, 3>(a, batch, stream);
+  }
+  return LaunchTensorCoreWith<HD, G, 4, 3>(a, batch, stream);
+}
+
+template <int HD>
+cudaError_t LaunchTensorCoreGroup(const DecodeArgs& a, int batch, int group, int warps, int stages,
+                                  cudaStream_t stream) {
+  switch (group) {
+    case 1:
+      return LaunchTensorCoreVariant<HD, 1>(a, batch, warps, stages, stream);
+    case 2:
+      return LaunchTensorCoreVariant<HD, 2>(a, batch, warps, stages, stream);
+    case 4:
+      return LaunchTensorCoreVariant<HD, 4>(a, batch, warps, stages, stream);
+    case 8:
+      return LaunchTensorCoreVariant<HD, 8>(a, batch, warps, stages, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -381,6 +743,14 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.partial_lse = splits > 1
                       ? a.partial_o + static_cast<size_t>(p.batch) * splits * p.num_q_heads * hd
                       : nullptr;
+  const bool tensor_cores_apply = (hd == 64 || hd == 128) && p.kv.page_size >= tc::kTile;
+  if (p.kernel == DecodeKernel::kTensorCore && !tensor_cores_apply) return cudaErrorInvalidValue;
+  if (p.kernel != DecodeKernel::kCudaCore && tensor_cores_apply) {
+    return hd == 64 ? LaunchTensorCoreGroup<64>(a, p.batch, group, p.warps_per_block,
+                                                p.pipeline_stages, stream)
+                    : LaunchTensorCoreGroup<128>(a, p.batch, group, p.warps_per_block,
+                                                 p.pipeline_stages, stream);
+  }
   const int unroll = p.tokens_per_thread;
   const int stages = p.pipeline_stages;
   switch (hd) {

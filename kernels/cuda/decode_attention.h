@@ -5,6 +5,10 @@
 // base-2 online-softmax partial (o, m, l) of kernels/cpu/attention.h; splits are merged with the
 // same rule. Decode is bound by reading the cache, so splits exist only to keep every
 // multiprocessor busy when batch x KV heads is small.
+//
+// Two kernels: for head_dim 64 and 128 with pages of >= 16 tokens, a tensor-core kernel (each warp
+// streams 16-token tiles through its own cp.async ring and computes S^T = K Q^T and O^T += V^T P^T
+// with bf16 mma, the group's heads on the 8-wide side); for every other shape a CUDA-core kernel.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +16,10 @@
 #include "kernels/cuda/common.h"
 
 namespace mpa::cuda {
+
+// Which kernel runs. kAuto: the tensor-core one wherever it applies. Tests and benchmarks force
+// one.
+enum class DecodeKernel { kAuto, kCudaCore, kTensorCore };
 
 struct DecodeAttentionParams {
   const bf16* q = nullptr;  // [batch, num_q_heads, head_dim] after RoPE
@@ -30,10 +38,15 @@ struct DecodeAttentionParams {
   // With too little, the launcher uses fewer splits.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  // Tuning knobs for benchmarks (0: the default, 4 tokens per thread per stage, 3 stages). Other
-  // values take effect only for head_dim 128, group 4: (2, 4), (2, 6), (4, 2).
+  // kTensorCore on a shape it does not cover (head_dim not 64/128, pages < 16 tokens) is invalid.
+  DecodeKernel kernel = DecodeKernel::kAuto;
+  // Tuning knobs for benchmarks, 0: the default. CUDA-core kernel: 4 tokens per thread per stage,
+  // 3 stages; other values take effect only for head_dim 128, group 4: (2, 4), (2, 6), (4, 2).
+  // Tensor-core kernel: warps_per_block 4, pipeline_stages 3 (16-token tiles per warp); other
+  // values take effect only for head_dim 128, group 4: (4, 2), (4, 4), (8, 3).
   int tokens_per_thread = 0;
   int pipeline_stages = 0;
+  int warps_per_block = 0;
 };
 
 // Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}, group in {1, 2, 4, 8}.

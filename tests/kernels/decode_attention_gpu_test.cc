@@ -23,13 +23,20 @@ struct Case {
   std::vector<int> lens;
   int num_splits;  // 0: the launcher's choice
   bool bf16_out;
+  DecodeKernel kernel = DecodeKernel::kAuto;
+  // Rows past each sequence's end in its last page hold NaN: a kernel that lets an unused row into
+  // a product (even times a zero weight) fails.
+  bool nan_tail = false;
 };
 
 std::string Describe(const Case& c) {
   std::string s = "hd" + std::to_string(c.head_dim) + " g" + std::to_string(c.group) + " kv" +
                   std::to_string(c.num_kv_heads) + " page" + std::to_string(c.page_size) +
                   " splits" + std::to_string(c.num_splits) + (c.bf16_out ? " bf16" : " f32") +
-                  " lens";
+                  (c.kernel == DecodeKernel::kTensorCore ? " tensor-core"
+                   : c.kernel == DecodeKernel::kCudaCore ? " cuda-core"
+                                                         : " auto") +
+                  (c.nan_tail ? " nan-tail" : "") + " lens";
   for (int l : c.lens) s += " " + std::to_string(l);
   return s;
 }
@@ -63,6 +70,19 @@ double RunCase(const Case& c) {
     cpu::DenseDecodeAttention(p);
   }
 
+  if (c.nan_tail) {
+    constexpr uint16_t kNanBits = 0x7fc0;
+    for (int b = 0; b < batch; ++b) {
+      const int pages = (c.lens[b] + c.page_size - 1) / c.page_size;
+      for (int h = 0; h < c.num_kv_heads; ++h) {
+        for (int t = c.lens[b]; t < pages * c.page_size; ++t) {
+          const size_t row = cache.Index(b, h, t);
+          std::fill_n(cache.k_bits.begin() + row, hd, kNanBits);
+          std::fill_n(cache.v_bits.begin() + row, hd, kNanBits);
+        }
+      }
+    }
+  }
   DeviceBuffer<uint16_t> dq(q_bits), dk(cache.k_bits), dv(cache.v_bits);
   DeviceBuffer<int32_t> dtable(cache.table),
       dlens(std::vector<int32_t>(c.lens.begin(), c.lens.end()));
@@ -84,6 +104,7 @@ double RunCase(const Case& c) {
   p.max_seq_len = max_len;
   p.scale = scale;
   p.num_splits = c.num_splits;
+  p.kernel = c.kernel;
   if (c.bf16_out) {
     p.out = reinterpret_cast<bf16*>(out_bf16.get());
   } else {
@@ -139,6 +160,66 @@ TEST(DecodeAttentionGpuTest, EmptySequenceGivesZeros) {
   EXPECT_LT(RunCase(c), kF32Bound);
 }
 
+// The tensor-core kernel (head_dim 64 and 128): lengths around the 16-token tile and the
+// 4-warp x 16-token block step, long single splits (more than 32 tiles per warp, so the page-number
+// prefetch turns over), every group, pages of 16 and 32, NaN in the unused rows of last pages.
+// P enters the products as two bf16 terms, so fp32 outputs keep the fp32 bound.
+TEST(DecodeAttentionGpuTest, TensorCoreMatchesReferenceOnAwkwardShapes) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int hd : {64, 128}) {
+    for (int group : {1, 2, 4, 8}) {
+      for (int page : {16, 32}) {
+        for (int splits : {0, 1, 3}) {
+          const Case c{hd,
+                       group,
+                       2,
+                       page,
+                       {1, 15, 16, 17, 63, 65, 1000 + hd + group, 9001},
+                       splits,
+                       false,
+                       DecodeKernel::kTensorCore,
+                       true};
+          EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+        }
+      }
+    }
+  }
+}
+
+// The model's case: bf16 output, mixed batch lengths, within the bf16 rounding bound.
+TEST(DecodeAttentionGpuTest, TensorCoreBf16OutputWithinRounding) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int group : {1, 2, 4, 8}) {
+    for (int splits : {0, 1, 5}) {
+      const Case c{
+          128, group, 8, 16, {4099, 17, 333, 16, 1, 2048}, splits, true, DecodeKernel::kTensorCore,
+          true};
+      EXPECT_LT(RunCase(c), kBf16Bound) << Describe(c);
+    }
+  }
+}
+
+// The CUDA-core kernel still serves head_dim 64/128 when forced (and every other head_dim).
+TEST(DecodeAttentionGpuTest, CudaCoreKernelOnTensorCoreShapes) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int hd : {64, 128}) {
+    for (int group : {1, 4, 8}) {
+      for (int splits : {0, 1, 3}) {
+        const Case c{hd,
+                     group,
+                     2,
+                     16,
+                     {1, 37, 17, 1000 + hd + group},
+                     splits,
+                     false,
+                     DecodeKernel::kCudaCore,
+                     true};
+        EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+      }
+    }
+  }
+}
+
 TEST(DecodeAttentionGpuTest, RejectsBadShapes) {
   MPA_SKIP_WITHOUT_GPU();
   DecodeAttentionParams p;
@@ -160,6 +241,12 @@ TEST(DecodeAttentionGpuTest, RejectsBadShapes) {
   p.num_q_heads = 4;
   p.kv.head_dim = 100;
   EXPECT_EQ(DecodeAttention(p, nullptr), cudaErrorInvalidValue);  // head_dim 100
+  p.kernel = DecodeKernel::kTensorCore;
+  p.kv.head_dim = 24;
+  EXPECT_EQ(DecodeAttention(p, nullptr), cudaErrorInvalidValue);  // no tensor-core head_dim 24
+  p.kv.head_dim = 128;
+  p.kv.page_size = 8;
+  EXPECT_EQ(DecodeAttention(p, nullptr), cudaErrorInvalidValue);  // tiles would cross pages
 }
 
 }  // namespace
