@@ -47,11 +47,26 @@ namespace {
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
+// The counters accumulated between two readings of one sequence's stats.
+AttentionStats StatsSince(const AttentionStats& now, const AttentionStats& then) {
+  AttentionStats d;
+  d.decode_steps = now.decode_steps - then.decode_steps;
+  d.tokens_attended_exact = now.tokens_attended_exact - then.tokens_attended_exact;
+  d.tokens_total = now.tokens_total - then.tokens_total;
+  d.centroids_scored = now.centroids_scored - then.centroids_scored;
+  d.cluster_updates = now.cluster_updates - then.cluster_updates;
+  d.tokens_reclustered = now.tokens_reclustered - then.tokens_reclustered;
+  d.cluster_update_seconds = now.cluster_update_seconds - then.cluster_update_seconds;
+  d.prefill_cluster_seconds = now.prefill_cluster_seconds - then.prefill_cluster_seconds;
+  return d;
+}
+
 }  // namespace
 
-DecodeScheduler::DecodeScheduler(Engine* engine, SchedulerOptions options)
+DecodeScheduler::DecodeScheduler(Engine* engine, SchedulerOptions options, ServerObserver* observer)
     : engine_(engine),
       options_(std::move(options)),
+      observer_(observer),
       sessions_(options_.max_sessions, options_.session_ttl) {
   options_.max_batch_size = std::max(1, options_.max_batch_size);
   options_.prefill_chunk_tokens = std::max(1, options_.prefill_chunk_tokens);
@@ -159,6 +174,14 @@ void DecodeScheduler::PublishSnapshot() {
   snap_active_ = active;
   snap_sessions_ = sessions_.explicit_sessions();
   snap_kv_free_tokens_ = engine_->free_kv_blocks() * engine_->info().kv_block_tokens;
+  if (observer_ != nullptr) {
+    ServerState state;
+    state.sessions = snap_sessions_;
+    state.active_generations = active;
+    state.kv_free_tokens = snap_kv_free_tokens_;
+    state.kv_used_tokens = engine_->info().kv_capacity_tokens - state.kv_free_tokens;
+    observer_->SetState(state);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     processing_ = false;
@@ -411,10 +434,14 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
   if (gen.prefilled == 0) gen.started = absl::Now();
   const size_t n =
       std::min<size_t>(options_.prefill_chunk_tokens, gen.input.size() - gen.prefilled);
+  const absl::Time start = absl::Now();
   absl::Status status =
       engine_->Prefill(*gen.session->sequence,
                        absl::MakeConstSpan(gen.input).subspan(gen.prefilled, n), logits_.data());
   if (!status.ok()) return FailGeneration(gen, status);
+  if (observer_ != nullptr) {
+    observer_->OnPrefillChunk(static_cast<int64_t>(n), Seconds(absl::Now() - start));
+  }
   gen.prefilled += n;
   snap_prefill_ += static_cast<int64_t>(n);
   if (gen.prefilled < gen.input.size()) return;
@@ -434,6 +461,7 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
     tokens.push_back(gen->next_token);
   }
   snap_batch_ = static_cast<int64_t>(batch.size());
+  const absl::Time start = absl::Now();
   absl::Status status = engine_->Decode(seqs, tokens, logits_.data());
   if (!status.ok()) {
     // The sequences' caches may be half-written: their sessions cannot continue.
@@ -444,6 +472,9 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
       sessions_.Remove(id);
     }
     return;
+  }
+  if (observer_ != nullptr) {
+    observer_->OnDecodeStep(static_cast<int>(batch.size()), Seconds(absl::Now() - start));
   }
   const int vocab = engine_->info().vocab_size;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -516,6 +547,15 @@ void DecodeScheduler::FinishGeneration(Generation& gen, FinishReason reason) {
   }
   if (gen.text != nullptr) r.text_tail = gen.text->Flush();
   gen.sink->Finish(r);
+  if (observer_ != nullptr) {
+    FinishedGeneration finished;
+    finished.result = std::move(r);
+    finished.attention = StatsSince(stats, gen.stats_at_start);
+    finished.mode = s.attention.mode;
+    finished.duration_seconds =
+        arrival == absl::InfinitePast() ? 0.0 : Seconds(absl::Now() - arrival);
+    observer_->OnGenerationFinished(finished);
+  }
   EndGeneration(gen);
 }
 

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/engine.h"
+#include "server/server_observer.h"
 #include "server/session_manager.h"
 #include "server/types.h"
 
@@ -52,7 +53,9 @@ struct SchedulerSnapshot {
 
 class DecodeScheduler {
  public:
-  DecodeScheduler(Engine* engine, SchedulerOptions options);
+  // observer (may be null; outlives the scheduler) hears of steps, finished generations and
+  // levels, on the engine thread.
+  DecodeScheduler(Engine* engine, SchedulerOptions options, ServerObserver* observer = nullptr);
   ~DecodeScheduler();  // Stop()
 
   void Start();
@@ -110,6 +113,7 @@ class DecodeScheduler {
 
   Engine* engine_;
   SchedulerOptions options_;
+  ServerObserver* observer_;                            // may be null
   SessionManager sessions_;                             // engine thread only
   std::list<std::unique_ptr<Generation>> generations_;  // engine thread only; arrival order
   std::vector<float> logits_;                           // [max_batch_size, vocab]

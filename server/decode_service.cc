@@ -64,6 +64,14 @@ absl::Status CheckIds(absl::Span<const int32_t> ids, int vocab, absl::string_vie
   return absl::OkStatus();
 }
 
+// ToGrpcStatus, reporting errors to the observer (may be null): every status an RPC of the
+// service ends with passes here. generate: the RPC is a Generate call.
+grpc::Status Translate(const absl::Status& status, ServerObserver* observer,
+                       bool generate = false) {
+  if (observer != nullptr && !status.ok()) observer->OnRequestError(status.code(), generate);
+  return ToGrpcStatus(status);
+}
+
 // The Generate stream. The scheduler (engine thread) pushes into it without blocking: new
 // tokens merge into one pending message while a write is in flight, so memory per stream stays
 // bounded by the generation itself and a slow reader never holds up the engine. The reactor
@@ -83,6 +91,8 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
    private:
     std::shared_ptr<GenerateStream> stream_;
   };
+
+  explicit GenerateStream(ServerObserver* observer) : observer_(observer) {}
 
   void Attach(Reactor* reactor) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -123,8 +133,9 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     MaybeWriteLocked();
   }
   void Fail(const absl::Status& status) override {
+    const grpc::Status translated = Translate(status, observer_, /*generate=*/true);
     std::lock_guard<std::mutex> lock(mu_);
-    finish_status_ = ToGrpcStatus(status);
+    finish_status_ = translated;
     MaybeWriteLocked();
   }
   bool cancelled() const override { return cancelled_.load(); }
@@ -186,6 +197,7 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   std::optional<grpc::Status> finish_status_;
   std::atomic<bool> cancelled_{false};
   bool return_logprobs_ = false;
+  ServerObserver* const observer_;  // may be null
 };
 
 // A write reactor that only finishes with an error (requests refused before admission).
@@ -343,29 +355,33 @@ grpc::ServerUnaryReactor* DecodeService::CreateSession(grpc::CallbackServerConte
   absl::StatusOr<AttentionOverride> attention =
       ParseAttentionConfig(request->attention(), "attention");
   if (!attention.ok()) {
-    reactor->Finish(ToGrpcStatus(attention.status()));
+    reactor->Finish(Translate(attention.status(), observer_));
     return reactor;
   }
-  scheduler_->CreateSession(*attention, [reactor, response](absl::StatusOr<SessionInfo> info) {
-    if (info.ok()) {
-      response->set_session_id(info->session_id);
-      response->set_ttl_seconds(info->ttl_seconds);
-    }
-    reactor->Finish(ToGrpcStatus(info.status()));
-  });
+  scheduler_->CreateSession(
+      *attention, [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
+        if (info.ok()) {
+          response->set_session_id(info->session_id);
+          response->set_ttl_seconds(info->ttl_seconds);
+        }
+        reactor->Finish(Translate(info.status(), observer));
+      });
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   if (scheduler_->draining()) {
-    return new RefusedStream(ToGrpcStatus(
-        absl::UnavailableError("the server is shutting down: not accepting new requests")));
+    return new RefusedStream(
+        Translate(absl::UnavailableError("the server is shutting down: not accepting new requests"),
+                  observer_, /*generate=*/true));
   }
   absl::StatusOr<GenerateParams> params =
       ParseGenerateRequest(*request, scheduler_->engine(), scheduler_->max_prompt_tokens());
-  if (!params.ok()) return new RefusedStream(ToGrpcStatus(params.status()));
-  auto stream = std::make_shared<GenerateStream>();
+  if (!params.ok()) {
+    return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true));
+  }
+  auto stream = std::make_shared<GenerateStream>(observer_);
   stream->set_return_logprobs(params->return_logprobs);
   auto* reactor = new GenerateStream::Reactor(stream);
   stream->Attach(reactor);
@@ -378,14 +394,14 @@ grpc::ServerUnaryReactor* DecodeService::CancelGeneration(
     v1::CancelGenerationResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (request->session_id().empty()) {
-    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("session_id: empty")));
+    reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
     return reactor;
   }
-  scheduler_->CancelGeneration(request->session_id(),
-                               [reactor, response](absl::StatusOr<bool> cancelled) {
-                                 if (cancelled.ok()) response->set_cancelled(*cancelled);
-                                 reactor->Finish(ToGrpcStatus(cancelled.status()));
-                               });
+  scheduler_->CancelGeneration(request->session_id(), [reactor, response, observer = observer_](
+                                                          absl::StatusOr<bool> cancelled) {
+    if (cancelled.ok()) response->set_cancelled(*cancelled);
+    reactor->Finish(Translate(cancelled.status(), observer));
+  });
   return reactor;
 }
 
@@ -394,12 +410,13 @@ grpc::ServerUnaryReactor* DecodeService::CloseSession(grpc::CallbackServerContex
                                                       v1::CloseSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (request->session_id().empty()) {
-    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("session_id: empty")));
+    reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
     return reactor;
   }
-  scheduler_->CloseSession(request->session_id(), [reactor](absl::Status status) {
-    reactor->Finish(ToGrpcStatus(status));
-  });
+  scheduler_->CloseSession(request->session_id(),
+                           [reactor, observer = observer_](absl::Status status) {
+                             reactor->Finish(Translate(status, observer));
+                           });
   return reactor;
 }
 
@@ -408,14 +425,14 @@ grpc::ServerUnaryReactor* DecodeService::GetSession(grpc::CallbackServerContext*
                                                     v1::GetSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (request->session_id().empty()) {
-    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("session_id: empty")));
+    reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
     return reactor;
   }
-  scheduler_->GetSession(request->session_id(),
-                         [reactor, response](absl::StatusOr<SessionInfo> info) {
-                           if (info.ok()) SessionInfoToProto(*info, response);
-                           reactor->Finish(ToGrpcStatus(info.status()));
-                         });
+  scheduler_->GetSession(request->session_id(), [reactor, response, observer = observer_](
+                                                    absl::StatusOr<SessionInfo> info) {
+    if (info.ok()) SessionInfoToProto(*info, response);
+    reactor->Finish(Translate(info.status(), observer));
+  });
   return reactor;
 }
 

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "multipole/v1/decode.grpc.pb.h"
 #include "server/decode_scheduler.h"
+#include "server/server_observer.h"
 #include "server/types.h"
 
 namespace mpa::server {
@@ -24,7 +25,9 @@ void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionC
 
 class DecodeService final : public multipole::v1::DecodeService::CallbackService {
  public:
-  explicit DecodeService(DecodeScheduler* scheduler) : scheduler_(scheduler) {}
+  // observer (may be null; outlives the service) hears of every refused or failed RPC.
+  explicit DecodeService(DecodeScheduler* scheduler, ServerObserver* observer = nullptr)
+      : scheduler_(scheduler), observer_(observer) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const multipole::v1::CreateSessionRequest* request,
@@ -46,6 +49,7 @@ class DecodeService final : public multipole::v1::DecodeService::CallbackService
 
  private:
   DecodeScheduler* scheduler_;
+  ServerObserver* observer_;
 };
 
 }  // namespace mpa::server

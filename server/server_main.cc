@@ -8,8 +8,10 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <exception>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -17,8 +19,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
+#include "prometheus/exposer.h"
 #include "server/decode_scheduler.h"
 #include "server/decode_service.h"
+#include "server/metrics.h"
 #include "server/model_engine.h"
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, *.safetensors, tokenizer.json)");
@@ -35,6 +39,23 @@ ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(10),
 ABSL_FLAG(std::string, attention, "dense",
           "Default attention mode: dense, multipole, exact-only, quest");
 ABSL_FLAG(int, token_budget, 128, "Default token budget of sparse attention modes");
+// Multipole knobs (the same flags as mpa_generate; -1 keeps the design's default).
+ABSL_FLAG(float, token_budget_fraction, 0.0f,
+          "If > 0, the default token budget as a fraction of the clustered region");
+ABSL_FLAG(int, cluster_ratio, -1, "Tokens per centroid (single level; default 16)");
+ABSL_FLAG(int, levels, 1, "Cluster hierarchy levels (1 or 2)");
+ABSL_FLAG(int, cluster_interval, -1, "Decoded tokens between online cluster updates (default 128)");
+ABSL_FLAG(int, sink_tokens, -1, "First tokens always attended exactly (default 10)");
+ABSL_FLAG(int, min_clustered_tokens, -1,
+          "Below this clustered length attention is dense (default 256)");
+ABSL_FLAG(int, block_tokens, -1, "Frozen cluster block size in tokens (default 8192)");
+ABSL_FLAG(int, lookup_position, -1,
+          "Position at which queries are rotated to score pre-RoPE centroids (default 2048)");
+ABSL_FLAG(bool, rotated_centroids, false,
+          "Cluster keys after RoPE and score centroids with the query at its own position");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
+          "Prometheus metrics at http://host:port/metrics (\"\": off; port 0: pick a free one, "
+          "printed)");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
 ABSL_FLAG(int, prefill_chunk_tokens, 64,
           "Input tokens prefilled per engine step (bounds how long running streams wait)");
@@ -49,6 +70,28 @@ std::string BoundAddress(const std::string& address, int port) {
   const size_t colon = address.rfind(':');
   const std::string host = colon == std::string::npos ? address : address.substr(0, colon);
   return absl::StrCat(host, ":", port);
+}
+
+// The default attention's multipole knobs; a flag left at -1 keeps the design's default.
+void SetMultipoleFromFlags(mpa::MultipoleConfig& m) {
+  auto set_if_given = [](int flag, int* field) {
+    if (flag != -1) *field = flag;
+  };
+  m.token_budget = absl::GetFlag(FLAGS_token_budget);
+  m.token_budget_fraction = absl::GetFlag(FLAGS_token_budget_fraction);
+  set_if_given(absl::GetFlag(FLAGS_cluster_ratio), &m.tokens_per_centroid);
+  set_if_given(absl::GetFlag(FLAGS_cluster_interval), &m.cluster_interval);
+  set_if_given(absl::GetFlag(FLAGS_sink_tokens), &m.sink_tokens);
+  set_if_given(absl::GetFlag(FLAGS_min_clustered_tokens), &m.min_clustered_tokens);
+  set_if_given(absl::GetFlag(FLAGS_block_tokens), &m.block_tokens);
+  set_if_given(absl::GetFlag(FLAGS_lookup_position), &m.lookup_position);
+  if (absl::GetFlag(FLAGS_block_tokens) != -1) {
+    // The final window's bounds stay proportional to the block size (design: 1/2 .. 3/2 blocks).
+    m.final_window_min = m.block_tokens / 2;
+    m.final_window_max = m.block_tokens * 3 / 2;
+  }
+  m.levels = absl::GetFlag(FLAGS_levels);
+  m.rotated_centroids = absl::GetFlag(FLAGS_rotated_centroids);
 }
 
 int Serve() {
@@ -84,13 +127,30 @@ int Serve() {
   options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   options.default_attention.mode = *mode;
-  options.default_attention.multipole.token_budget = absl::GetFlag(FLAGS_token_budget);
+  SetMultipoleFromFlags(options.default_attention.multipole);
   if (absl::Status s = options.default_attention.multipole.Validate(); !s.ok()) {
     std::fprintf(stderr, "mpa_server: attention flags: %s\n", s.ToString().c_str());
     return 2;
   }
-  DecodeScheduler scheduler(engine->get(), options);
-  mpa::server::DecodeService service(&scheduler);
+  const mpa::server::EngineInfo& info = (*engine)->info();
+  mpa::server::MetricsRegistry metrics(
+      {info.model_name, info.architecture, std::string(mpa::AttentionModeName(*mode))});
+  // Declared after the registry it serves and before the scheduler, so it is destroyed after
+  // the scheduler's last report and before the registry.
+  std::unique_ptr<prometheus::Exposer> exposer;
+  const std::string metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (!metrics_address.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(metrics_address, /*num_threads=*/2);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mpa_server: --metrics_address: cannot listen on %s: %s\n",
+                   metrics_address.c_str(), e.what());
+      return 1;
+    }
+    exposer->RegisterCollectable(metrics.registry());
+  }
+  DecodeScheduler scheduler(engine->get(), options, &metrics);
+  mpa::server::DecodeService service(&scheduler, &metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -108,12 +168,16 @@ int Serve() {
   server->GetHealthCheckService()->SetServingStatus(
       multipole::v1::DecodeService::service_full_name(), true);
   server->GetHealthCheckService()->SetServingStatus(true);
-  const mpa::server::EngineInfo& info = (*engine)->info();
   std::printf("mpa_server: model %s (%s, vocab %d, context %d, tokenizer %s), attention %s\n",
               info.model_name.c_str(), info.architecture.c_str(), info.vocab_size,
               info.max_context_tokens, info.has_tokenizer ? "yes" : "no",
               std::string(mpa::AttentionModeName(*mode)).c_str());
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
+  if (exposer != nullptr) {
+    const std::vector<int> ports = exposer->GetListeningPorts();
+    std::printf("mpa_server metrics on %s\n",
+                BoundAddress(metrics_address, ports.empty() ? 0 : ports.front()).c_str());
+  }
   std::fflush(stdout);
 
   // Signals were blocked in every thread (see main); wait for one here.
