@@ -153,7 +153,10 @@ int main(int argc, char** argv) {
       int warps;   // tensor-core kernel: warps per block
       int stages;
     };
-    const int auto_splits = mpa::cuda::ChooseDecodeSplits(s.batch, kKvHeads, s.context, kPage);
+    const int auto_splits =
+        mpa::cuda::ChooseDecodeSplits(s.batch, kKvHeads, s.context, kPage, kHeadDim);
+    const int cuda_core_splits = mpa::cuda::ChooseDecodeSplits(s.batch, kKvHeads, s.context, kPage,
+                                                               kHeadDim, DecodeKernel::kCudaCore);
     // "default" is what the model runs (the tensor-core kernel on this shape); "cuda_core" is the
     // previous kernel, kept for the shapes the tensor-core one does not cover.
     std::vector<Variant> variants = {{"default", DecodeKernel::kAuto, 0, 0, 0, 0},
@@ -191,7 +194,9 @@ int main(int argc, char** argv) {
           },
           std::min(iters, 2000), 7);
       const double floor_t = kv_bytes / copy_bw;
-      const int splits = var.splits > 0 ? var.splits : auto_splits;
+      const int splits = var.splits > 0                          ? var.splits
+                         : var.kernel == DecodeKernel::kCudaCore ? cuda_core_splits
+                                                                 : auto_splits;
       std::printf("%8d %5d %-12s %6d %10.1f %10.1f %10.0f %10.1f %7.1f%%\n", s.context, s.batch,
                   var.name.c_str(), splits, kv_bytes / 1e6, t * 1e6, kv_bytes / t * 1e-9,
                   floor_t * 1e6, 100.0 * floor_t / t);

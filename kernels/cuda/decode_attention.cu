@@ -680,6 +680,20 @@ int MultiprocessorCount() {
 
 int ChunkAlignment(int page_size) { return std::max(page_size, 64); }
 
+// Fills `blocks_per_sm` blocks per multiprocessor once, so every block of the single wave reads the
+// same number of bytes; never splits below ~256 tokens.
+int SplitsForOneWave(int batch, int num_kv_heads, int max_seq_len, int blocks_per_sm) {
+  const int slots = blocks_per_sm * MultiprocessorCount();
+  const int pairs = std::max(batch * num_kv_heads, 1);
+  int splits = std::max(slots / pairs, 1);
+  const int max_useful = std::max((max_seq_len + 255) / 256, 1);
+  return std::min(splits, max_useful);
+}
+
+bool TensorCoresApply(int head_dim, int page_size) {
+  return (head_dim == 64 || head_dim == 128) && page_size >= tc::kTile;
+}
+
 }  // namespace
 
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim, int num_splits) {
@@ -689,13 +703,19 @@ size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim, i
 }
 
 int ChooseDecodeSplits(int batch, int num_kv_heads, int max_seq_len, int page_size) {
-  // Two resident blocks per multiprocessor (the launch bounds ask for that): fill them once, so
-  // every block of the single wave reads the same number of bytes; never split below ~256 tokens.
-  const int slots = 2 * MultiprocessorCount();
-  const int pairs = std::max(batch * num_kv_heads, 1);
-  int splits = std::max(slots / pairs, 1);
-  const int max_useful = std::max((max_seq_len + 255) / 256, 1);
-  return std::min(splits, max_useful);
+  // Two resident blocks per multiprocessor, as the launch bounds ask.
+  return SplitsForOneWave(batch, num_kv_heads, max_seq_len, 2);
+}
+
+int ChooseDecodeSplits(int batch, int num_kv_heads, int max_seq_len, int page_size, int head_dim,
+                       DecodeKernel kernel) {
+  // The tensor-core kernel could keep two 96 KiB blocks per multiprocessor, but one wave of one
+  // block per multiprocessor measured 8-12% faster at batch 1 and equal at large batch x context
+  // (bench/NOTES.md, v4 sweep): fewer, longer streams per split.
+  if (kernel != DecodeKernel::kCudaCore && TensorCoresApply(head_dim, page_size)) {
+    return SplitsForOneWave(batch, num_kv_heads, max_seq_len, 1);
+  }
+  return ChooseDecodeSplits(batch, num_kv_heads, max_seq_len, page_size);
 }
 
 cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream) {
@@ -709,8 +729,9 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   }
   if (p.batch == 0) return cudaSuccess;
   const int group = p.num_q_heads / nkv;
-  int splits = p.num_splits > 0 ? p.num_splits
-                                : ChooseDecodeSplits(p.batch, nkv, p.max_seq_len, p.kv.page_size);
+  int splits = p.num_splits > 0
+                   ? p.num_splits
+                   : ChooseDecodeSplits(p.batch, nkv, p.max_seq_len, p.kv.page_size, hd, p.kernel);
   const int align = ChunkAlignment(p.kv.page_size);
   const int len = std::max(p.max_seq_len, 1);
   int chunk = (len + splits - 1) / splits;
@@ -743,7 +764,7 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.partial_lse = splits > 1
                       ? a.partial_o + static_cast<size_t>(p.batch) * splits * p.num_q_heads * hd
                       : nullptr;
-  const bool tensor_cores_apply = (hd == 64 || hd == 128) && p.kv.page_size >= tc::kTile;
+  const bool tensor_cores_apply = TensorCoresApply(hd, p.kv.page_size);
   if (p.kernel == DecodeKernel::kTensorCore && !tensor_cores_apply) return cudaErrorInvalidValue;
   if (p.kernel != DecodeKernel::kCudaCore && tensor_cores_apply) {
     return hd == 64 ? LaunchTensorCoreGroup<64>(a, p.batch, group, p.warps_per_block,

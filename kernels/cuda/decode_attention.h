@@ -52,7 +52,12 @@ struct DecodeAttentionParams {
 // Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}, group in {1, 2, 4, 8}.
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim, int num_splits);
 
-// The split count the launcher would choose (for workspace sizing and benchmarks).
+// The split count the launcher would choose (for workspace sizing and benchmarks) for head_dim and
+// the kernel asked for: one block per multiprocessor for the tensor-core kernel, two for the
+// CUDA-core kernel, never splitting below ~256 tokens.
+int ChooseDecodeSplits(int batch, int num_kv_heads, int max_seq_len, int page_size, int head_dim,
+                       DecodeKernel kernel = DecodeKernel::kAuto);
+// The CUDA-core kernel's choice (the launcher's for head_dim other than 64/128).
 int ChooseDecodeSplits(int batch, int num_kv_heads, int max_seq_len, int page_size);
 
 // cudaErrorInvalidValue on unsupported shapes or missing pointers.
