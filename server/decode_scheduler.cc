@@ -546,16 +546,17 @@ void DecodeScheduler::FinishGeneration(Generation& gen, FinishReason reason) {
     r.decode_seconds = Seconds(gen.last_token - gen.first_token);
   }
   if (gen.text != nullptr) r.text_tail = gen.text->Flush();
-  gen.sink->Finish(r);
+  // Reported before the final message, so a client that has it can already see it counted.
   if (observer_ != nullptr) {
     FinishedGeneration finished;
-    finished.result = std::move(r);
+    finished.result = r;
     finished.attention = StatsSince(stats, gen.stats_at_start);
     finished.mode = s.attention.mode;
     finished.duration_seconds =
         arrival == absl::InfinitePast() ? 0.0 : Seconds(absl::Now() - arrival);
     observer_->OnGenerationFinished(finished);
   }
+  gen.sink->Finish(r);
   EndGeneration(gen);
 }
 
