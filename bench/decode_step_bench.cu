@@ -1,7 +1,9 @@
 // A full decode step of the GPU model at the Qwen3-8B shape (random BF16 weights drawn on the
 // device), batch 1 and 8, contexts 4K and 32K, against the byte floor: (weight bytes + KV bytes)
-// over the device-to-device copy bandwidth measured in the same run. Also prefill tokens/s for
-// an 8K prompt.
+// over the device-to-device copy bandwidth measured in the same run. Also: each projection of a
+// layer alone (our GEMV and cuBLAS against the copy rate), the batch-1 step without graphs and
+// without programmatic launch, the step with sampling on the device, and prefill tokens/s for an
+// 8K prompt.
 //
 // Usage: decode_step_bench [--out result.md] [--commit SHA]
 #include <cuda_runtime.h>
@@ -13,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/linear.h"
 #include "model/cuda_model.h"
 
 namespace {
@@ -43,6 +47,116 @@ double CopyBandwidth() {
   cudaFree(a);
   cudaFree(b);
   return 2.0 * bytes / (times[times.size() / 2] * 1e-3);
+}
+
+// One projection shape of a decode step, timed alone: `repeats` back-to-back launches over
+// different copies of W (the copies together far exceed the L2), events around them.
+struct GemvCase {
+  const char* name;
+  int64_t in, out;
+  bool norm, swiglu;
+};
+
+std::vector<std::string> GemvTable(double bw) {
+  std::vector<std::string> lines;
+  const int64_t pool_bytes = int64_t{3} << 30;
+  mpa::cuda::bf16* pool = nullptr;
+  float *x32 = nullptr, *norm_w = nullptr, *y = nullptr;
+  mpa::cuda::bf16 *x16 = nullptr, *h = nullptr;
+  if (cudaMalloc(&pool, pool_bytes) != cudaSuccess || cudaMalloc(&x32, 8 * 12288 * 4) ||
+      cudaMalloc(&norm_w, 12288 * 4) || cudaMalloc(&y, 8 * 151936 * 4) ||
+      cudaMalloc(&x16, 8 * 12288 * 2) || cudaMalloc(&h, 8 * 12288 * 2)) {
+    lines.push_back("allocation failed");
+    return lines;
+  }
+  mpa::cuda::FillNormalBf16(pool, pool_bytes / 2, 11, 0.0f, 0.02f, nullptr);
+  mpa::cuda::FillNormalF32(x32, 8 * 12288, 12, 0.0f, 1.0f, nullptr);
+  mpa::cuda::FillNormalF32(norm_w, 12288, 13, 1.0f, 0.02f, nullptr);
+  mpa::cuda::FillNormalBf16(x16, 8 * 12288, 14, 0.0f, 1.0f, nullptr);
+  cudaDeviceSynchronize();
+  cublasHandle_t blas;
+  cublasCreate(&blas);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  const GemvCase cases[] = {{"qkv (norm fused)", 4096, 6144, true, false},
+                            {"o_proj", 4096, 4096, false, false},
+                            {"gate_up (norm + SwiGLU fused)", 4096, 24576, true, true},
+                            {"gate_up plain", 4096, 24576, false, false},
+                            {"down", 12288, 4096, false, false},
+                            {"lm_head (norm fused)", 4096, 151936, true, false}};
+  // variant: 0 cuBLAS, else loads in flight (4, 8, 16); +100: programmatic launch.
+  const int variants[] = {0, 4, 8, 16, 108};
+  for (int rows : {1, 2, 8}) {
+    for (const GemvCase& gc : cases) {
+      const int64_t bytes = gc.in * gc.out * 2;
+      const int64_t copies = std::max<int64_t>(pool_bytes / bytes, 1);
+      char line[512];
+      int n = std::snprintf(line, sizeof(line), "| %d | %s | %lld x %lld | %.1f |", rows, gc.name,
+                            static_cast<long long>(gc.out), static_cast<long long>(gc.in),
+                            bytes * 1e-6);
+      for (int v : variants) {
+        if (rows > mpa::cuda::kGemvMaxRows && v != 0) {
+          n += std::snprintf(line + n, sizeof(line) - n, " |");
+          continue;
+        }
+        constexpr int kRepeats = 30;
+        bool ok = true;
+        auto launch = [&](int i) {
+          const mpa::cuda::bf16* w = pool + (i % copies) * gc.in * gc.out;
+          if (v == 0) {
+            const float one = 1.0f, zero = 0.0f;
+            ok &= cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, gc.out, rows, gc.in, &one, w,
+                               CUDA_R_16BF, gc.in, x16, CUDA_R_16BF, gc.in, &zero, y, CUDA_R_32F,
+                               gc.out, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+            return;
+          }
+          mpa::cuda::GemvParams g;
+          if (gc.norm) {
+            g.norm_input = x32;
+            g.norm_weight = norm_w;
+          } else {
+            g.x = x16;
+          }
+          g.w = w;
+          g.rows = rows;
+          g.in_features = gc.in;
+          g.out_features = gc.out;
+          if (gc.swiglu) {
+            g.swiglu_out = h;
+          } else {
+            g.y = y;
+          }
+          g.loads_in_flight = v % 100;
+          g.programmatic_launch = v >= 100;
+          ok &= mpa::cuda::Gemv(g, nullptr) == cudaSuccess;
+        };
+        for (int i = 0; i < 3; ++i) launch(i);
+        cudaEventRecord(start);
+        for (int i = 0; i < kRepeats; ++i) launch(i);
+        cudaEventRecord(stop);
+        cudaEventSynchronize(stop);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, start, stop);
+        const double t = ms * 1e-3 / kRepeats;
+        ok &= cudaGetLastError() == cudaSuccess;
+        n += ok ? std::snprintf(line + n, sizeof(line) - n, " %.1f us %.0f%% |", t * 1e6,
+                                100.0 * bytes / t / bw)
+                : std::snprintf(line + n, sizeof(line) - n, " failed |");
+      }
+      std::printf("%s\n", line);
+      lines.push_back(line);
+    }
+  }
+  cublasDestroy(blas);
+  cudaFree(pool);
+  cudaFree(x32);
+  cudaFree(norm_w);
+  cudaFree(y);
+  cudaFree(x16);
+  cudaFree(h);
+  return lines;
 }
 
 #define CHECK_OK(expr)                                                                \
@@ -77,6 +191,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   const double bw = CopyBandwidth();
+  std::printf("copy bandwidth %.0f GB/s\n", bw * 1e-9);
+  const std::vector<std::string> gemv_rows = GemvTable(bw);
   mpa::CudaModelOptions options;
   options.max_batch = 8;
   options.max_kv_tokens = 8 * 32768 + 8 * 1024;
@@ -96,35 +212,62 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> rows;
   const int64_t kv_bytes_per_token = int64_t{c.num_layers} * c.num_kv_heads * c.head_dim * 2 * 2;
+  // mode: 0 graphs + programmatic launch (default), 1 no graphs, 2 graphs without programmatic
+  // launch, 3 default + greedy sampling on the device, 4 default + top-k/top-p sampling.
+  const char* mode_names[] = {"graph", "no graph", "graph, no PDL", "graph + greedy sample",
+                              "graph + top-k/p sample"};
+  auto run = [&](int batch, int context, int mode) -> int {
+    std::vector<std::unique_ptr<mpa::CudaSequence>> seqs;
+    std::vector<mpa::CudaSequence*> ptrs;
+    for (int b = 0; b < batch; ++b) {
+      seqs.push_back(m.NewSequence());
+      CHECK_OK(m.AppendUncomputedContext(*seqs.back(), context));
+      ptrs.push_back(seqs.back().get());
+    }
+    m.set_decode_graphs(mode != 1);
+    m.set_programmatic_launch(mode != 2);
+    mpa::SamplingParams sp;
+    if (mode == 4) {
+      sp.temperature = 0.8f;
+      sp.top_k = 50;
+      sp.top_p = 0.9f;
+    }
+    const std::vector<mpa::SamplingParams> params(batch, sp);
+    const std::vector<int32_t> tokens(batch, 42);
+    auto step = [&]() -> absl::Status {
+      if (mode < 3) return m.Decode(ptrs, tokens, nullptr);
+      return m.DecodeAndSample(ptrs, tokens, params).status();
+    };
+    for (int i = 0; i < 3; ++i) CHECK_OK(step());
+    std::vector<double> times;
+    for (int i = 0; i < 20; ++i) {
+      const double t0 = Seconds();
+      CHECK_OK(step());
+      times.push_back(Seconds() - t0);
+    }
+    std::sort(times.begin(), times.end());
+    const double t = times[times.size() / 2];
+    const double bytes =
+        m.weight_bytes_per_step() + double{kv_bytes_per_token} * batch * (context + 13);
+    const double floor_t = bytes / bw;
+    char line[256];
+    std::snprintf(line, sizeof(line), "| %d | %d | %s | %.2f | %.3f | %.3f | %.2fx | %.0f |", batch,
+                  context, mode_names[mode], bytes * 1e-9, t * 1e3, floor_t * 1e3, t / floor_t,
+                  batch / t);
+    std::printf("%s\n", line);
+    rows.push_back(line);
+    return 0;
+  };
   for (int batch : {1, 8}) {
     for (int context : {4096, 32768}) {
-      std::vector<std::unique_ptr<mpa::CudaSequence>> seqs;
-      std::vector<mpa::CudaSequence*> ptrs;
-      for (int b = 0; b < batch; ++b) {
-        seqs.push_back(m.NewSequence());
-        CHECK_OK(m.AppendUncomputedContext(*seqs.back(), context));
-        ptrs.push_back(seqs.back().get());
-      }
-      const std::vector<int32_t> tokens(batch, 42);
-      for (int i = 0; i < 3; ++i) CHECK_OK(m.Decode(ptrs, tokens, nullptr));
-      std::vector<double> times;
-      for (int i = 0; i < 20; ++i) {
-        const double t0 = Seconds();
-        CHECK_OK(m.Decode(ptrs, tokens, nullptr));
-        times.push_back(Seconds() - t0);
-      }
-      std::sort(times.begin(), times.end());
-      const double t = times[times.size() / 2];
-      const double bytes =
-          m.weight_bytes_per_step() + double{kv_bytes_per_token} * batch * (context + 13);
-      const double floor_t = bytes / bw;
-      char line[256];
-      std::snprintf(line, sizeof(line), "| %d | %d | %.2f | %.3f | %.3f | %.2fx | %.0f |", batch,
-                    context, bytes * 1e-9, t * 1e3, floor_t * 1e3, t / floor_t, batch / t);
-      std::printf("%s\n", line);
-      rows.push_back(line);
+      if (run(batch, context, 0) != 0) return 1;
     }
   }
+  for (int mode : {1, 2, 3, 4}) {
+    if (run(1, 4096, mode) != 0) return 1;
+  }
+  m.set_decode_graphs(true);
+  m.set_programmatic_launch(true);
   // Prefill of an 8K prompt (after a 512-token warm-up prompt).
   double prefill_tps = 0, prefill_s = 0;
   {
@@ -156,17 +299,26 @@ int main(int argc, char** argv) {
                  m.weight_bytes_per_step() * 1e-9);
     std::fprintf(
         f,
-        "- step = `CudaModel::Decode` wall time (host to host, logits left on the device), median "
-        "of 20 after 3 warm-ups; contexts filled with random KV (no prefill)\n");
+        "- step = `CudaModel::Decode` wall time (host to host, logits left on the device; with "
+        "sampling: `DecodeAndSample`, ids on the host), median of 20 after 3 warm-ups; contexts "
+        "filled with random KV (no prefill); mode: graph = replayed CUDA graph, PDL = the GEMVs "
+        "launched as programmatic dependents\n");
     std::fprintf(f,
                  "- floor = (weight bytes + KV bytes) / copy bandwidth; target: within 1.3x at "
                  "batch 1, 4K\n\n");
     std::fprintf(f,
-                 "| batch | context | GB read | step ms | floor ms | step / floor | tokens/s "
-                 "|\n|---:|---:|---:|---:|---:|---:|---:|\n");
+                 "| batch | context | mode | GB read | step ms | floor ms | step / floor | "
+                 "tokens/s |\n|---:|---:|---|---:|---:|---:|---:|---:|\n");
     for (const std::string& r : rows) std::fprintf(f, "%s\n", r.c_str());
     std::fprintf(f, "\nPrefill of one 8192-token prompt (one chunk): %.3f s, %.0f tokens/s.\n",
                  prefill_s, prefill_tps);
+    std::fprintf(f,
+                 "\nEach projection alone (time per launch and %% of the copy rate; 30 launches "
+                 "back to back over copies of W that together exceed the L2; GEMV columns: "
+                 "16-byte loads in flight per lane; PDL = programmatic launch):\n\n| rows | "
+                 "projection | W shape | MB | cuBLAS | GEMV 4 | GEMV 8 | GEMV 16 | GEMV 8 + PDL "
+                 "|\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for (const std::string& r : gemv_rows) std::fprintf(f, "%s\n", r.c_str());
     std::fclose(f);
   }
   return 0;

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numeric>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/decode_attention.h"
@@ -100,13 +102,28 @@ struct CudaModel::Impl {
   int32_t* seq_lens = nullptr;     // [max_batch]
   int32_t* q_starts = nullptr;     // [2]
   int32_t* greedy = nullptr;       // [max_batch]
+  cuda::SamplingRow* sampling = nullptr;  // [max_batch]
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  void* blas_workspace = nullptr;  // cuBLAS's, set once so graph capture never allocates
   // Host staging of per-step metadata (one copy per step).
   std::vector<int32_t> h_ints;
   std::vector<int64_t> h_slots;
+  std::vector<cuda::SamplingRow> h_sampling;
+  // Captured decode steps by (batch, length bucket), with the step each was last used at.
+  struct DecodeGraph {
+    cudaGraphExec_t exec = nullptr;
+    int64_t last_used = 0;
+  };
+  std::map<std::pair<int, int>, DecodeGraph> graphs;
+  int64_t graph_clock = 0;
 
+  void ClearGraphs() {
+    for (auto& [key, g] : graphs) cudaGraphExecDestroy(g.exec);
+    graphs.clear();
+  }
   ~Impl() {
+    ClearGraphs();
     if (blas != nullptr) cublasDestroy(blas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
@@ -202,6 +219,11 @@ absl::Status CudaModel::Init() {
   d.h_ints.assign(ints, 0);
   MPA_ASSIGN_OR_RETURN(d.slots, d.arena.Alloc<int64_t>(rows));
   MPA_ASSIGN_OR_RETURN(d.greedy, d.arena.Alloc<int32_t>(options_.max_batch));
+  MPA_ASSIGN_OR_RETURN(d.sampling, d.arena.Alloc<cuda::SamplingRow>(options_.max_batch));
+  constexpr int64_t kBlasWorkspaceBytes = int64_t{32} << 20;
+  MPA_ASSIGN_OR_RETURN(char* blas_ws, d.arena.Alloc<char>(kBlasWorkspaceBytes));
+  d.blas_workspace = blas_ws;
+  MPA_BLAS(cublasSetWorkspace(d.blas, d.blas_workspace, kBlasWorkspaceBytes));
   d.workspace_bytes =
       cuda::DecodeAttentionWorkspaceBytes(options_.max_batch, c.num_heads, c.head_dim, 256);
   MPA_ASSIGN_OR_RETURN(char* ws, d.arena.Alloc<char>(d.workspace_bytes));
@@ -388,20 +410,60 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cudaStream_t s = d.stream;
 
+  // out = RmsNorm(n rows of residual) W^T, or with swiglu_out set, SwiGLU of the gate|up product.
+  // A fused GEMV where it takes the shape (decode: 1-2 rows), else RmsNorm -> cuBLAS -> SiluMul
+  // through d.h and d.gate_up.
+  auto norm_linear = [&](const float* residual, const float* norm_weight, int n, const bf16* w,
+                         int64_t out_features, float* y, bf16* swiglu_out) -> absl::Status {
+    cuda::GemvParams g;
+    g.norm_input = residual;
+    g.norm_weight = norm_weight;
+    g.eps = c.rms_norm_eps;
+    g.w = w;
+    g.rows = n;
+    g.in_features = hidden;
+    g.out_features = out_features;
+    g.y = swiglu_out == nullptr ? y : nullptr;
+    g.swiglu_out = swiglu_out;
+    g.programmatic_launch = options_.programmatic_launch;
+    if (cuda::GemvSupports(g)) return CudaStatus(cuda::Gemv(g, s), "fused norm GEMV");
+    cuda::RmsNormParams norm;
+    norm.residual = const_cast<float*>(residual);
+    norm.weight = norm_weight;
+    norm.rows = n;
+    norm.n = c.hidden_size;
+    norm.eps = c.rms_norm_eps;
+    norm.out = d.h;
+    MPA_CUDA(cuda::RmsNorm(norm, s));
+    float* dst = swiglu_out == nullptr ? y : d.gate_up;
+    MPA_BLAS(cuda::Linear(d.blas, {d.h, w, n, hidden, out_features, 0.0f, dst}));
+    if (swiglu_out != nullptr) {
+      MPA_CUDA(cuda::SiluMul(d.gate_up, n, static_cast<int>(out_features / 2), swiglu_out, s));
+    }
+    return absl::OkStatus();
+  };
+  // The residual stream += x W^T (o_proj, down_proj: beta = 1 accumulates for free).
+  auto residual_linear = [&](const bf16* x, const bf16* w, int64_t in_features) -> absl::Status {
+    cuda::GemvParams g;
+    g.x = x;
+    g.w = w;
+    g.rows = rows;
+    g.in_features = in_features;
+    g.out_features = hidden;
+    g.y = d.x;
+    g.beta = 1.0f;
+    g.programmatic_launch = options_.programmatic_launch;
+    if (cuda::GemvSupports(g)) return CudaStatus(cuda::Gemv(g, s), "GEMV");
+    MPA_BLAS(cuda::Linear(d.blas, {x, w, rows, in_features, hidden, 1.0f, d.x}));
+    return absl::OkStatus();
+  };
+
   MPA_CUDA(cuda::EmbeddingGather(d.embed, d.ids, rows, c.hidden_size, d.x, s));
   for (int layer = 0; layer < c.num_layers; ++layer) {
     const DeviceLayer& l = d.layers[layer];
     const cuda::PagedKvCache kv{l.k_cache, l.v_cache, c.num_kv_heads, c.head_dim,
                                 options_.page_size};
-    cuda::RmsNormParams norm;
-    norm.residual = d.x;
-    norm.weight = l.input_norm;
-    norm.rows = rows;
-    norm.n = c.hidden_size;
-    norm.eps = c.rms_norm_eps;
-    norm.out = d.h;
-    MPA_CUDA(cuda::RmsNorm(norm, s));
-    MPA_BLAS(cuda::Linear(d.blas, {d.h, l.qkv, rows, hidden, qkv_rows, 0.0f, d.qkv}));
+    MPA_RETURN_IF_ERROR(norm_linear(d.x, l.input_norm, rows, l.qkv, qkv_rows, d.qkv, nullptr));
 
     cuda::QkvPrepareParams prep;
     prep.qkv = d.qkv;
@@ -449,25 +511,75 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
       p.workspace_bytes = d.workspace_bytes;
       MPA_CUDA(cuda::DecodeAttention(p, s));
     }
-    // o_proj and down_proj accumulate straight into the fp32 residual stream (beta = 1).
-    MPA_BLAS(cuda::Linear(d.blas, {d.attn, l.o_proj, rows, nq * hd, hidden, 1.0f, d.x}));
-    norm.weight = l.post_norm;
-    MPA_CUDA(cuda::RmsNorm(norm, s));
-    MPA_BLAS(cuda::Linear(d.blas, {d.h, l.gate_up, rows, hidden, 2 * ffn, 0.0f, d.gate_up}));
-    MPA_CUDA(cuda::SiluMul(d.gate_up, rows, c.intermediate_size, d.h, s));
-    MPA_BLAS(cuda::Linear(d.blas, {d.h, l.down, rows, ffn, hidden, 1.0f, d.x}));
+    MPA_RETURN_IF_ERROR(residual_linear(d.attn, l.o_proj, nq * hd));
+    MPA_RETURN_IF_ERROR(
+        norm_linear(d.x, l.post_norm, rows, l.gate_up, 2 * ffn, d.gate_up, /*swiglu_out=*/d.h));
+    MPA_RETURN_IF_ERROR(residual_linear(d.h, l.down, ffn));
   }
-  cuda::RmsNormParams norm;
-  norm.residual = d.x + int64_t{first_logit_row} * hidden;
-  norm.weight = d.final_norm;
-  norm.rows = logit_rows;
-  norm.n = c.hidden_size;
-  norm.eps = c.rms_norm_eps;
-  norm.out = d.h;
-  MPA_CUDA(cuda::RmsNorm(norm, s));
-  MPA_BLAS(
-      cuda::Linear(d.blas, {d.h, d.lm_head, logit_rows, hidden, c.vocab_size, 0.0f, d.logits}));
+  MPA_RETURN_IF_ERROR(norm_linear(d.x + int64_t{first_logit_row} * hidden, d.final_norm, logit_rows,
+                                  d.lm_head, c.vocab_size, d.logits, nullptr));
   last_logit_rows_ = logit_rows;
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Decode graphs are keyed by an upper bound of the batch's longest context, rounded up to 1/32 of
+// its power of two (at least 256 tokens): the attention's split shape then stays fixed for many
+// steps, and the bound is at most ~3% above the true length (the kernels read the true lengths
+// from the device, the bound only sizes the splits).
+int LengthBucket(int len) {
+  int64_t g = 256;
+  while (g * 32 < len) g *= 2;
+  return static_cast<int>((len + g - 1) / g * g);
+}
+
+constexpr int kMaxDecodeGraphs = 64;
+
+}  // namespace
+
+int CudaModel::num_decode_graphs() const { return static_cast<int>(impl_->graphs.size()); }
+
+void CudaModel::set_programmatic_launch(bool enabled) {
+  options_.programmatic_launch = enabled;
+  impl_->ClearGraphs();
+}
+
+absl::Status CudaModel::DecodeForward(int batch, int length_bucket) {
+  Impl& d = *impl_;
+  if (!options_.decode_graphs) {
+    return Forward(batch, /*prefill=*/false, batch, length_bucket, 1, 0, batch);
+  }
+  const std::pair<int, int> key(batch, length_bucket);
+  auto it = d.graphs.find(key);
+  if (it == d.graphs.end()) {
+    if (d.graphs.size() >= kMaxDecodeGraphs) {
+      auto oldest = std::min_element(
+          d.graphs.begin(), d.graphs.end(),
+          [](const auto& a, const auto& b) { return a.second.last_used < b.second.last_used; });
+      cudaGraphExecDestroy(oldest->second.exec);
+      d.graphs.erase(oldest);
+    }
+    // Relaxed mode: the launchers' one-time attribute calls may run during the first capture.
+    MPA_CUDA(cudaStreamBeginCapture(d.stream, cudaStreamCaptureModeRelaxed));
+    const absl::Status forward =
+        Forward(batch, /*prefill=*/false, batch, length_bucket, 1, 0, batch);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(d.stream, &graph);
+    if (!forward.ok() || end != cudaSuccess) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      MPA_RETURN_IF_ERROR(forward);
+      return CudaStatus(end, "decode graph capture");
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    MPA_CUDA(inst);
+    it = d.graphs.emplace(key, Impl::DecodeGraph{exec, 0}).first;
+  }
+  it->second.last_used = ++d.graph_clock;
+  MPA_CUDA(cudaGraphLaunch(it->second.exec, d.stream));
+  last_logit_rows_ = batch;
   return absl::OkStatus();
 }
 
@@ -506,6 +618,7 @@ absl::Status CudaModel::Prefill(CudaSequence& seq, absl::Span<const int32_t> tok
                              d.stream));
     seq.tokens_.insert(seq.tokens_.end(), tokens.begin() + begin, tokens.begin() + begin + n);
     MPA_RETURN_IF_ERROR(Forward(n, /*prefill=*/true, 1, first_pos + n, n, n - 1, 1));
+    last_lengths_.assign(1, first_pos + n);
     // The host buffers are rewritten by the next chunk: wait for this chunk's copies.
     MPA_CUDA(cudaStreamSynchronize(d.stream));
   }
@@ -517,13 +630,12 @@ absl::Status CudaModel::Prefill(CudaSequence& seq, absl::Span<const int32_t> tok
   return absl::OkStatus();
 }
 
-absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
-                               absl::Span<const int32_t> tokens, float* logits) {
+absl::Status CudaModel::EnqueueDecode(absl::Span<CudaSequence* const> seqs,
+                                      absl::Span<const int32_t> tokens) {
   if (seqs.size() != tokens.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("decode got ", seqs.size(), " sequences but ", tokens.size(), " tokens"));
   }
-  if (seqs.empty()) return absl::OkStatus();
   if (seqs.size() > static_cast<size_t>(options_.max_batch)) {
     return absl::InvalidArgumentError(
         absl::StrCat("decode batch of ", seqs.size(), " exceeds max_batch ", options_.max_batch));
@@ -545,6 +657,7 @@ absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
   int32_t* lens = pos + rows_cap;
   int32_t* table = lens + options_.max_batch + 2;
   d.h_slots.resize(batch);
+  last_lengths_.resize(batch);
   int max_len = 0;
   for (int b = 0; b < batch; ++b) {
     CudaSequence& seq = *seqs[b];
@@ -556,19 +669,29 @@ absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
     d.h_slots[b] = int64_t{seq.pages_[p / ps]} * ps + p % ps;
     std::copy(seq.pages_.begin(), seq.pages_.end(), table + int64_t{b} * max_pages_per_seq_);
     seq.tokens_.push_back(tokens[b]);
+    last_lengths_[b] = p + 1;
   }
+  // Pageable sources: each copy returns once the host buffer has been read, so the staging
+  // buffers may be rewritten by the next step without waiting for the device.
   MPA_CUDA(cudaMemcpyAsync(d.ids, d.h_ints.data(),
                            (table - ids + int64_t{batch} * max_pages_per_seq_) * sizeof(int32_t),
                            cudaMemcpyHostToDevice, d.stream));
   MPA_CUDA(cudaMemcpyAsync(d.slots, d.h_slots.data(), batch * sizeof(int64_t),
                            cudaMemcpyHostToDevice, d.stream));
-  MPA_RETURN_IF_ERROR(Forward(batch, /*prefill=*/false, batch, max_len, 1, 0, batch));
+  // Graph replay and direct launches see the same length bound, so they compute the same bits.
+  return DecodeForward(batch, LengthBucket(max_len));
+}
+
+absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
+                               absl::Span<const int32_t> tokens, float* logits) {
+  if (seqs.empty() && tokens.empty()) return absl::OkStatus();
+  MPA_RETURN_IF_ERROR(EnqueueDecode(seqs, tokens));
   if (logits != nullptr) {
-    MPA_CUDA(cudaMemcpyAsync(logits, d.logits, int64_t{batch} * config_.vocab_size * 4,
-                             cudaMemcpyDeviceToHost, d.stream));
+    MPA_CUDA(cudaMemcpyAsync(logits, impl_->logits,
+                             static_cast<int64_t>(seqs.size()) * config_.vocab_size * 4,
+                             cudaMemcpyDeviceToHost, impl_->stream));
   }
-  // The host staging buffers are reused by the next call.
-  MPA_CUDA(cudaStreamSynchronize(d.stream));
+  MPA_CUDA(cudaStreamSynchronize(impl_->stream));
   return absl::OkStatus();
 }
 
@@ -579,6 +702,71 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::GreedyIds() {
   MPA_CUDA(cuda::ArgmaxRows(d.logits, last_logit_rows_, config_.vocab_size, d.greedy, d.stream));
   MPA_CUDA(cudaMemcpyAsync(ids.data(), d.greedy, ids.size() * 4, cudaMemcpyDeviceToHost, d.stream));
   MPA_CUDA(cudaStreamSynchronize(d.stream));
+  return ids;
+}
+
+absl::Status CudaModel::EnqueueSample(absl::Span<const SamplingParams> params, int32_t* ids) {
+  Impl& d = *impl_;
+  if (params.size() != static_cast<size_t>(last_logit_rows_) ||
+      last_lengths_.size() != params.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling got ", params.size(),
+                                                   " parameter sets for ", last_logit_rows_,
+                                                   " rows of logits"));
+  }
+  bool greedy = true;
+  d.h_sampling.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const SamplingParams& sp = params[i];
+    const absl::Status valid = sp.Validate();
+    if (!valid.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling row ", i, ": ", valid.message()));
+    }
+    cuda::SamplingRow& row = d.h_sampling[i];
+    row.temperature = sp.temperature;
+    row.top_k = sp.top_k;
+    row.top_p = sp.top_p;
+    // The draw depends on the session's seed and on how far the session has come.
+    row.seed = sp.seed ^ (static_cast<uint64_t>(last_lengths_[i]) * 0xd1b54a32d192ed03ull);
+    greedy = greedy && (sp.temperature == 0.0f || sp.top_k == 1);
+  }
+  const int rows = last_logit_rows_;
+  if (greedy) {
+    MPA_CUDA(cuda::ArgmaxRows(d.logits, rows, config_.vocab_size, d.greedy, d.stream));
+  } else {
+    MPA_CUDA(cudaMemcpyAsync(d.sampling, d.h_sampling.data(), rows * sizeof(cuda::SamplingRow),
+                             cudaMemcpyHostToDevice, d.stream));
+    MPA_CUDA(cuda::SampleRows(d.logits, rows, config_.vocab_size, d.sampling, d.greedy, d.stream));
+  }
+  MPA_CUDA(
+      cudaMemcpyAsync(ids, d.greedy, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, d.stream));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> CudaModel::Sample(absl::Span<const SamplingParams> params) {
+  std::vector<int32_t> ids(params.size());
+  MPA_RETURN_IF_ERROR(EnqueueSample(params, ids.data()));
+  MPA_CUDA(cudaStreamSynchronize(impl_->stream));
+  return ids;
+}
+
+absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
+    absl::Span<CudaSequence* const> seqs, absl::Span<const int32_t> tokens,
+    absl::Span<const SamplingParams> params) {
+  if (params.size() != seqs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("decode got ", seqs.size(), " sequences but ",
+                                                   params.size(), " sampling parameter sets"));
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const absl::Status valid = params[i].Validate();
+    if (!valid.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling row ", i, ": ", valid.message()));
+    }
+  }
+  std::vector<int32_t> ids(params.size());
+  if (ids.empty()) return ids;
+  MPA_RETURN_IF_ERROR(EnqueueDecode(seqs, tokens));
+  MPA_RETURN_IF_ERROR(EnqueueSample(params, ids.data()));
+  MPA_CUDA(cudaStreamSynchronize(impl_->stream));
   return ids;
 }
 

@@ -4,6 +4,13 @@
 // Load / FromWeights / NewSequence / Prefill / Decode batched over sequences, plus seeded random
 // weights generated on the device for benchmarks at real shapes (no checkpoint needed).
 //
+// A decode step of a batch of 1-2 sequences streams each weight matrix once through fused GEMV
+// kernels (RMSNorm into the q|k|v, gate|up and output products, SwiGLU into gate|up), and every
+// decode step runs as a replayed CUDA graph, cached per (batch size, context-length bucket): the
+// kernels read token ids, positions, cache slots, lengths and block tables from device buffers
+// that are rewritten before each replay. Next-token ids can be sampled on the device (greedy, or
+// seeded temperature / top-k / top-p per sequence).
+//
 // Attention is dense (the multipole path is not on the GPU yet). Not thread-safe: one engine
 // thread drives it, as with Model. A CudaModel must outlive its sequences.
 #pragma once
@@ -17,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "model/model_config.h"
+#include "model/sampler.h"
 #include "model/weights.h"
 
 namespace mpa {
@@ -27,6 +35,12 @@ struct CudaModelOptions {
   int max_batch = 64;               // sequences per Decode call
   int max_prefill_chunk = 4096;     // prompt tokens per forward pass (longer prompts are chunked)
   int device = 0;
+  // Decode steps replay captured CUDA graphs (false: every kernel is launched each step; same
+  // results bit for bit).
+  bool decode_graphs = true;
+  // The fused GEMVs are launched as programmatic dependents: each starts streaming its weights
+  // while the kernel before it finishes (false: ordinary launches).
+  bool programmatic_launch = true;
 };
 
 class CudaModel;
@@ -85,6 +99,26 @@ class CudaModel {
   // device: one per row (1 after Prefill, batch after Decode).
   absl::StatusOr<std::vector<int32_t>> GreedyIds();
 
+  // Next ids drawn on the device from the logits the last Prefill/Decode left there, one per row
+  // with that row's params: temperature 0 (or top_k 1) is greedy as GreedyIds; otherwise
+  // p_i ~ exp(logit_i / temperature) over the top-k set (ties with the k-th logit kept), cut to
+  // the smallest top-p nucleus. The draw is a function of (params.seed, the row's sequence length
+  // after the step), so a session that keeps its seed replays its choices exactly.
+  // InvalidArgument for invalid params or a count other than the rows of the last step.
+  absl::StatusOr<std::vector<int32_t>> Sample(absl::Span<const SamplingParams> params);
+
+  // Decode (logits stay on the device) followed by Sample: one host round trip per step.
+  absl::StatusOr<std::vector<int32_t>> DecodeAndSample(absl::Span<CudaSequence* const> seqs,
+                                                       absl::Span<const int32_t> tokens,
+                                                       absl::Span<const SamplingParams> params);
+
+  // Turns graph replay of decode steps on or off (benchmarks and tests compare the two).
+  void set_decode_graphs(bool enabled) { options_.decode_graphs = enabled; }
+  // Turns programmatic dependent launch of the GEMVs on or off (drops the captured graphs).
+  void set_programmatic_launch(bool enabled);
+  // Decode graphs captured so far and kept (tests: a new length bucket captures a new one).
+  int num_decode_graphs() const;
+
   // Benchmarks only: appends `count` tokens (id 0) whose cached keys and values are whatever the
   // pool holds (random after FillKvCacheRandom), without running the model, so decode can be
   // timed at long contexts without a long prefill first.
@@ -109,12 +143,22 @@ class CudaModel {
   // the device; then the logits of `logit_rows` rows starting at `first_logit_row`.
   absl::Status Forward(int rows, bool prefill, int batch, int max_len, int max_new,
                        int first_logit_row, int logit_rows);
+  // The decode forward pass for `batch` sequences of at most `length_bucket` tokens: replays
+  // (capturing first if needed) the graph for that shape, or launches it directly.
+  absl::Status DecodeForward(int batch, int length_bucket);
+  // Checks a decode batch, reserves its cache slots, stages its metadata and enqueues the step
+  // (no host synchronisation).
+  absl::Status EnqueueDecode(absl::Span<CudaSequence* const> seqs,
+                             absl::Span<const int32_t> tokens);
+  // Enqueues the sampling of the last step's logit rows and copies the ids to `ids`.
+  absl::Status EnqueueSample(absl::Span<const SamplingParams> params, int32_t* ids);
 
   ModelConfig config_;
   CudaModelOptions options_;
   std::vector<int32_t> free_pages_;
   int max_pages_per_seq_ = 0;
   int last_logit_rows_ = 0;
+  std::vector<int64_t> last_lengths_;  // per logit row: its sequence's length after the step
   int64_t weight_bytes_per_step_ = 0;
   std::unique_ptr<Impl> impl_;
 };

@@ -12,12 +12,15 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "model/cuda_model.h"
 #include "model/model.h"
+#include "model/sampler.h"
 #include "nlohmann/json.hpp"
 
 namespace mpa {
@@ -216,6 +219,250 @@ TEST(CudaModelGpuTest, RandomQwen3ShapeRunsAndIsSeeded) {
   const auto gb = GreedyGpu(**b, prompt, 5);
   EXPECT_EQ(ga, gb);
   EXPECT_EQ(ga.size(), 5u);
+}
+
+std::vector<int32_t> CountingPrompt(int n, int first) {
+  std::vector<int32_t> p = {1};
+  for (int i = 1; i < n; ++i) p.push_back(first + (i * 37) % 400);
+  return p;
+}
+
+// Graph replay against direct launches of the same kernels: two copies of each sequence decode
+// the same tokens, one copy with graphs and one without, through batches of 3 (cuBLAS), 2 and 1
+// (fused GEMVs) sequences of mixed lengths, with the longest crossing a length bucket (256) so a
+// new graph is captured mid-way. The logits must agree to the bit (the same kernels see the same
+// inputs and the same length bound); the bound checked is 1e-6 relative L2 to name the failure.
+TEST(CudaModelGpuTest, GraphReplayEqualsDirectLaunches) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = StoriesDir();
+  if (!std::filesystem::exists(dir + "/config.json")) GTEST_SKIP() << "no model at " << dir;
+  auto gpu = CudaModel::Load(dir, CudaModelOptions{});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  CudaModel& m = **gpu;
+  const int vocab = m.config().vocab_size;
+  const std::vector<std::vector<int32_t>> prompts = {CountingPrompt(251, 3), CountingPrompt(7, 5),
+                                                     CountingPrompt(120, 9)};
+  std::vector<std::unique_ptr<CudaSequence>> graph_seqs, direct_seqs;
+  for (const auto& p : prompts) {
+    graph_seqs.push_back(m.NewSequence());
+    direct_seqs.push_back(m.NewSequence());
+    ASSERT_TRUE(m.Prefill(*graph_seqs.back(), p, nullptr).ok());
+    ASSERT_TRUE(m.Prefill(*direct_seqs.back(), p, nullptr).ok());
+  }
+  const std::vector<std::vector<int>> schedule = {
+      {0, 1, 2}, {0, 1, 2}, {0, 1, 2}, {0, 2}, {0, 2}, {0, 2}, {0, 2}, {0, 2}, {1}, {1}, {0}, {0}};
+  int exact_steps = 0;
+  for (size_t step = 0; step < schedule.size(); ++step) {
+    std::vector<CudaSequence*> a, b;
+    std::vector<int32_t> tokens;
+    for (int i : schedule[step]) {
+      a.push_back(graph_seqs[i].get());
+      b.push_back(direct_seqs[i].get());
+      tokens.push_back(static_cast<int32_t>((step * 31 + i * 7) % vocab));
+    }
+    std::vector<float> got(a.size() * vocab), want(b.size() * vocab);
+    m.set_decode_graphs(true);
+    ASSERT_TRUE(m.Decode(absl::MakeSpan(a), tokens, got.data()).ok());
+    m.set_decode_graphs(false);
+    ASSERT_TRUE(m.Decode(absl::MakeSpan(b), tokens, want.data()).ok());
+    EXPECT_LT(RelativeL2(got.data(), want.data(), got.size()), 1e-6) << "step " << step;
+    exact_steps += got == want;
+  }
+  EXPECT_EQ(exact_steps, static_cast<int>(schedule.size())) << "steps equal to the bit";
+  // Batch 3 at bucket 256; batch 2 at 256 and 512; batch 1 at 256 and 512.
+  EXPECT_EQ(m.num_decode_graphs(), 5);
+  EXPECT_EQ(graph_seqs[0]->num_tokens(), 251 + 10);
+}
+
+// The same on the Qwen3 layout (q/k norms, fused q|k|v, 1-2 rows through the fused GEMVs
+// everywhere) with random weights.
+TEST(CudaModelGpuTest, GraphReplayEqualsDirectLaunchesQwen3Shape) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  auto config = NamedModelShape("qwen3-0.6b");
+  ASSERT_TRUE(config.ok()) << config.status();
+  CudaModelOptions options;
+  options.max_kv_tokens = 8192;
+  options.max_batch = 4;
+  auto gpu = CudaModel::Random(*config, 3, options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  CudaModel& m = **gpu;
+  const int vocab = m.config().vocab_size;
+  std::vector<std::unique_ptr<CudaSequence>> g, e;
+  for (int n : {300, 40}) {
+    g.push_back(m.NewSequence());
+    e.push_back(m.NewSequence());
+    ASSERT_TRUE(m.Prefill(*g.back(), CountingPrompt(n, 11), nullptr).ok());
+    ASSERT_TRUE(m.Prefill(*e.back(), CountingPrompt(n, 11), nullptr).ok());
+  }
+  for (int step = 0; step < 4; ++step) {
+    std::vector<CudaSequence*> a = {g[0].get(), g[1].get()}, b = {e[0].get(), e[1].get()};
+    const std::vector<int32_t> tokens = {100 + step, 2000 + step};
+    std::vector<float> got(2 * vocab), want(2 * vocab);
+    m.set_decode_graphs(true);
+    ASSERT_TRUE(m.Decode(absl::MakeSpan(a), tokens, got.data()).ok());
+    m.set_decode_graphs(false);
+    ASSERT_TRUE(m.Decode(absl::MakeSpan(b), tokens, want.data()).ok());
+    EXPECT_LT(RelativeL2(got.data(), want.data(), got.size()), 1e-6) << "step " << step;
+    EXPECT_TRUE(got == want) << "step " << step;
+  }
+}
+
+// Greedy rows of DecodeAndSample are the argmax of the step's logits, as the CPU Sampler picks
+// it; a top_k of 1 is greedy too.
+TEST(CudaModelGpuTest, DeviceGreedyEqualsCpuSampler) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = StoriesDir();
+  if (!std::filesystem::exists(dir + "/config.json")) GTEST_SKIP() << "no model at " << dir;
+  auto gpu = CudaModel::Load(dir, CudaModelOptions{});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  CudaModel& m = **gpu;
+  const int vocab = m.config().vocab_size;
+  std::vector<std::unique_ptr<CudaSequence>> sampled, plain;
+  for (int n : {5, 60, 17}) {
+    sampled.push_back(m.NewSequence());
+    plain.push_back(m.NewSequence());
+    ASSERT_TRUE(m.Prefill(*sampled.back(), CountingPrompt(n, 2), nullptr).ok());
+    ASSERT_TRUE(m.Prefill(*plain.back(), CountingPrompt(n, 2), nullptr).ok());
+  }
+  std::vector<SamplingParams> params(3);
+  params[1].temperature = 0.7f;
+  params[1].top_k = 1;
+  std::vector<int32_t> tokens = {10, 20, 30};
+  for (int step = 0; step < 6; ++step) {
+    std::vector<CudaSequence*> a = {sampled[0].get(), sampled[1].get(), sampled[2].get()};
+    std::vector<CudaSequence*> b = {plain[0].get(), plain[1].get(), plain[2].get()};
+    auto ids = m.DecodeAndSample(absl::MakeSpan(a), tokens, params);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    std::vector<float> logits(3 * vocab);
+    ASSERT_TRUE(m.Decode(absl::MakeSpan(b), tokens, logits.data()).ok());
+    for (int r = 0; r < 3; ++r) {
+      Sampler cpu(SamplingParams{});
+      EXPECT_EQ((*ids)[r], cpu.Sample(&logits[r * vocab], vocab))
+          << "step " << step << " row " << r;
+    }
+    tokens = *ids;
+  }
+  // Errors: wrong count, invalid params.
+  std::vector<CudaSequence*> one = {sampled[0].get()};
+  EXPECT_EQ(m.DecodeAndSample(absl::MakeSpan(one), {1}, params).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  SamplingParams bad;
+  bad.top_p = 0.0f;
+  EXPECT_EQ(m.DecodeAndSample(absl::MakeSpan(one), {1}, {bad}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.Sample({SamplingParams{}, SamplingParams{}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The kept set and probabilities the CPU Sampler draws from (its rules, in double).
+std::map<int32_t, double> SamplerDistribution(const std::vector<float>& logits,
+                                              const SamplingParams& p) {
+  const int vocab = static_cast<int>(logits.size());
+  std::vector<int32_t> order(vocab);
+  for (int i = 0; i < vocab; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  const int k = p.top_k > 0 ? std::min(p.top_k, vocab) : vocab;
+  std::vector<double> probs(k);
+  double total = 0;
+  for (int i = 0; i < k; ++i) {
+    probs[i] = std::exp((double{logits[order[i]]} - logits[order[0]]) / p.temperature);
+    total += probs[i];
+  }
+  int keep = k;
+  double cumulative = 0;
+  for (int i = 0; i < k && p.top_p < 1.0f; ++i) {
+    cumulative += probs[i] / total;
+    if (cumulative >= p.top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  double kept = 0;
+  for (int i = 0; i < keep; ++i) kept += probs[i];
+  std::map<int32_t, double> dist;
+  for (int i = 0; i < keep; ++i) dist[order[i]] = probs[i] / kept;
+  return dist;
+}
+
+// Seeded sampling: the same seed at the same position draws the same id; over many seeds the
+// device's draws follow the distribution the CPU Sampler draws from (and so do the Sampler's).
+TEST(CudaModelGpuTest, DeviceSamplingIsSeededAndFollowsSamplerDistribution) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = StoriesDir();
+  if (!std::filesystem::exists(dir + "/config.json")) GTEST_SKIP() << "no model at " << dir;
+  auto gpu = CudaModel::Load(dir, CudaModelOptions{});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  CudaModel& m = **gpu;
+  const int vocab = m.config().vocab_size;
+
+  // Reproducible: two copies of a session with one seed stay in lockstep; another seed departs.
+  SamplingParams hot;
+  hot.temperature = 2.0f;
+  hot.seed = 1234;
+  SamplingParams other = hot;
+  other.seed = 99;
+  std::vector<std::unique_ptr<CudaSequence>> s;
+  for (int i = 0; i < 3; ++i) {
+    s.push_back(m.NewSequence());
+    ASSERT_TRUE(m.Prefill(*s.back(), {1, 403}, nullptr).ok());
+  }
+  std::vector<int32_t> tokens = {407, 407, 407};
+  int departed = 0;
+  for (int step = 0; step < 16; ++step) {
+    std::vector<CudaSequence*> batch = {s[0].get(), s[1].get(), s[2].get()};
+    auto ids = m.DecodeAndSample(absl::MakeSpan(batch), tokens, {hot, hot, other});
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ((*ids)[0], (*ids)[1]) << "step " << step;
+    departed += (*ids)[2] != (*ids)[0];
+    tokens = {(*ids)[0], (*ids)[1], (*ids)[0]};  // the third follows the first's text
+  }
+  EXPECT_GT(departed, 0) << "another seed never drew differently at temperature 2";
+
+  // Distribution over the 512-token vocabulary after a short prompt.
+  auto seq = m.NewSequence();
+  std::vector<float> logits(vocab);
+  ASSERT_TRUE(m.Prefill(*seq, {1, 403, 407}, logits.data()).ok());
+  SamplingParams cut;
+  cut.temperature = 1.5f;
+  cut.top_k = 20;
+  cut.top_p = 0.9f;
+  SamplingParams full;
+  full.temperature = 1.0f;
+  for (const SamplingParams& base : {cut, full}) {
+    SCOPED_TRACE("temperature " + std::to_string(base.temperature) + " top_k " +
+                 std::to_string(base.top_k) + " top_p " + std::to_string(base.top_p));
+    const std::map<int32_t, double> want = SamplerDistribution(logits, base);
+    constexpr int kDraws = 4000;
+    std::map<int32_t, int> gpu_counts, cpu_counts;
+    for (int i = 0; i < kDraws; ++i) {
+      SamplingParams p = base;
+      p.seed = 1000003ull * i + 17;
+      auto ids = m.Sample({p});
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      ++gpu_counts[(*ids)[0]];
+      Sampler cpu(p);
+      ++cpu_counts[cpu.Sample(logits.data(), vocab)];
+    }
+    for (const auto* counts : {&gpu_counts, &cpu_counts}) {
+      const char* who = counts == &gpu_counts ? "device" : "CPU Sampler";
+      double tv = 0;
+      for (const auto& [id, n] : *counts) {
+        EXPECT_TRUE(want.count(id)) << who << " drew id " << id << " outside the kept set";
+      }
+      for (const auto& [id, prob] : want) {
+        const auto it = counts->find(id);
+        const double n = it == counts->end() ? 0 : it->second;
+        const double sigma = std::sqrt(kDraws * prob * (1 - prob));
+        EXPECT_LE(std::abs(n - kDraws * prob), 5 * sigma + 2)
+            << who << " id " << id << " p " << prob << " drawn " << n;
+        tv += std::abs(n / kDraws - prob);
+      }
+      EXPECT_LT(tv / 2, 0.05) << who << ": total variation from the Sampler's distribution";
+      std::printf("%s: %zu ids drawn, total variation %.4f\n", who, counts->size(), tv / 2);
+    }
+  }
 }
 
 }  // namespace
