@@ -1,0 +1,398 @@
+"""Checks of deploy/: the Grafana dashboard against mpa_server's metric families, and the Helm
+chart's rendered manifests. Standard library only (no PyYAML): the chart's output is read with a
+small block-YAML reader that covers what `helm template` prints.
+
+Usage:
+  deploy_checks.py dashboard REPO_ROOT
+  deploy_checks.py manifests CASE RENDERED_YAML   (CASE: default | gpu)
+  deploy_checks.py queries DASHBOARD_JSON         (prints one PromQL expression per line)
+Exit status 0 when every check passes; failures are listed on stderr.
+"""
+
+import json
+import os
+import re
+import sys
+
+# mpa_server's metric families (declared in server/metrics.cc): name -> (type, labels).
+FAMILIES = {
+    "mpa_build_info": ("gauge", {"model", "architecture", "attention"}),
+    "mpa_requests_total": ("counter", {"finish_reason"}),
+    "mpa_request_errors_total": ("counter", {"code"}),
+    "mpa_prompt_tokens_total": ("counter", set()),
+    "mpa_cached_tokens_total": ("counter", set()),
+    "mpa_generated_tokens_total": ("counter", set()),
+    "mpa_time_to_first_token_seconds": ("histogram", set()),
+    "mpa_time_per_output_token_seconds": ("histogram", set()),
+    "mpa_request_duration_seconds": ("histogram", set()),
+    "mpa_decode_step_seconds": ("histogram", set()),
+    "mpa_decode_batch_size": ("histogram", set()),
+    "mpa_prefill_chunk_seconds": ("histogram", set()),
+    "mpa_sessions": ("gauge", set()),
+    "mpa_active_generations": ("gauge", set()),
+    "mpa_kv_cache_tokens": ("gauge", {"state"}),
+    "mpa_kv_cache_usage_ratio": ("gauge", set()),
+    "mpa_attention_exact_fraction": ("histogram", {"mode"}),
+    "mpa_attention_tokens_total": ("counter", {"kind"}),
+    "mpa_centroids_scored_total": ("counter", set()),
+    "mpa_cluster_updates_total": ("counter", set()),
+    "mpa_cluster_update_seconds_total": ("counter", set()),
+    "mpa_tokens_reclustered_total": ("counter", set()),
+    "mpa_prefill_cluster_seconds_total": ("counter", set()),
+}
+# Label values the server emits, where a query may match on them.
+LABEL_VALUES = {
+    "finish_reason": {"length", "stop", "eos", "cancelled", "error"},
+    "state": {"used", "free"},
+    "kind": {"exact", "total"},
+    "mode": {"dense", "multipole", "exact-only", "quest"},
+}
+# Labels Prometheus adds to every scraped series, and the histogram bucket label.
+TARGET_LABELS = {"job", "instance"}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# What the dashboard must show (family names as they appear in queries).
+REQUIRED_SERIES = [
+    "mpa_requests_total", "mpa_request_errors_total",
+    "mpa_time_to_first_token_seconds_bucket", "mpa_time_per_output_token_seconds_bucket",
+    "mpa_generated_tokens_total", "mpa_decode_step_seconds_bucket", "mpa_decode_batch_size_sum",
+    "mpa_kv_cache_usage_ratio", "mpa_kv_cache_tokens", "mpa_sessions", "mpa_active_generations",
+    "mpa_attention_exact_fraction_bucket", "mpa_cluster_update_seconds_total",
+    "mpa_cluster_updates_total", "mpa_tokens_reclustered_total", "mpa_centroids_scored_total",
+]
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+    return condition
+
+
+def family_of(series):
+    """The family a series name belongs to, or None."""
+    if series in FAMILIES:
+        return series
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = series[: -len(suffix)]
+        if series.endswith(suffix) and FAMILIES.get(base, ("",))[0] == "histogram":
+            return base
+    return None
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def dashboard_queries(dashboard):
+    """(where, expr) for every panel target and every query variable."""
+    out = []
+
+    def walk(panels):
+        for panel in panels:
+            for target in panel.get("targets", []):
+                out.append((f'panel "{panel.get("title")}" {target.get("refId")}',
+                            target.get("expr", "")))
+            walk(panel.get("panels", []))
+
+    walk(dashboard.get("panels", []))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") == "query":
+            query = variable.get("query")
+            text = query.get("query", "") if isinstance(query, dict) else query
+            out.append((f'variable "{variable.get("name")}"', text))
+    return out
+
+
+def labels_in(expr):
+    """Label names an expression groups by or matches on."""
+    names = set()
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        names |= {n.strip() for n in group.split(",") if n.strip()}
+    for selector in re.findall(r"\{([^}]*)\}", expr):
+        names |= set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", selector))
+    return names
+
+
+def check_dashboard(root):
+    path = os.path.join(root, "deploy", "grafana", "multipole-dashboard.json")
+    with open(path) as f:
+        dashboard = json.load(f)
+    variables = {v.get("name"): v for v in dashboard.get("templating", {}).get("list", [])}
+    source = variables.get("datasource", {})
+    check(source.get("type") == "datasource" and source.get("query") == "prometheus",
+          "templating: no datasource variable of type prometheus")
+
+    panel_ids = []
+    used = set()
+
+    def walk(panels):
+        for panel in panels:
+            panel_ids.append(panel.get("id"))
+            check("gridPos" in panel, f'panel "{panel.get("title")}": no gridPos')
+            if panel.get("type") != "row":
+                check(panel.get("datasource", {}).get("uid") == "${datasource}",
+                      f'panel "{panel.get("title")}": datasource is not ${{datasource}}')
+                check(panel.get("targets"), f'panel "{panel.get("title")}": no queries')
+                for target in panel.get("targets", []):
+                    check(target.get("datasource", {}).get("uid") == "${datasource}",
+                          f'panel "{panel.get("title")}" {target.get("refId")}: datasource')
+            walk(panel.get("panels", []))
+
+    walk(dashboard.get("panels", []))
+    check(len(panel_ids) == len(set(panel_ids)), f"panel ids repeat: {panel_ids}")
+
+    for where, expr in dashboard_queries(dashboard):
+        check(expr.strip(), f"{where}: empty query")
+        series = set(re.findall(r"\bmpa_[a-z0-9_]+", expr))
+        families = set()
+        for name in series:
+            family = family_of(name)
+            if check(family, f"{where}: {name} is not a metric family of mpa_server "
+                             "(nor a histogram's _bucket/_sum/_count)"):
+                families.add(family)
+        used |= series
+        allowed = set(TARGET_LABELS)
+        for family in families:
+            allowed |= FAMILIES[family][1]
+            if FAMILIES[family][0] == "histogram":
+                allowed.add("le")
+        for label in labels_in(expr):
+            check(label in allowed, f"{where}: label {label} is not a label of {sorted(families)}")
+        for label, value in re.findall(r'([a-z_]+)="([^"$]*)"', expr):
+            if label in LABEL_VALUES:
+                check(value in LABEL_VALUES[label], f'{where}: {label}="{value}" is never emitted')
+        if "histogram_quantile" in expr:
+            check(re.search(r"by \(le[,)]", expr) and "_bucket" in expr,
+                  f"{where}: histogram_quantile needs rate(..._bucket) summed by le")
+        if "rate(" in expr:
+            check("$__rate_interval" in expr, f"{where}: rate() without $__rate_interval")
+
+    def legends(panels):
+        for panel in panels:
+            for target in panel.get("targets", []):
+                for label in re.findall(r"\{\{\s*([a-zA-Z_]+)\s*\}\}", target.get("legendFormat", "")):
+                    check(label in labels_in(target.get("expr", "")) or label in TARGET_LABELS,
+                          f'panel "{panel.get("title")}": legend {{{{{label}}}}} not in its query')
+            legends(panel.get("panels", []))
+
+    legends(dashboard.get("panels", []))
+    for name in REQUIRED_SERIES:
+        check(name in used, f"dashboard does not use {name}")
+    ttft = [e for _, e in dashboard_queries(dashboard)
+            if "mpa_time_to_first_token_seconds_bucket" in e]
+    for quantile in ("0.5", "0.9", "0.99"):
+        check(any(f"histogram_quantile({quantile}," in e for e in ttft), f"no TTFT p{quantile}")
+
+    # The families above must be the server's: each is declared in server/metrics.cc with its type.
+    source_path = os.path.join(root, "server", "metrics.cc")
+    if os.path.exists(source_path):
+        with open(source_path) as f:
+            declared = dict((name, kind.lower()) for kind, name in re.findall(
+                r'(Counter|Gauge|Histogram)Family\(\s*\w+,\s*"(mpa_[a-z0-9_]+)"', f.read()))
+        for name, (kind, _) in FAMILIES.items():
+            check(declared.get(name) == kind,
+                  f"server/metrics.cc: {name} is not declared as a {kind} "
+                  f"(found: {declared.get(name)})")
+        print(f"dashboard: {len(declared)} families declared in server/metrics.cc match")
+    else:
+        print("dashboard: server/metrics.cc absent: families not compared with the server")
+    print(f"dashboard: {len(panel_ids)} panels, {len(dashboard_queries(dashboard))} queries, "
+          f"{len(used)} series names checked")
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def parse_scalar(text):
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [parse_scalar(item) for item in inner.split(",")] if inner else []
+    if text == "{}":
+        return {}
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def parse_yaml(text):
+    """Block YAML as helm prints it (mappings, sequences, scalars, flow lists) -> dict/list/str."""
+    lines = []
+    for raw in text.split("\n"):
+        stripped = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if stripped.strip():
+            lines.append((len(stripped) - len(stripped.lstrip()), stripped.strip()))
+    position = 0
+
+    def parse_block(indent):
+        nonlocal position
+        if position >= len(lines):
+            return None
+        if lines[position][1].startswith("- ") or lines[position][1] == "-":
+            items = []
+            while (position < len(lines) and lines[position][0] == indent
+                   and (lines[position][1].startswith("- ") or lines[position][1] == "-")):
+                rest = lines[position][1][2:].strip()
+                if not rest:
+                    position += 1
+                    items.append(parse_block(lines[position][0]))
+                elif re.match(r"^[^\"'\[{][^:]*:( |$)", rest):
+                    # "- key: value": a mapping whose keys sit two columns right of the dash.
+                    lines[position] = (indent + 2, rest)
+                    items.append(parse_block(indent + 2))
+                else:
+                    position += 1
+                    items.append(parse_scalar(rest))
+            return items
+        mapping = {}
+        while position < len(lines) and lines[position][0] == indent:
+            key, _, value = lines[position][1].partition(":")
+            key = parse_scalar(key)
+            position += 1
+            if value.strip():
+                mapping[key] = parse_scalar(value)
+            elif position < len(lines) and (
+                    lines[position][0] > indent
+                    or (lines[position][0] == indent and lines[position][1].startswith("- "))):
+                mapping[key] = parse_block(lines[position][0])
+            else:
+                mapping[key] = None
+        return mapping
+
+    return parse_block(lines[0][0]) if lines else None
+
+
+def documents(rendered):
+    docs = []
+    for chunk in re.split(r"^---\s*$", rendered, flags=re.M):
+        doc = parse_yaml(chunk)
+        if doc:
+            docs.append(doc)
+    return docs
+
+
+def check_manifests(case, path):
+    with open(path) as f:
+        docs = documents(f.read())
+    by_kind = {}
+    for doc in docs:
+        by_kind.setdefault(doc.get("kind"), []).append(doc)
+    deployments = by_kind.get("Deployment", [])
+    services = by_kind.get("Service", [])
+    if not check(len(deployments) == 1 and len(services) == 1,
+                 f"{case}: want one Deployment and one Service, got {sorted(map(str, by_kind))}"):
+        return
+    pod = deployments[0]["spec"]["template"]
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    args = container.get("args", [])
+    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+
+    # Flags mpa_server takes (server/server_main.cc); a misspelled one stops it at start.
+    known = {"model", "address", "max_sessions", "max_kv_tokens", "kv_block_tokens",
+             "max_prompt_tokens", "max_total_tokens", "session_ttl", "attention", "token_budget",
+             "token_budget_fraction", "cluster_ratio", "levels", "cluster_interval", "sink_tokens",
+             "min_clustered_tokens", "block_tokens", "lookup_position", "rotated_centroids",
+             "metrics_address", "threads", "prefill_chunk_tokens", "max_batch_size",
+             "default_max_new_tokens", "drain_timeout"}
+    for name in flags:
+        check(name in known, f"{case}: unknown mpa_server flag --{name}")
+    check(flags.get("model") == "/models/stories260K", f"{case}: --model={flags.get('model')}")
+    check(flags.get("address") == "0.0.0.0:50051", f"{case}: --address={flags.get('address')}")
+    check(flags.get("metrics_address") == "0.0.0.0:9464",
+          f"{case}: --metrics_address={flags.get('metrics_address')}")
+    check(flags.get("drain_timeout") == "30s", f"{case}: --drain_timeout={flags.get('drain_timeout')}")
+    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+    check(mounts.get("models", {}).get("mountPath") == "/models"
+          and mounts["models"].get("readOnly") == "true", f"{case}: model volume not at /models (ro)")
+
+    ports = {p["name"]: p for p in container.get("ports", [])}
+    check(ports.get("grpc", {}).get("containerPort") == "50051", f"{case}: grpc containerPort")
+    check(ports.get("metrics", {}).get("containerPort") == "9464", f"{case}: metrics containerPort")
+    service_ports = {p["name"]: p for p in services[0]["spec"].get("ports", [])}
+    check(service_ports.get("grpc", {}).get("targetPort") == "grpc", f"{case}: Service grpc port")
+    check(service_ports.get("metrics", {}).get("targetPort") == "metrics",
+          f"{case}: Service metrics port")
+    selector = services[0]["spec"].get("selector", {})
+    check(selector and all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items()),
+          f"{case}: the Service selector does not match the pod labels")
+
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = (container.get(probe) or {}).get("grpc") or {}
+        check(grpc.get("port") == "50051" and grpc.get("service") == "",
+              f"{case}: {probe} is not a gRPC health probe on 50051: {container.get(probe)}")
+    liveness = container["livenessProbe"]
+    check(int(liveness["periodSeconds"]) * int(liveness["failureThreshold"]) > 30,
+          f"{case}: liveness would kill a pod before a 30 s drain ends")
+
+    grace = int(spec.get("terminationGracePeriodSeconds", 0))
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    pre_stop_seconds = int(pre_stop[1]) if pre_stop else 0
+    check(grace > 30 + pre_stop_seconds,
+          f"{case}: terminationGracePeriodSeconds {grace} <= preStop {pre_stop_seconds} + drain 30")
+
+    security = spec.get("securityContext", {})
+    check(security.get("runAsNonRoot") == "true", f"{case}: pod may run as root")
+    resources = container.get("resources", {})
+    check(resources.get("requests", {}).get("memory"), f"{case}: no memory request")
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+
+    if case == "default":
+        check(container["image"] == "multipole/mpa-server:0.1.0", f"{case}: image {container['image']}")
+        check("nvidia.com/gpu" not in resources.get("limits", {}), f"{case}: GPU requested")
+        check(annotations.get("prometheus.io/scrape") == "true"
+              and annotations.get("prometheus.io/port") == "9464"
+              and annotations.get("prometheus.io/path") == "/metrics",
+              f"{case}: Prometheus scrape annotations: {annotations}")
+        check("ServiceMonitor" not in by_kind, f"{case}: ServiceMonitor rendered while disabled")
+        check(spec["volumes"][0].get("persistentVolumeClaim", {}).get("claimName") == "multipole-models",
+              f"{case}: model claim {spec['volumes'][0]}")
+        check(flags.get("attention") == "dense", f"{case}: --attention={flags.get('attention')}")
+    elif case == "gpu":
+        # values: gpu.enabled, serviceMonitor with a release label, multipole attention, a
+        # million-token KV cache (printed as an integer, not 1.048576e+06), a chart-made claim.
+        check(container["image"] == "multipole/mpa-server:0.1.0-cuda", f"{case}: image {container['image']}")
+        check(resources.get("limits", {}).get("nvidia.com/gpu") == "1",
+              f"{case}: limits {resources.get('limits')}")
+        check(resources.get("limits", {}).get("memory") == "8Gi", f"{case}: memory limit lost")
+        check(flags.get("attention") == "multipole", f"{case}: --attention={flags.get('attention')}")
+        check(flags.get("max_kv_tokens") == "1048576", f"{case}: --max_kv_tokens={flags.get('max_kv_tokens')}")
+        check(flags.get("cluster_ratio") == "8", f"{case}: --cluster_ratio={flags.get('cluster_ratio')}")
+        monitors = by_kind.get("ServiceMonitor", [])
+        if check(len(monitors) == 1, f"{case}: no ServiceMonitor"):
+            monitor = monitors[0]
+            check(monitor["apiVersion"] == "monitoring.coreos.com/v1", f"{case}: ServiceMonitor apiVersion")
+            check(monitor["metadata"]["labels"].get("release") == "kps", f"{case}: ServiceMonitor labels")
+            endpoint = monitor["spec"]["endpoints"][0]
+            check(endpoint.get("port") == "metrics" and endpoint.get("path") == "/metrics",
+                  f"{case}: ServiceMonitor endpoint {endpoint}")
+            check(monitor["spec"]["selector"]["matchLabels"] == selector,
+                  f"{case}: ServiceMonitor selects {monitor['spec']['selector']}, Service has {selector}")
+        claims = by_kind.get("PersistentVolumeClaim", [])
+        if check(len(claims) == 1, f"{case}: no PersistentVolumeClaim"):
+            name = claims[0]["metadata"]["name"]
+            check(spec["volumes"][0].get("persistentVolumeClaim", {}).get("claimName") == name,
+                  f"{case}: the pod does not mount the claim {name}")
+    print(f"manifests ({case}): {len(docs)} documents, {len(args)} server args checked")
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "dashboard":
+        check_dashboard(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "manifests":
+        check_manifests(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 3 and sys.argv[1] == "queries":
+        with open(sys.argv[2]) as f:
+            for _, expr in dashboard_queries(json.load(f)):
+                print(expr)
+        return 0
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Checks of deploy/ (registered in ctest by tests/deploy/CMakeLists.txt):
+#   helm_chart_test.sh dashboard REPO_ROOT
+#     the Grafana dashboard parses as JSON, uses only mpa_server's metric families (and a
+#     histogram's _bucket/_sum/_count) with their labels, shows every required panel; with promtool
+#     present, every query parses as PromQL.
+#   helm_chart_test.sh chart REPO_ROOT
+#     `helm lint` and `helm template` on deploy/helm/multipole with the default values and with a
+#     GPU + ServiceMonitor + multipole setup; the rendered manifests carry the server's args, ports,
+#     gRPC probes, drain grace period and resources; bad values are refused. Exits 77 (skipped)
+#     without helm (tools/install-helm.sh installs it).
+set -euo pipefail
+mode=${1:?usage: helm_chart_test.sh dashboard|chart REPO_ROOT}
+root=$(cd "${2:?usage: helm_chart_test.sh dashboard|chart REPO_ROOT}" && pwd)
+checks="$root/tests/deploy/deploy_checks.py"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+if [ "$mode" = dashboard ]; then
+  dashboard="$root/deploy/grafana/multipole-dashboard.json"
+  python3 -m json.tool "$dashboard" >/dev/null || fail "$dashboard is not valid JSON"
+  python3 "$checks" dashboard "$root"
+  if command -v promtool >/dev/null; then
+    # Grafana's variables replaced by what they expand to, each query as a recording rule.
+    {
+      echo "groups:"
+      echo "  - name: multipole-dashboard"
+      echo "    rules:"
+      n=0
+      while IFS= read -r expr; do
+        n=$((n + 1))
+        expr=${expr//\$__rate_interval/1m}
+        expr=${expr//\$job/.*}
+        expr=${expr//\$instance/.*}
+        if [[ $expr == label_values\(* ]]; then
+          # A variable query: its metric selector, e.g. label_values(mpa_build_info, job).
+          expr=$(sed -E 's/^label_values\((.*), *[a-z_]+\)$/\1/' <<<"$expr")
+        fi
+        printf '      - record: dashboard:query_%d\n        expr: %s\n' "$n" \
+          "$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$expr")"
+      done < <(python3 "$checks" queries "$dashboard")
+    } >"$work/rules.yml"
+    promtool check rules "$work/rules.yml" >"$work/promtool.log" 2>&1 ||
+      { cat "$work/promtool.log" >&2; fail "promtool: a dashboard query is not valid PromQL"; }
+    echo "dashboard: $(grep -c 'record:' "$work/rules.yml") queries parse as PromQL (promtool)"
+  else
+    echo "dashboard: promtool not found: PromQL syntax not checked"
+  fi
+  echo "dashboard: PASS"
+  exit 0
+fi
+
+[ "$mode" = chart ] || fail "unknown mode $mode"
+helm=${MPA_HELM:-}
+if [ -z "$helm" ]; then
+  if [ -x "$root/third_party_data/helm/bin/helm" ]; then
+    helm="$root/third_party_data/helm/bin/helm"
+  elif command -v helm >/dev/null; then
+    helm=$(command -v helm)
+  fi
+fi
+if [ -z "$helm" ]; then
+  echo "SKIP: helm not found (bash tools/install-helm.sh installs it into third_party_data/)"
+  exit 77
+fi
+chart="$root/deploy/helm/multipole"
+echo "chart: $("$helm" version --short) on $chart"
+
+cat >"$work/gpu.yaml" <<'EOF'
+gpu:
+  enabled: true
+metrics:
+  serviceMonitor:
+    enabled: true
+    labels:
+      release: kps
+model:
+  volume:
+    type: persistentVolumeClaim
+server:
+  attention: multipole
+  maxKvTokens: 1048576
+  multipole:
+    cluster_ratio: 8
+EOF
+
+"$helm" lint --strict "$chart" >"$work/lint.log" 2>&1 || { cat "$work/lint.log"; fail "helm lint"; }
+"$helm" lint --strict "$chart" -f "$work/gpu.yaml" >"$work/lint.log" 2>&1 ||
+  { cat "$work/lint.log"; fail "helm lint (gpu values)"; }
+"$helm" template test-release "$chart" >"$work/default.yaml"
+python3 "$checks" manifests default "$work/default.yaml"
+"$helm" template test-release "$chart" -f "$work/gpu.yaml" >"$work/gpu-rendered.yaml"
+python3 "$checks" manifests gpu "$work/gpu-rendered.yaml"
+
+# NOTES.txt renders for each model volume type (helm template does not print NOTES, so a copy of
+# the chart prints them through a wrapper template).
+cp -r "$chart" "$work/notes-chart"
+printf 'notes: |\n{{ include "multipole/templates/NOTES.txt" . | indent 2 }}\n' \
+  >"$work/notes-chart/templates/notes-rendered.yaml"
+for values in "" "model.volume.type=persistentVolumeClaim,replicaCount=2" \
+  "model.volume.type=hostPath,model.volume.hostPath=/srv/models,metrics.enabled=false"; do
+  "$helm" template test-release "$work/notes-chart" --show-only templates/notes-rendered.yaml \
+    ${values:+--set "$values"} >"$work/notes.txt" || fail "NOTES.txt with '$values'"
+  grep -q -- '--server=127.0.0.1:50051' "$work/notes.txt" || fail "NOTES.txt with '$values'"
+done
+
+# Values the chart must refuse, each with a message that names the value.
+refuse() {
+  local expect=$1
+  shift
+  if "$helm" template test-release "$chart" "$@" >"$work/refused.log" 2>&1; then
+    fail "helm template $* rendered; it should be refused"
+  fi
+  grep -q -- "$expect" "$work/refused.log" || { cat "$work/refused.log"; fail "message for $*"; }
+}
+refuse "terminationGracePeriodSeconds (30) must exceed" --set terminationGracePeriodSeconds=30
+refuse "server.attention must be one of" --set server.attention=sparse
+refuse "model.volume.hostPath must name" --set model.volume.type=hostPath
+refuse "model.volume.type must be one of" --set model.volume.type=nfs
+refuse "server.multipole.clusterRatio is not a flag" --set server.multipole.clusterRatio=8
+echo "chart: PASS"
