@@ -131,6 +131,7 @@ void DecodeScheduler::RunCommands(std::deque<std::function<void()>>& commands) {
 }
 
 void DecodeScheduler::Run() {
+  PublishSnapshot();  // the levels before any work (an idle server reports its free KV)
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     if (commands_.empty() && !stop_ && !cancel_all_ && generations_.empty()) {

@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/decode_scheduler.h"
+#include "tests/server/exposition.h"
 #include "tests/server/fake_engine.h"
 #include "tests/server/recording_sink.h"
 
@@ -27,6 +28,8 @@ namespace {
 using testing::FakeEngine;
 using ::testing::HasSubstr;
 using testing::RecordingSink;
+using testing::Samples;
+using testing::Value;
 
 // Every family of the agreed list (name, type): dashboards and alerts are built on these names.
 const std::vector<std::pair<std::string, std::string>> kFamilies = {
@@ -54,28 +57,6 @@ const std::vector<std::pair<std::string, std::string>> kFamilies = {
     {"mpa_tokens_reclustered_total", "counter"},
     {"mpa_prefill_cluster_seconds_total", "counter"},
 };
-
-// The samples of a text exposition: "name{labels}" (as serialised) -> value.
-std::map<std::string, double> Samples(const std::string& text) {
-  std::map<std::string, double> out;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    if (line[0] == '#') continue;
-    const size_t space = line.rfind(' ');
-    double value;
-    if (space == absl::string_view::npos || !absl::SimpleAtod(line.substr(space + 1), &value)) {
-      ADD_FAILURE() << "unparsable sample line: " << line;
-      continue;
-    }
-    out[std::string(line.substr(0, space))] = value;
-  }
-  return out;
-}
-
-// A sample's value; NaN (which fails every comparison) when the series is absent.
-double Value(const std::map<std::string, double>& samples, const std::string& series) {
-  auto it = samples.find(series);
-  return it == samples.end() ? std::nan("") : it->second;
-}
 
 BuildInfo TestInfo() { return {"tiny-model", "LlamaForCausalLM", "multipole"}; }
 
