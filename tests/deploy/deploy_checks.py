@@ -6,6 +6,9 @@ Usage:
   deploy_checks.py dashboard REPO_ROOT
   deploy_checks.py manifests CASE RENDERED_YAML   (CASE: default | gpu)
   deploy_checks.py queries DASHBOARD_JSON         (prints one PromQL expression per line)
+  deploy_checks.py live PROMETHEUS_URL JOB DASHBOARD_JSON
+      every dashboard query, as Grafana would send it for job JOB, answers with at least one
+      finite value from a Prometheus that scrapes a loaded mpa_server
 Exit status 0 when every check passes; failures are listed on stderr.
 """
 
@@ -376,11 +379,43 @@ def check_manifests(case, path):
     print(f"manifests ({case}): {len(docs)} documents, {len(args)} server args checked")
 
 
+# ---------------------------------------------------------------- live
+
+
+def check_live(prometheus_url, job, dashboard_path):
+    import math
+    import urllib.parse
+    import urllib.request
+
+    with open(dashboard_path) as f:
+        queries = dashboard_queries(json.load(f))
+    answered = 0
+    for where, expr in queries:
+        if expr.startswith("label_values("):
+            # A variable: the values its label takes on the metric it names.
+            metric, label = re.match(r"label_values\((.*), *([a-z_]+)\)$", expr).groups()
+            expr = f"count by ({label}) ({metric})"
+        expr = (expr.replace("$__rate_interval", "30s").replace("$job", job)
+                .replace("$instance", ".*"))
+        url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+        if not check(answer.get("status") == "success", f"{where}: {answer}"):
+            continue
+        values = [float(r["value"][1]) for r in answer["data"]["result"]]
+        if check(any(math.isfinite(v) for v in values),
+                 f"{where}: no finite value for {expr}: {answer['data']['result']}"):
+            answered += 1
+    print(f"live: {answered} of {len(queries)} dashboard queries answered with data")
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "dashboard":
         check_dashboard(sys.argv[2])
     elif len(sys.argv) == 4 and sys.argv[1] == "manifests":
         check_manifests(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "live":
+        check_live(sys.argv[2], sys.argv[3], sys.argv[4])
     elif len(sys.argv) == 3 and sys.argv[1] == "queries":
         with open(sys.argv[2]) as f:
             for _, expr in dashboard_queries(json.load(f)):
