@@ -55,8 +55,9 @@ class ServerProcess {
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
     posix_spawn_file_actions_adddup2(&actions, out[1], 2);
     posix_spawn_file_actions_addclose(&actions, out[0]);
+    // No metrics endpoint: the default port (9464) would collide between tests run in parallel.
     std::vector<std::string> argv_s = {MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir),
-                                       "--address=127.0.0.1:0"};
+                                       "--address=127.0.0.1:0", "--metrics_address="};
     argv_s.insert(argv_s.end(), flags.begin(), flags.end());
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
