@@ -420,12 +420,14 @@ TEST(CudaModelGpuTest, DeviceSamplingIsSeededAndFollowsSamplerDistribution) {
   }
   EXPECT_GT(departed, 0) << "another seed never drew differently at temperature 2";
 
-  // Distribution over the 512-token vocabulary after a short prompt.
+  // Distribution over the 512-token vocabulary after the BOS token, where the model is unsure
+  // (top logit ~0.8 of the mass at temperature 1). With temperature 3 both cuts bite: top-k keeps
+  // 20 ids and top-p then ~16 of them (measured on the CPU model's logits).
   auto seq = m.NewSequence();
   std::vector<float> logits(vocab);
-  ASSERT_TRUE(m.Prefill(*seq, {1, 403, 407}, logits.data()).ok());
+  ASSERT_TRUE(m.Prefill(*seq, {1}, logits.data()).ok());
   SamplingParams cut;
-  cut.temperature = 1.5f;
+  cut.temperature = 3.0f;
   cut.top_k = 20;
   cut.top_p = 0.9f;
   SamplingParams full;
@@ -434,6 +436,8 @@ TEST(CudaModelGpuTest, DeviceSamplingIsSeededAndFollowsSamplerDistribution) {
     SCOPED_TRACE("temperature " + std::to_string(base.temperature) + " top_k " +
                  std::to_string(base.top_k) + " top_p " + std::to_string(base.top_p));
     const std::map<int32_t, double> want = SamplerDistribution(logits, base);
+    ASSERT_GE(want.size(), 8u) << "too peaked a distribution to tell samplers apart";
+    if (base.top_k > 0) ASSERT_LT(want.size(), 20u) << "the top-p cut must remove ids";
     constexpr int kDraws = 4000;
     std::map<int32_t, int> gpu_counts, cpu_counts;
     for (int i = 0; i < kDraws; ++i) {
@@ -447,7 +451,7 @@ TEST(CudaModelGpuTest, DeviceSamplingIsSeededAndFollowsSamplerDistribution) {
     }
     for (const auto* counts : {&gpu_counts, &cpu_counts}) {
       const char* who = counts == &gpu_counts ? "device" : "CPU Sampler";
-      double tv = 0;
+      double tv = 0, expected_tv = 0;
       for (const auto& [id, n] : *counts) {
         EXPECT_TRUE(want.count(id)) << who << " drew id " << id << " outside the kept set";
       }
@@ -458,9 +462,13 @@ TEST(CudaModelGpuTest, DeviceSamplingIsSeededAndFollowsSamplerDistribution) {
         EXPECT_LE(std::abs(n - kDraws * prob), 5 * sigma + 2)
             << who << " id " << id << " p " << prob << " drawn " << n;
         tv += std::abs(n / kDraws - prob);
+        expected_tv += std::sqrt(2 / M_PI) * sigma / kDraws;  // E|n - N p| ~ sqrt(2/pi) sigma
       }
-      EXPECT_LT(tv / 2, 0.05) << who << ": total variation from the Sampler's distribution";
-      std::printf("%s: %zu ids drawn, total variation %.4f\n", who, counts->size(), tv / 2);
+      // Sampling noise alone gives a total variation near expected_tv / 2 (0.01-0.02 here).
+      EXPECT_LT(tv / 2, expected_tv + 0.01)
+          << who << ": total variation from the Sampler's distribution";
+      std::printf("%s: %zu ids drawn, total variation %.4f (noise ~%.4f)\n", who, counts->size(),
+                  tv / 2, expected_tv / 2);
     }
   }
 }
