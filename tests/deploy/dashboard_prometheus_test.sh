@@ -87,8 +87,19 @@ if "$bin/mpa_client" generate --server="$address" --session=s-unknown --prompt_i
   --max_new_tokens=2 >"$work/refused.log" 2>&1; then
   fail "a Generate on an unknown session succeeded"
 fi
-# Two more scrapes, so every counter's last increase lies inside the rate window.
-sleep 3
+# Wait until Prometheus has scraped all 13 finished calls (8 + 4 + the refused one), then for two
+# more scrapes, so every rate has samples after the last increase.
+all_scraped() {
+  python3 - "$url" <<'EOF'
+import json, sys, urllib.parse, urllib.request
+query = urllib.parse.urlencode({"query": 'sum(mpa_requests_total{job="multipole"})'})
+with urllib.request.urlopen(sys.argv[1] + "/api/v1/query?" + query) as r:
+    result = json.load(r)["data"]["result"]
+sys.exit(0 if result and float(result[0]["value"][1]) >= 13 else 1)
+EOF
+}
+wait_for all_scraped || fail "Prometheus did not see the 13 finished calls"
+sleep 2
 python3 "$root/tests/deploy/deploy_checks.py" live "$url" multipole \
   "$root/deploy/grafana/multipole-dashboard.json" || fail "dashboard queries"
 echo "dashboard_prometheus: PASS"
