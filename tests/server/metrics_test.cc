@@ -4,6 +4,7 @@
 // observer (against the scripted engine).
 #include "server/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -87,6 +89,15 @@ TEST_F(MetricsRegistryTest, EveryFamilyIsExposedWithHelpAndType) {
     const size_t help = text.find(absl::StrCat("# HELP ", name, " "));
     ASSERT_NE(help, std::string::npos) << name;
     EXPECT_GT(text.find('\n', help) - help, absl::StrCat("# HELP ", name, " ").size() + 10) << name;
+  }
+  // And no family outside the list (a renamed family would break dashboards silently).
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    if (!absl::StartsWith(line, "# TYPE ")) continue;
+    const std::vector<std::string> words = absl::StrSplit(line, ' ');
+    ASSERT_EQ(words.size(), 4u) << line;
+    const bool known = std::any_of(kFamilies.begin(), kFamilies.end(),
+                                   [&](const auto& f) { return f.first == words[2]; });
+    EXPECT_TRUE(known) << "family not in the agreed list: " << words[2];
   }
   const auto samples = Scrape();
   EXPECT_EQ(Value(samples,
