@@ -6,7 +6,7 @@ set -euo pipefail
 build=$1
 model=$2
 log=$(mktemp)
-"$build/bin/mpa_server" --model="$model" --address=127.0.0.1:0 >"$log" 2>&1 &
+"$build/bin/mpa_server" --model="$model" --address=127.0.0.1:0 --metrics_address=127.0.0.1:0 >"$log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 300); do
