@@ -28,8 +28,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "multipole/v1/decode.grpc.pb.h"
-
-extern char** environ;
+#include "tests/server/server_process.h"
 
 namespace mpa::server {
 namespace {
@@ -44,101 +43,34 @@ const char kReferenceIds[] =
     "292 411 322 265 282 295 433 426 385 328 432 358 394 261 370 432 352 266 268 388 426 338 391 "
     "266 267 337 335 312 432 398 312 286 267 414 270 333 415 426 13 438 310";
 
-// mpa_server as a child process; its output is collected by a thread.
+// mpa_server as a child process, started on a free port; waits until it is listening.
 class ServerProcess {
  public:
-  explicit ServerProcess(std::vector<std::string> flags) {
-    int out[2];
-    if (pipe(out) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-    posix_spawn_file_actions_adddup2(&actions, out[1], 2);
-    posix_spawn_file_actions_addclose(&actions, out[0]);
-    // No metrics endpoint: the default port (9464) would collide between tests run in parallel.
-    std::vector<std::string> argv_s = {MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir),
-                                       "--address=127.0.0.1:0", "--metrics_address="};
-    argv_s.insert(argv_s.end(), flags.begin(), flags.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, MPA_SERVER_BINARY, &actions, nullptr, argv.data(), environ) != 0) {
-      pid_ = -1;
+  explicit ServerProcess(std::vector<std::string> flags) : process_(Argv(std::move(flags))) {
+    if (auto address = process_.WaitForLine("listening on ", absl::Seconds(30))) {
+      address_ = *address;
     }
-    posix_spawn_file_actions_destroy(&actions);
-    close(out[1]);
-    reader_ = std::thread([this, fd = out[0]] {
-      char buf[4096];
-      for (;;) {
-        const ssize_t n = read(fd, buf, sizeof(buf));
-        if (n <= 0) break;
-        std::lock_guard<std::mutex> lock(mu_);
-        output_.append(buf, n);
-      }
-      close(fd);
-    });
-    // Wait for "listening on 127.0.0.1:PORT".
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (absl::Now() < deadline && pid_ > 0) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        const size_t at = output_.find("listening on ");
-        if (at != std::string::npos && output_.find('\n', at) != std::string::npos) {
-          const size_t start = at + 13;
-          address_ = output_.substr(start, output_.find('\n', at) - start);
-          break;
-        }
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      Wait(absl::Seconds(10));
-    }
-    if (reader_.joinable()) reader_.join();
   }
   const std::string& address() const { return address_; }
-  void Signal(int sig) { kill(pid_, sig); }
+  void Signal(int sig) { process_.Signal(sig); }
   // The exit code, or -1 if it did not exit in time (or died of a signal).
-  int Wait(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return -1;
-  }
-  std::string output() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return output_;
-  }
+  int Wait(absl::Duration timeout) { return process_.Wait(timeout); }
+  std::string output() { return process_.output(); }
 
  private:
-  pid_t pid_ = -1;
-  bool exited_ = false;
+  static std::vector<std::string> Argv(std::vector<std::string> flags) {
+    // No metrics endpoint: the default port (9464) would collide between tests run in parallel.
+    std::vector<std::string> argv = {MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir),
+                                     "--address=127.0.0.1:0", "--metrics_address="};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return argv;
+  }
+
+  testing::ChildProcess process_;
   std::string address_;
-  std::thread reader_;
-  std::mutex mu_;
-  std::string output_;
 };
 
-// Runs a shell command; returns (exit code, stdout).
-std::pair<int, std::string> Shell(const std::string& command) {
-  std::string out;
-  FILE* f = popen(command.c_str(), "r");
-  if (f == nullptr) return {-1, ""};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  const int status = pclose(f);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using testing::Shell;
 
 std::vector<int32_t> ParseIds(absl::string_view text) {
   std::vector<int32_t> ids;
