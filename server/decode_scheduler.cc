@@ -212,6 +212,7 @@ void DecodeScheduler::CreateSession(AttentionOverride attention,
       [this, attention, done] {
         if (draining()) return done(absl::UnavailableError("the server is shutting down"));
         const AttentionOptions options = attention.ApplyTo(options_.default_attention);
+        if (absl::Status st = CheckAttentionSupported(options.mode); !st.ok()) return done(st);
         absl::StatusOr<Session*> s = sessions_.Create(engine_->NewSequence(options), options,
                                                       /*ephemeral=*/false, absl::Now());
         if (!s.ok()) return done(s.status());
@@ -300,6 +301,14 @@ SessionInfo DecodeScheduler::Describe(const Session& s) const {
 
 // ---- Engine thread ---------------------------------------------------------------------------
 
+absl::Status DecodeScheduler::CheckAttentionSupported(AttentionMode mode) const {
+  if (engine_->SupportsAttention(mode)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "attention.mode: %s attention is not available on this server's device (%s): it serves "
+      "dense attention only; ask for dense, or use a server started with --device=cpu",
+      AttentionModeName(mode), engine_->info().device));
+}
+
 int64_t DecodeScheduler::ReservedGrowthBlocks() const {
   int64_t blocks = 0;
   for (const auto& gen : generations_) {
@@ -319,6 +328,7 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   Session* session = nullptr;
   if (params.session_id.empty()) {
     const AttentionOptions options = params.attention.ApplyTo(options_.default_attention);
+    if (absl::Status st = CheckAttentionSupported(options.mode); !st.ok()) return sink->Fail(st);
     absl::StatusOr<Session*> s =
         sessions_.Create(engine_->NewSequence(options), options, /*ephemeral=*/true, now);
     if (!s.ok()) return sink->Fail(s.status());
@@ -338,6 +348,11 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
     if (session->ephemeral) sessions_.Remove(session->id);
     sink->Fail(status);
   };
+  if (params.attention.mode.has_value()) {
+    if (absl::Status st = CheckAttentionSupported(*params.attention.mode); !st.ok()) {
+      return refuse(st);
+    }
+  }
 
   const bool first = session->context_tokens() == 0;
   const std::vector<int32_t>& new_input =

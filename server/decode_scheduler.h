@@ -109,6 +109,8 @@ class DecodeScheduler {
   void EvictExpired();
   SessionInfo Describe(const Session& s) const;
   int64_t ReservedGrowthBlocks() const;
+  // InvalidArgument naming the mode and the device when the engine cannot attend in `mode`.
+  absl::Status CheckAttentionSupported(AttentionMode mode) const;
   void PublishSnapshot();
 
   Engine* engine_;

@@ -1,7 +1,7 @@
 // What the decode scheduler needs from an inference engine, as one small interface: the real
-// one is ModelEngine (model/ + tokenizer); tests drive the scheduler and the gRPC service with a
-// scripted engine, so server behaviour (batching, limits, cancellation, drain) is tested apart
-// from the numerics.
+// ones are ModelEngine (model/ on the CPU + tokenizer) and CudaModelEngine (the GPU); tests drive
+// the scheduler and the gRPC service with a scripted engine, so server behaviour (batching, limits,
+// cancellation, drain) is tested apart from the numerics.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +29,7 @@ struct EngineInfo {
   std::vector<int32_t> eos_ids;
   int64_t kv_capacity_tokens = 0;
   int kv_block_tokens = 16;
+  std::string device = "cpu";  // where the model runs ("cpu", "cuda:0"): named in errors
 };
 
 // One context's KV cache inside the engine.
@@ -69,6 +70,10 @@ class Engine {
   virtual absl::Status Decode(absl::Span<EngineSequence* const> seqs,
                               absl::Span<const int32_t> tokens, float* logits) = 0;
   virtual int64_t free_kv_blocks() const = 0;
+  // Whether sequences of this engine can attend in `mode` (the GPU engine: dense only). The
+  // scheduler refuses other modes at admission, so NewSequence and set_attention only ever see
+  // supported ones.
+  virtual bool SupportsAttention(AttentionMode mode) const { return true; }
   // KV blocks a context of `tokens` tokens holds.
   int64_t KvBlocksFor(int64_t tokens) const {
     const int b = info().kv_block_tokens;

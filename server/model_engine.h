@@ -1,4 +1,4 @@
-// The real engine: an mpa::Model and, where the model folder has one, its tokenizer.
+// The CPU engine: an mpa::Model and, where the model folder has one, its tokenizer.
 #pragma once
 
 #include <memory>
@@ -6,22 +6,17 @@
 
 #include "absl/status/statusor.h"
 #include "model/model.h"
-#include "model/tokenizer.h"
-#include "server/engine.h"
+#include "server/tokenized_engine.h"
 
 namespace mpa::server {
 
-class ModelEngine : public Engine {
+class ModelEngine : public TokenizedEngine {
  public:
   // Loads dir (config.json, weights, tokenizer.json if present: without one the engine works in
   // token ids only).
   static absl::StatusOr<std::unique_ptr<ModelEngine>> Load(const std::string& dir,
                                                            const ModelOptions& options);
 
-  const EngineInfo& info() const override { return info_; }
-  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
-                                              bool add_special_tokens) const override;
-  std::unique_ptr<TextStream> NewTextStream() const override;
   std::unique_ptr<EngineSequence> NewSequence(const AttentionOptions& options) override;
   absl::Status Prefill(EngineSequence& seq, absl::Span<const int32_t> tokens,
                        float* logits) override;
@@ -30,12 +25,10 @@ class ModelEngine : public Engine {
   int64_t free_kv_blocks() const override { return model_->kv_pool().free_blocks(); }
 
  private:
-  ModelEngine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenizer, EngineInfo info)
-      : model_(std::move(model)), tokenizer_(std::move(tokenizer)), info_(std::move(info)) {}
+  ModelEngine(std::unique_ptr<Model> model, EngineText text)
+      : TokenizedEngine(std::move(text)), model_(std::move(model)) {}
 
   std::unique_ptr<Model> model_;
-  std::unique_ptr<Tokenizer> tokenizer_;  // may be null
-  EngineInfo info_;
 };
 
 }  // namespace mpa::server

@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
@@ -24,8 +25,14 @@
 #include "server/decode_service.h"
 #include "server/metrics.h"
 #include "server/model_engine.h"
+#ifdef MPA_SERVER_WITH_CUDA
+#include "server/cuda_model_engine.h"
+#endif
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, *.safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, device, "cpu",
+          "Where the model runs: cpu, or cuda / cuda:N (one NVIDIA GPU; dense attention only; "
+          "needs a build with MPA_WITH_CUDA)");
 ABSL_FLAG(std::string, address, "0.0.0.0:50051",
           "Listening address host:port (port 0: pick a free one; the bound port is printed)");
 ABSL_FLAG(int, max_sessions, 64, "Sessions open at once");
@@ -65,6 +72,48 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "On SIGTERM: how long running generations may take before they are cancelled");
 
 namespace {
+
+// --device: "cpu" gives -1, "cuda" 0 and "cuda:N" N; InvalidArgument otherwise.
+absl::StatusOr<int> ParseDevice(const std::string& device) {
+  if (device == "cpu") return -1;
+  if (device == "cuda") return 0;
+  int index = 0;
+  if (device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(device.substr(5), &index) && index >= 0) {
+    return index;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", device, "' is not a device (cpu, cuda or cuda:N are)"));
+}
+
+// The engine for --device (gpu: -1 for the CPU).
+absl::StatusOr<std::unique_ptr<mpa::server::Engine>> LoadEngine(const std::string& model_dir,
+                                                                int gpu) {
+  if (gpu < 0) {
+    mpa::ModelOptions options;
+    options.max_kv_tokens = absl::GetFlag(FLAGS_max_kv_tokens);
+    options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
+    options.threads = absl::GetFlag(FLAGS_threads);
+    absl::StatusOr<std::unique_ptr<mpa::server::ModelEngine>> engine =
+        mpa::server::ModelEngine::Load(model_dir, options);
+    if (!engine.ok()) return engine.status();
+    return std::unique_ptr<mpa::server::Engine>(std::move(engine).value());
+  }
+#ifdef MPA_SERVER_WITH_CUDA
+  mpa::CudaModelOptions options;
+  options.max_kv_tokens = absl::GetFlag(FLAGS_max_kv_tokens);
+  options.page_size = absl::GetFlag(FLAGS_kv_block_tokens);  // a KV block is a cache page
+  options.max_batch = absl::GetFlag(FLAGS_max_batch_size);
+  options.device = gpu;
+  absl::StatusOr<std::unique_ptr<mpa::server::CudaModelEngine>> engine =
+      mpa::server::CudaModelEngine::Load(model_dir, options);
+  if (!engine.ok()) return engine.status();
+  return std::unique_ptr<mpa::server::Engine>(std::move(engine).value());
+#else
+  return absl::FailedPreconditionError(
+      "--device=cuda: this mpa_server was built without CUDA (configure with -DMPA_WITH_CUDA=ON "
+      "on a machine with the CUDA toolkit)");
+#endif
+}
 
 std::string BoundAddress(const std::string& address, int port) {
   const size_t colon = address.rfind(':');
@@ -106,16 +155,24 @@ int Serve() {
     std::fprintf(stderr, "mpa_server: --attention: %s\n", mode.status().ToString().c_str());
     return 2;
   }
-  mpa::ModelOptions model_options;
-  model_options.max_kv_tokens = absl::GetFlag(FLAGS_max_kv_tokens);
-  model_options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
-  model_options.threads = absl::GetFlag(FLAGS_threads);
-  absl::StatusOr<std::unique_ptr<mpa::server::ModelEngine>> engine =
-      mpa::server::ModelEngine::Load(model_dir, model_options);
+  absl::StatusOr<int> gpu = ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!gpu.ok()) {
+    std::fprintf(stderr, "mpa_server: --device: %s\n", gpu.status().ToString().c_str());
+    return 2;
+  }
+  absl::StatusOr<std::unique_ptr<mpa::server::Engine>> engine = LoadEngine(model_dir, *gpu);
   if (!engine.ok()) {
     std::fprintf(stderr, "mpa_server: loading %s: %s\n", model_dir.c_str(),
                  engine.status().ToString().c_str());
     return 1;
+  }
+  if (!(*engine)->SupportsAttention(*mode)) {
+    std::fprintf(stderr,
+                 "mpa_server: --attention: %s attention is not available on device %s (dense "
+                 "only there); use --attention=dense or --device=cpu\n",
+                 std::string(mpa::AttentionModeName(*mode)).c_str(),
+                 (*engine)->info().device.c_str());
+    return 2;
   }
 
   mpa::server::SchedulerOptions options;
@@ -168,10 +225,11 @@ int Serve() {
   server->GetHealthCheckService()->SetServingStatus(
       multipole::v1::DecodeService::service_full_name(), true);
   server->GetHealthCheckService()->SetServingStatus(true);
-  std::printf("mpa_server: model %s (%s, vocab %d, context %d, tokenizer %s), attention %s\n",
-              info.model_name.c_str(), info.architecture.c_str(), info.vocab_size,
-              info.max_context_tokens, info.has_tokenizer ? "yes" : "no",
-              std::string(mpa::AttentionModeName(*mode)).c_str());
+  std::printf(
+      "mpa_server: model %s (%s, vocab %d, context %d, tokenizer %s), attention %s, device %s\n",
+      info.model_name.c_str(), info.architecture.c_str(), info.vocab_size, info.max_context_tokens,
+      info.has_tokenizer ? "yes" : "no", std::string(mpa::AttentionModeName(*mode)).c_str(),
+      info.device.c_str());
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
   if (exposer != nullptr) {
     const std::vector<int> ports = exposer->GetListeningPorts();

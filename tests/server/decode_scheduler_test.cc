@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/fake_engine.h"
@@ -239,6 +240,81 @@ TEST_F(SchedulerTest, LimitsReturnTheirCodes) {
   ASSERT_TRUE(busy1->Wait());
   EXPECT_TRUE(busy1->status().ok());
   EXPECT_EQ(busy1->ids().size(), 40u);
+}
+
+// An engine that attends densely only (the GPU engine): every way of asking for another mode is
+// refused at admission with InvalidArgument naming the mode and the device, before a sequence
+// exists; dense requests on the same scheduler still run.
+TEST_F(SchedulerTest, ModesTheEngineCannotRunAreRefusedNamingModeAndDevice) {
+  engine_ = std::make_unique<FakeEngine>();
+  engine_->set_dense_only(true);
+  scheduler_ = std::make_unique<DecodeScheduler>(engine_.get(), SchedulerOptions());
+  scheduler_->Start();
+  const struct {
+    AttentionMode mode;
+    const char* name;
+  } kRefused[] = {{AttentionMode::kMultipole, "multipole"},
+                  {AttentionMode::kExactOnly, "exact-only"},
+                  {AttentionMode::kQuest, "quest"}};
+  absl::StatusOr<SessionInfo> dense_session = CreateSession();
+  ASSERT_TRUE(dense_session.ok()) << dense_session.status();
+  const int64_t sequences_before = engine_->sequences_created();
+  for (const auto& refused : kRefused) {
+    SCOPED_TRACE(refused.name);
+    AttentionOverride override_mode;
+    override_mode.mode = refused.mode;
+    // CreateSession with the mode.
+    std::promise<absl::StatusOr<SessionInfo>> done;
+    scheduler_->CreateSession(override_mode,
+                              [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
+    absl::StatusOr<SessionInfo> created = done.get_future().get();
+    EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(created.status().message(), HasSubstr(absl::StrCat(refused.name, " attention")));
+    EXPECT_THAT(created.status().message(), HasSubstr("cuda:0"));
+    EXPECT_THAT(created.status().message(), HasSubstr("attention.mode"));
+    // A one-shot Generate with the mode.
+    GenerateParams oneshot = Params(RandomIds(rng_, 5), 4);
+    oneshot.attention = override_mode;
+    auto sink = Run(oneshot);
+    EXPECT_EQ(sink->status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(sink->status().message(), HasSubstr(absl::StrCat(refused.name, " attention")));
+    EXPECT_THAT(sink->status().message(), HasSubstr("cuda:0"));
+    EXPECT_TRUE(sink->ids().empty());
+    // A turn of a dense session that switches to the mode: refused, the session stays dense.
+    GenerateParams turn = Params(RandomIds(rng_, 5), 4, dense_session->session_id);
+    turn.attention = override_mode;
+    auto turn_sink = Run(turn);
+    EXPECT_EQ(turn_sink->status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(turn_sink->status().message(), HasSubstr("cuda:0"));
+    absl::StatusOr<SessionInfo> info = GetSession(dense_session->session_id);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->attention.mode, AttentionMode::kDense);
+    EXPECT_EQ(info->context_tokens, 0);
+  }
+  EXPECT_EQ(engine_->sequences_created(), sequences_before);
+  // Dense, asked for explicitly or by default, still runs.
+  GenerateParams dense = Params(RandomIds(rng_, 6), 5);
+  dense.attention.mode = AttentionMode::kDense;
+  const std::vector<int32_t> prompt = dense.input;
+  auto ok = Run(dense);
+  ASSERT_TRUE(ok->status().ok()) << ok->status();
+  EXPECT_EQ(ok->ids(), FakeEngine::Greedy(prompt, 5));
+  auto turn = Run(Params(prompt, 5, dense_session->session_id));
+  ASSERT_TRUE(turn->status().ok()) << turn->status();
+  EXPECT_EQ(turn->ids(), FakeEngine::Greedy(prompt, 5));
+}
+
+// The CPU engine (the default) runs every mode: nothing is refused for its mode.
+TEST_F(SchedulerTest, EveryModeIsAdmittedOnAnEngineThatSupportsIt) {
+  Make();
+  for (AttentionMode mode : {AttentionMode::kDense, AttentionMode::kMultipole,
+                             AttentionMode::kExactOnly, AttentionMode::kQuest}) {
+    GenerateParams p = Params(RandomIds(rng_, 5), 3);
+    p.attention.mode = mode;
+    auto sink = Run(p);
+    EXPECT_TRUE(sink->status().ok()) << AttentionModeName(mode) << ": " << sink->status();
+    EXPECT_EQ(sink->ids().size(), 3u);
+  }
 }
 
 TEST_F(SchedulerTest, CancelStopsAtNextStepAndLeavesTheSessionConsistent) {

@@ -97,6 +97,7 @@ class FakeEngine : public Engine {
     return std::make_unique<FakeTextStream>();
   }
   std::unique_ptr<EngineSequence> NewSequence(const AttentionOptions& options) override {
+    ++sequences_created_;
     auto s = std::make_unique<FakeSequence>(&used_blocks_);
     s->attention = options;
     return s;
@@ -134,6 +135,16 @@ class FakeEngine : public Engine {
   int64_t free_kv_blocks() const override {
     return KvBlocksFor(info_.kv_capacity_tokens) - used_blocks_.load();
   }
+  // With set_dense_only(true) the engine plays a GPU engine: dense attention alone, on "cuda:0".
+  bool SupportsAttention(AttentionMode mode) const override {
+    return !dense_only_ || mode == AttentionMode::kDense;
+  }
+  void set_dense_only(bool dense_only) {
+    dense_only_ = dense_only;
+    info_.device = dense_only ? "cuda:0" : "cpu";
+  }
+  // Sequences created so far (a refused request must not have made one).
+  int64_t sequences_created() const { return sequences_created_.load(); }
 
   void set_step_delay(std::chrono::microseconds d) { delay_us_ = d.count(); }
   int64_t max_batch() {
@@ -174,6 +185,8 @@ class FakeEngine : public Engine {
   EngineInfo info_;
   std::atomic<int64_t> used_blocks_{0};
   std::atomic<int64_t> delay_us_{0};
+  std::atomic<int64_t> sequences_created_{0};
+  bool dense_only_ = false;  // set before the scheduler starts
   std::mutex mu_;
   std::vector<std::string> log_;
   int64_t max_batch_ = 0;

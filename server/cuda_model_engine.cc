@@ -1,0 +1,80 @@
+#include "server/cuda_model_engine.h"
+
+#include <cuda_runtime_api.h>
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "model/model_config.h"
+#include "model/status_macros.h"
+
+namespace mpa::server {
+namespace {
+
+class CudaEngineSequence : public EngineSequence {
+ public:
+  explicit CudaEngineSequence(std::unique_ptr<CudaSequence> seq) : seq_(std::move(seq)) {}
+  int num_tokens() const override { return seq_->num_tokens(); }
+  // Dense attention reads every cached token: no sparse-attention statistics to report.
+  AttentionStats stats() const override { return AttentionStats(); }
+  // Only dense reaches here (the scheduler checks SupportsAttention first), and dense is what
+  // CudaModel always does.
+  void set_attention(const AttentionOptions& options) override {}
+  CudaSequence& sequence() { return *seq_; }
+
+ private:
+  std::unique_ptr<CudaSequence> seq_;
+};
+
+// FailedPrecondition unless CUDA device `device` exists: a clear start-up error on machines
+// without a GPU (or a driver) instead of a failure deep inside the model's first allocation.
+absl::Status CheckDevice(int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device=cuda: no CUDA device found (cudaGetDeviceCount: ", cudaGetErrorString(err), ")"));
+  }
+  if (count == 0) return absl::FailedPreconditionError("--device=cuda: no CUDA device found");
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device=cuda: device ", device, " does not exist (", count, " found)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaModelEngine>> CudaModelEngine::Load(
+    const std::string& dir, const CudaModelOptions& options) {
+  MPA_RETURN_IF_ERROR(CheckDevice(options.device));
+  MPA_ASSIGN_OR_RETURN(std::unique_ptr<CudaModel> model, CudaModel::Load(dir, options));
+  MPA_ASSIGN_OR_RETURN(EngineText text, LoadEngineText(dir, model->config()));
+  text.info.device = absl::StrCat("cuda:", options.device);
+  text.info.kv_block_tokens = options.page_size;
+  // A fresh model's pool is all free.
+  text.info.kv_capacity_tokens = model->free_kv_tokens();
+  return std::unique_ptr<CudaModelEngine>(new CudaModelEngine(std::move(model), std::move(text)));
+}
+
+std::unique_ptr<EngineSequence> CudaModelEngine::NewSequence(const AttentionOptions& options) {
+  return std::make_unique<CudaEngineSequence>(model_->NewSequence());
+}
+
+absl::Status CudaModelEngine::Prefill(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                                      float* logits) {
+  return model_->Prefill(static_cast<CudaEngineSequence&>(seq).sequence(), tokens, logits);
+}
+
+absl::Status CudaModelEngine::Decode(absl::Span<EngineSequence* const> seqs,
+                                     absl::Span<const int32_t> tokens, float* logits) {
+  std::vector<CudaSequence*> sequences;
+  sequences.reserve(seqs.size());
+  for (EngineSequence* s : seqs) {
+    sequences.push_back(&static_cast<CudaEngineSequence*>(s)->sequence());
+  }
+  return model_->Decode(sequences, tokens, logits);
+}
+
+}  // namespace mpa::server

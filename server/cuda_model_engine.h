@@ -1,0 +1,45 @@
+// The GPU engine: an mpa::CudaModel (BF16 weights, paged BF16 KV cache on one NVIDIA GPU) with
+// the model folder's tokenizer. Logits are copied to the host buffer the scheduler passes, so
+// sampling stays the scheduler's (same code and same draws as on the CPU engine). Attention is
+// dense only: SupportsAttention says so and the scheduler refuses the other modes at admission.
+// Built only with MPA_WITH_CUDA.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/cuda_model.h"
+#include "server/tokenized_engine.h"
+
+namespace mpa::server {
+
+class CudaModelEngine : public TokenizedEngine {
+ public:
+  // Loads dir (config.json, weights, tokenizer.json if present) onto GPU options.device.
+  // FailedPrecondition when the machine has no CUDA device (or not that one).
+  static absl::StatusOr<std::unique_ptr<CudaModelEngine>> Load(const std::string& dir,
+                                                               const CudaModelOptions& options);
+
+  std::unique_ptr<EngineSequence> NewSequence(const AttentionOptions& options) override;
+  absl::Status Prefill(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                       float* logits) override;
+  absl::Status Decode(absl::Span<EngineSequence* const> seqs, absl::Span<const int32_t> tokens,
+                      float* logits) override;
+  // The KV pool's free pages (a block is a page: info().kv_block_tokens is the page size).
+  int64_t free_kv_blocks() const override {
+    return model_->free_kv_tokens() / info_.kv_block_tokens;
+  }
+  bool SupportsAttention(AttentionMode mode) const override {
+    return mode == AttentionMode::kDense;
+  }
+
+ private:
+  CudaModelEngine(std::unique_ptr<CudaModel> model, EngineText text)
+      : TokenizedEngine(std::move(text)), model_(std::move(model)) {}
+
+  std::unique_ptr<CudaModel> model_;
+};
+
+}  // namespace mpa::server
