@@ -1,0 +1,249 @@
+// End-to-end on the GPU: the real mpa_server binary with --device=cuda (CudaModelEngine) on the
+// real stories260K model, driven through the C++ gRPC stubs. Skips, with the server's own
+// message, where the binary was built without CUDA or the machine has no CUDA device.
+//
+// The binary and the model default to the build's paths; MPA_SERVER_BINARY and MPA_STORIES260K
+// in the environment override them (a build copied to a GPU machine runs from other paths).
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "multipole/v1/decode.grpc.pb.h"
+#include "tests/server/server_process.h"
+
+namespace mpa::server {
+namespace {
+
+namespace v1 = ::multipole::v1;
+using ::testing::HasSubstr;
+
+// Greedy ids of stories260K from BOS (id 1), as its README records them (the same list as
+// server_e2e_test.cc checks on the CPU).
+const char kReferenceIds[] =
+    "403 407 261 378 432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337 410 408 419 "
+    "292 411 322 265 282 295 433 426 385 328 432 358 394 261 370 432 352 266 268 388 426 338 391 "
+    "266 267 337 335 312 432 398 312 286 267 414 270 333 415 426 13 438 310";
+
+std::string FromEnvOr(const char* name, const std::string& fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && value[0] != '\0' ? std::string(value) : fallback;
+}
+std::string ServerBinary() { return FromEnvOr("MPA_SERVER_BINARY", MPA_SERVER_BINARY); }
+std::string ModelDir() {
+  return FromEnvOr("MPA_STORIES260K", MPA_SOURCE_DIR "/../shared/models/stories260K");
+}
+
+std::vector<int32_t> ParseIds(absl::string_view text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view piece : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    int32_t id;
+    if (absl::SimpleAtoi(piece, &id)) ids.push_back(id);
+  }
+  return ids;
+}
+
+// mpa_server --device=cuda as a child process on a free loopback port. Either it prints its
+// address (address() is set), or it exits (exit_code() is set) — without a GPU it exits at
+// once, before loading the model, so a skipping run costs milliseconds.
+class GpuServer {
+ public:
+  explicit GpuServer(std::vector<std::string> flags) : process_(Argv(std::move(flags))) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(120);
+    while (absl::Now() < deadline && process_.started()) {
+      if (std::optional<std::string> address =
+              process_.WaitForLine("listening on ", absl::Milliseconds(1))) {
+        address_ = *address;
+        return;
+      }
+      if (const int rc = process_.Wait(absl::Milliseconds(20)); rc != -1) {
+        exit_code_ = rc;
+        return;
+      }
+    }
+  }
+  const std::string& address() const { return address_; }
+  std::optional<int> exit_code() const { return exit_code_; }
+  std::string output() { return process_.output(); }
+
+ private:
+  static std::vector<std::string> Argv(std::vector<std::string> flags) {
+    std::vector<std::string> argv = {ServerBinary(), absl::StrCat("--model=", ModelDir()),
+                                     "--device=cuda", "--address=127.0.0.1:0",
+                                     "--metrics_address="};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return argv;
+  }
+
+  testing::ChildProcess process_;
+  std::string address_;
+  std::optional<int> exit_code_;
+};
+
+// Why the server could not use a GPU here, or "" if it could.
+std::string NoGpuReason(GpuServer& server) {
+  if (!server.address().empty() || !server.exit_code().has_value()) return "";
+  const std::string out = server.output();
+  for (const char* why : {"no CUDA device", "built without CUDA"}) {
+    if (out.find(why) != std::string::npos) return out;
+  }
+  return "";
+}
+
+struct StreamResult {
+  std::vector<int32_t> ids;
+  std::optional<v1::GenerateResult> result;
+  grpc::Status status;
+};
+
+v1::GenerateRequest IdsRequest(const std::vector<int32_t>& ids, int max_new) {
+  v1::GenerateRequest r;
+  for (int32_t id : ids) r.mutable_token_ids()->add_ids(id);
+  r.mutable_sampling()->set_max_new_tokens(max_new);
+  r.mutable_sampling()->set_ignore_eos(true);
+  return r;
+}
+
+StreamResult Generate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
+  StreamResult out;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse message;
+  while (reader->Read(&message)) {
+    for (const auto& t : message.tokens()) out.ids.push_back(t.id());
+    if (message.has_result()) out.result = message.result();
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+class ServerGpuE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(ModelDir() + "/config.json")) {
+      GTEST_SKIP() << "stories260K not found at " << ModelDir();
+    }
+    const unsigned seed = std::random_device{}();
+    rng_.seed(seed);
+    RecordProperty("seed", std::to_string(seed));
+  }
+  // Starts the server; sets *skip to the server's reason when there is no usable GPU.
+  void StartServer(std::string* skip) {
+    server_ = std::make_unique<GpuServer>(std::vector<std::string>{});
+    *skip = NoGpuReason(*server_);
+    if (!skip->empty()) return;
+    ASSERT_FALSE(server_->address().empty()) << "server did not start:\n" << server_->output();
+    EXPECT_THAT(server_->output(), HasSubstr("device cuda:0"));
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::DecodeService::NewStub(channel_);
+  }
+
+  std::mt19937 rng_;
+  std::unique_ptr<GpuServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DecodeService::Stub> stub_;
+};
+
+// Starts the server, or skips the test with the server's message when there is no usable GPU.
+#define START_SERVER_OR_SKIP()                                                      \
+  do {                                                                              \
+    std::string skip;                                                               \
+    ASSERT_NO_FATAL_FAILURE(StartServer(&skip));                                    \
+    if (!skip.empty()) GTEST_SKIP() << "no usable GPU; the server said:\n" << skip; \
+  } while (0)
+
+TEST_F(ServerGpuE2eTest, GreedyFromBosIsTheReadmeReference) {
+  START_SERVER_OR_SKIP();
+  StreamResult r = Generate(*stub_, IdsRequest({1}, 64));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, ParseIds(kReferenceIds));
+  ASSERT_TRUE(r.result.has_value());
+  EXPECT_EQ(r.result->usage().generated_tokens(), 64);
+  EXPECT_EQ(r.result->finish_reason(), v1::FINISH_REASON_LENGTH);
+}
+
+TEST_F(ServerGpuE2eTest, EightConcurrentStreamsEqualRunningAlone) {
+  START_SERVER_OR_SKIP();
+  constexpr int kStreams = 8;
+  // Prompts: BOS and a random-length prefix of the reference story, then a random-length
+  // continuation (natural text keeps greedy choices well separated, so BF16 rounding that
+  // differs between batch shapes cannot flip them).
+  std::vector<int32_t> story = {1};
+  for (int32_t id : ParseIds(kReferenceIds)) story.push_back(id);
+  std::uniform_int_distribution<int> len(1, 40), out(16, 48);
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < kStreams; ++i) {
+    const int n = len(rng_);
+    requests.push_back(
+        IdsRequest(std::vector<int32_t>(story.begin(), story.begin() + n), out(rng_)));
+  }
+  std::vector<StreamResult> alone, together(kStreams);
+  for (const auto& r : requests) alone.push_back(Generate(*stub_, r));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(*stub_, requests[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    const int n = requests[i].sampling().max_new_tokens();
+    EXPECT_EQ(alone[i].ids.size(), static_cast<size_t>(n)) << "stream " << i;
+    EXPECT_EQ(together[i].ids, alone[i].ids) << "stream " << i;
+  }
+}
+
+TEST_F(ServerGpuE2eTest, MultipoleIsRefusedNamingModeAndDevice) {
+  START_SERVER_OR_SKIP();
+  v1::GenerateRequest request = IdsRequest({1}, 8);
+  request.mutable_attention()->set_mode(v1::ATTENTION_MODE_MULTIPOLE);
+  StreamResult r = Generate(*stub_, request);
+  EXPECT_EQ(r.status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("multipole attention"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("cuda:0"));
+  EXPECT_TRUE(r.ids.empty());
+
+  grpc::ClientContext context;
+  v1::CreateSessionRequest create;
+  create.mutable_attention()->set_mode(v1::ATTENTION_MODE_QUEST);
+  v1::CreateSessionResponse created;
+  grpc::Status s = stub_->CreateSession(&context, create, &created);
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("quest attention"));
+  EXPECT_THAT(s.error_message(), HasSubstr("cuda:0"));
+
+  // Dense requests still run after the refusals.
+  StreamResult dense = Generate(*stub_, IdsRequest({1}, 8));
+  ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
+  const std::vector<int32_t> reference = ParseIds(kReferenceIds);
+  EXPECT_EQ(dense.ids, std::vector<int32_t>(reference.begin(), reference.begin() + 8));
+}
+
+TEST_F(ServerGpuE2eTest, MultipoleDefaultIsRefusedAtStartUp) {
+  server_ = std::make_unique<GpuServer>(std::vector<std::string>{"--attention=multipole"});
+  if (std::string skip = NoGpuReason(*server_); !skip.empty()) {
+    GTEST_SKIP() << "no usable GPU; the server said:\n" << skip;
+  }
+  ASSERT_TRUE(server_->exit_code().has_value()) << server_->output();
+  EXPECT_EQ(*server_->exit_code(), 2);
+  EXPECT_THAT(server_->output(),
+              HasSubstr("multipole attention is not available on device cuda:0"));
+}
+
+}  // namespace
+}  // namespace mpa::server
