@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "model/model_config.h"
 #include "model/status_macros.h"
+#include "server/cuda_engine_module.h"
 
 namespace mpa::server {
 namespace {
@@ -78,3 +79,14 @@ absl::Status CudaModelEngine::Decode(absl::Span<EngineSequence* const> seqs,
 }
 
 }  // namespace mpa::server
+
+// The module's entry point (cuda_engine_module.h).
+extern "C" __attribute__((visibility("default"))) absl::Status MpaServerCreateCudaEngine(
+    const std::string& dir, const mpa::CudaModelOptions& options,
+    std::unique_ptr<mpa::server::Engine>* engine) {
+  absl::StatusOr<std::unique_ptr<mpa::server::CudaModelEngine>> loaded =
+      mpa::server::CudaModelEngine::Load(dir, options);
+  if (!loaded.ok()) return loaded.status();
+  *engine = std::move(loaded).value();
+  return absl::OkStatus();
+}

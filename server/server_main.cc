@@ -26,7 +26,11 @@
 #include "server/metrics.h"
 #include "server/model_engine.h"
 #ifdef MPA_SERVER_WITH_CUDA
-#include "server/cuda_model_engine.h"
+#include <dlfcn.h>
+
+#include <filesystem>
+
+#include "server/cuda_engine_module.h"
 #endif
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, *.safetensors, tokenizer.json)");
@@ -104,10 +108,24 @@ absl::StatusOr<std::unique_ptr<mpa::server::Engine>> LoadEngine(const std::strin
   options.page_size = absl::GetFlag(FLAGS_kv_block_tokens);  // a KV block is a cache page
   options.max_batch = absl::GetFlag(FLAGS_max_batch_size);
   options.device = gpu;
-  absl::StatusOr<std::unique_ptr<mpa::server::CudaModelEngine>> engine =
-      mpa::server::CudaModelEngine::Load(model_dir, options);
-  if (!engine.ok()) return engine.status();
-  return std::unique_ptr<mpa::server::Engine>(std::move(engine).value());
+  // The module sits next to the binary; never closed (the engine's code lives in it).
+  std::error_code error;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  const std::string module = (self.parent_path() / mpa::server::kCudaEngineModule).string();
+  void* handle = dlopen(module.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device=cuda: cannot load the GPU engine ", module, ": ", dlerror()));
+  }
+  auto create = reinterpret_cast<mpa::server::CudaEngineFactory>(
+      dlsym(handle, mpa::server::kCudaEngineFactory));
+  if (create == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device=cuda: ", module, " has no ", mpa::server::kCudaEngineFactory));
+  }
+  std::unique_ptr<mpa::server::Engine> engine;
+  if (absl::Status s = create(model_dir, options, &engine); !s.ok()) return s;
+  return engine;
 #else
   return absl::FailedPreconditionError(
       "--device=cuda: this mpa_server was built without CUDA (configure with -DMPA_WITH_CUDA=ON "
