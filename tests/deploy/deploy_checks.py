@@ -349,14 +349,17 @@ def check_manifests(case, path, server_main):
         check(spec["volumes"][0].get("persistentVolumeClaim", {}).get("claimName") == "multipole-models",
               f"{case}: model claim {spec['volumes'][0]}")
         check(flags.get("attention") == "dense", f"{case}: --attention={flags.get('attention')}")
+        check("device" not in flags, f"{case}: --device={flags.get('device')} without a GPU")
     elif case == "gpu":
-        # values: gpu.enabled, serviceMonitor with a release label, multipole attention, a
+        # values: gpu.enabled (so --device=cuda and dense attention), serviceMonitor with a
+        # release label, multipole knobs, a
         # million-token KV cache (printed as an integer, not 1.048576e+06), a chart-made claim.
         check(container["image"] == "multipole/mpa-server:0.1.0-cuda", f"{case}: image {container['image']}")
         check(resources.get("limits", {}).get("nvidia.com/gpu") == "1",
               f"{case}: limits {resources.get('limits')}")
         check(resources.get("limits", {}).get("memory") == "8Gi", f"{case}: memory limit lost")
-        check(flags.get("attention") == "multipole", f"{case}: --attention={flags.get('attention')}")
+        check(flags.get("attention") == "dense", f"{case}: --attention={flags.get('attention')}")
+        check(flags.get("device") == "cuda", f"{case}: --device={flags.get('device')}")
         check(flags.get("max_kv_tokens") == "1048576", f"{case}: --max_kv_tokens={flags.get('max_kv_tokens')}")
         check(flags.get("cluster_ratio") == "8" and flags.get("block_tokens") == "8192"
               and flags.get("token_budget_fraction") == "0.05"

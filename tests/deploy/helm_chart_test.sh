@@ -6,7 +6,7 @@
 #     present, every query parses as PromQL.
 #   helm_chart_test.sh chart REPO_ROOT
 #     `helm lint` and `helm template` on deploy/helm/multipole with the default values and with a
-#     GPU + ServiceMonitor + multipole setup; the rendered manifests carry the server's args, ports,
+#     GPU + ServiceMonitor setup (with multipole knobs for CPU-side defaults); the rendered manifests carry the server's args, ports,
 #     gRPC probes, drain grace period and resources; bad values are refused. Exits 77 (skipped)
 #     without helm (tools/install-helm.sh installs it).
 set -euo pipefail
@@ -83,7 +83,7 @@ model:
   volume:
     type: persistentVolumeClaim
 server:
-  attention: multipole
+  attention: dense
   maxKvTokens: 1048576
   # Every knob the chart knows, so each is checked to be a flag of mpa_server.
   multipole:
@@ -132,4 +132,5 @@ refuse "server.attention must be one of" --set server.attention=sparse
 refuse "model.volume.hostPath must name" --set model.volume.type=hostPath
 refuse "model.volume.type must be one of" --set model.volume.type=nfs
 refuse "server.multipole.clusterRatio is not a flag" --set server.multipole.clusterRatio=8
+refuse "is not available with gpu.enabled" --set gpu.enabled=true --set server.attention=multipole
 echo "chart: PASS"
