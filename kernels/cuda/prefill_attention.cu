@@ -243,6 +243,371 @@ cudaError_t LaunchGroup(const PrefillArgs& a, const PrefillAttentionParams& p, i
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernel (head_dim 64 or 128, sm_80+ instructions), FlashAttention-2 style.
+//
+// A block of 4 warps owns kBlockM = 64 query rows: kBlockM / G positions x the G heads of one KV
+// head (row r = position r / G, head r % G), so each key/value tile serves the whole group. Warp w
+// owns rows 16 w .. 16 w + 15. Key/value tiles of kBlockN = 64 tokens stream through a two-slot
+// cp.async ring (16-byte copies, chunks XOR-swizzled by row so ldmatrix hits eight bank groups).
+// Per tile and warp:
+//   S [16 x 64]  = Q [16 x HD] . K^T        (Q fragments in registers, K by ldmatrix)
+//   O [16 x HD] += P [16 x 64] . V          (P straight from S's accumulators, V by ldmatrix.trans)
+// with a base-2 online softmax in fp32. Only tiles that reach past the block's first position
+// need the causal mask. With fp32 output, P goes to the tensor cores as two bf16 terms (hi + lo)
+// so the output keeps ~16 bits of P, as the CUDA-core kernel does; bf16 output needs one term.
+namespace tc {
+
+constexpr int kBlockM = 64;  // query rows per block
+constexpr int kBlockN = 64;  // keys per tile
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte cp.async; an invalid row is filled with zeros instead (no read), so keys past the end
+// never bring NaN or Inf into P V (0 * NaN would poison the row).
+__device__ __forceinline__ void CopyAsync16OrZero(uint32_t smem, const void* gmem, bool valid) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void Commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void Wait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+__device__ __forceinline__ void LoadMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void LoadMatrixX4Transposed(uint32_t addr, uint32_t (&r)[4]) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+#endif
+}
+
+// d += a [16 x 16, row] . b [16 x 8, col], bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// (lo, hi) as a bf16 pair plus the bf16 pair of what rounding left out.
+__device__ __forceinline__ void PackTwoTerms(float lo, float hi, uint32_t& big, uint32_t& small) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  const float2 back = __bfloat1622float2(h);
+  big = *reinterpret_cast<const uint32_t*>(&h);
+  small = Pack(lo - back.x, hi - back.y);
+}
+
+template <int HD>
+constexpr int SharedBytes() {
+  return 2 * 2 * kBlockN * HD * 2;  // two slots of K and V tiles (Q is staged in slot 1 first)
+}
+
+template <int HD, int G, bool kTwoTerms>
+__global__ void __launch_bounds__(kThreads) PrefillTensorCoreKernel(PrefillArgs a) {
+  static_assert(HD == 64 || HD == 128, "tensor-core tiles cover head_dim 64 and 128");
+  constexpr int kPositions = kBlockM / G;
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  constexpr int kRowBytes = HD * 2;
+  constexpr int kTileBytes = kBlockN * kRowBytes;  // one K (or V) tile, also the Q block
+  constexpr int kCopies = kTileBytes / 16 / kThreads;
+  constexpr int kSteps = HD / 16;  // k-steps of S, and 16-dim pairs of O's n-tiles
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base_addr = SharedAddress(smem);
+
+  // Heaviest (last) position tiles first, over every head and sequence: causal work grows with
+  // the tile index, and the light tiles fill the tail of the launch.
+  const int tile = gridDim.z - 1 - blockIdx.z, kvh = blockIdx.x, b = blockIdx.y;
+  const int row0 = a.q_starts[b];
+  const int num_new = a.q_starts[b + 1] - row0;
+  const int first_pos = tile * kPositions;
+  if (first_pos >= num_new) return;
+  const int kv_len = a.seq_lens[b];
+  const int pos_base = kv_len - num_new;
+  const int last_pos = min(num_new, first_pos + kPositions) - 1;
+  const int kv_end = pos_base + last_pos + 1;
+  const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
+  // Tiles before this one hold only keys every row may see.
+  const int first_masked = (pos_base + first_pos) / kBlockN;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+
+  const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
+  const int64_t page_stride = static_cast<int64_t>(a.num_kv_heads) * a.page_size * HD;
+  const int64_t head_offset = static_cast<int64_t>(kvh) * a.page_size * HD;
+  const int offset_mask = a.page_size - 1;
+
+  auto issue = [&](int j) {
+    if (j < num_tiles) {
+      const uint32_t dst = base_addr + (j & 1) * 2 * kTileBytes;
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int idx = i * kThreads + tid;
+        const int r = idx / kChunks, c = idx % kChunks;
+        const int tok = j * kBlockN + r;
+        const bool valid = tok < kv_end;
+        const int64_t off = valid ? table[tok >> a.page_shift] * page_stride + head_offset +
+                                        static_cast<int64_t>(tok & offset_mask) * HD + c * 8
+                                  : 0;
+        const uint32_t to = r * kRowBytes + ((c ^ (r & 7)) << 4);
+        CopyAsync16OrZero(dst + to, a.k + off, valid);
+        CopyAsync16OrZero(dst + kTileBytes + to, a.v + off, valid);
+      }
+    }
+    Commit();
+  };
+
+  // Q block staged in slot 1's K area: row r = position first_pos + r / G, head kvh * G + r % G.
+  // Rows past the new tokens read nothing (zeros) and are never written.
+  {
+    const uint32_t dst = base_addr + 2 * kTileBytes;
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int idx = i * kThreads + tid;
+      const int r = idx / kChunks, c = idx % kChunks;
+      const int qi = first_pos + r / G;
+      const bool valid = qi < num_new;
+      const int64_t off =
+          valid ? (static_cast<int64_t>(row0 + qi) * a.num_q_heads + kvh * G + r % G) * HD + c * 8
+                : 0;
+      CopyAsync16OrZero(dst + r * kRowBytes + ((c ^ (r & 7)) << 4), a.q + off, valid);
+    }
+  }
+  issue(0);  // Q and tile 0 in one group
+  Wait<0>();
+  __syncthreads();
+  // A fragments of Q, one per 16-dim k-step: matrix lane / 8 holds rows 8 ((lane / 8) & 1) + 0..7
+  // and chunk 2 kk + lane / 16.
+  uint32_t qf[kSteps][4];
+  {
+    const int r = warp * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+    const uint32_t qs = base_addr + 2 * kTileBytes + r * kRowBytes;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      const int c = 2 * kk + (lane >> 4);
+      LoadMatrixX4(qs + ((c ^ (r & 7)) << 4), qf[kk]);
+    }
+  }
+  __syncthreads();  // Q is in registers; slot 1 may be overwritten
+
+  // This lane's two rows: 16 warp + g and + 8. Rows past the new tokens take the last valid
+  // position, so they compute finite values that are dropped.
+  int row_pos[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int qi = min(first_pos + (warp * 16 + g + 8 * h) / G, last_pos);
+    row_pos[h] = pos_base + qi;
+  }
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.0f, 0.0f};
+  float o[2 * kSteps][4];  // n-tile nt: dims 8 nt + 2t (+1), rows g and g + 8
+#pragma unroll
+  for (int nt = 0; nt < 2 * kSteps; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+
+  // ldmatrix rows: K (B of S, non-transposed) matrix q = lane / 8 holds keys 8 (q >> 1) + 0..7,
+  // chunk 2 kk + (q & 1); V (B of O, transposed) holds keys 8 (q & 1) + 0..7, chunk 2 p + (q >> 1).
+  const int k_row = (lane & 7) + ((lane >> 4) << 3), k_half = (lane >> 3) & 1;
+  const int v_row = (lane & 7) + (((lane >> 3) & 1) << 3), v_half = lane >> 4;
+  const float scale2 = a.scale2;
+
+  for (int j = 0; j < num_tiles; ++j) {
+    issue(j + 1);
+    Wait<1>();
+    __syncthreads();
+    const uint32_t ks = base_addr + (j & 1) * 2 * kTileBytes;
+    const uint32_t vs = ks + kTileBytes;
+
+    float s[kBlockN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t bf[4];
+        const int r = 16 * np + k_row, c = 2 * kk + k_half;
+        LoadMatrixX4(ks + r * kRowBytes + ((c ^ (r & 7)) << 4), bf);
+        Mma(s[2 * np], qf[kk], bf[0], bf[1]);
+        Mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+      }
+    }
+    if (j >= first_masked) {
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        const int key = j * kBlockN + 8 * nt + 2 * t;
+        if (key > row_pos[0]) s[nt][0] = -INFINITY;
+        if (key + 1 > row_pos[0]) s[nt][1] = -INFINITY;
+        if (key > row_pos[1]) s[nt][2] = -INFINITY;
+        if (key + 1 > row_pos[1]) s[nt][3] = -INFINITY;
+      }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    }
+    float alpha[2], m_scaled[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      // Tile 0 always holds key 0, which every row sees, so m is finite from then on.
+      const float m_new = fmaxf(m[h], mx[h] * scale2);
+      alpha[h] = exp2f(m[h] - m_new);
+      m[h] = m_new;
+      m_scaled[h] = m_new;
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+      s[nt][0] = exp2f(fmaf(s[nt][0], scale2, -m_scaled[0]));
+      s[nt][1] = exp2f(fmaf(s[nt][1], scale2, -m_scaled[0]));
+      s[nt][2] = exp2f(fmaf(s[nt][2], scale2, -m_scaled[1]));
+      s[nt][3] = exp2f(fmaf(s[nt][3], scale2, -m_scaled[1]));
+      sum[0] += s[nt][0] + s[nt][1];
+      sum[1] += s[nt][2] + s[nt][3];
+    }
+    l[0] = fmaf(l[0], alpha[0], sum[0]);
+    l[1] = fmaf(l[1], alpha[1], sum[1]);
+#pragma unroll
+    for (int nt = 0; nt < 2 * kSteps; ++nt) {
+      o[nt][0] *= alpha[0];
+      o[nt][1] *= alpha[0];
+      o[nt][2] *= alpha[1];
+      o[nt][3] *= alpha[1];
+    }
+    // P's A fragments come straight from S's accumulators (keys 16 kk .. 16 kk + 15).
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t pa[4], pb[4];
+      if constexpr (kTwoTerms) {
+        PackTwoTerms(s[2 * kk][0], s[2 * kk][1], pa[0], pb[0]);
+        PackTwoTerms(s[2 * kk][2], s[2 * kk][3], pa[1], pb[1]);
+        PackTwoTerms(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], pb[2]);
+        PackTwoTerms(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], pb[3]);
+      } else {
+        pa[0] = Pack(s[2 * kk][0], s[2 * kk][1]);
+        pa[1] = Pack(s[2 * kk][2], s[2 * kk][3]);
+        pa[2] = Pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[3] = Pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < kSteps; ++dp) {
+        uint32_t bf[4];
+        const int r = 16 * kk + v_row, c = 2 * dp + v_half;
+        LoadMatrixX4Transposed(vs + r * kRowBytes + ((c ^ (r & 7)) << 4), bf);
+        Mma(o[2 * dp], pa, bf[0], bf[1]);
+        Mma(o[2 * dp + 1], pa, bf[2], bf[3]);
+        if constexpr (kTwoTerms) {
+          Mma(o[2 * dp], pb, bf[0], bf[1]);
+          Mma(o[2 * dp + 1], pb, bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with slot j & 1 before issue(j + 2) refills it
+  }
+  Wait<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float total = l[h];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const int r = warp * 16 + g + 8 * h;
+    const int qi = first_pos + r / G;
+    if (qi >= num_new) continue;
+    const float inv = 1.0f / total;  // total >= 1: the row's maximum contributes exp2(0)
+    const int64_t out_row =
+        (static_cast<int64_t>(row0 + qi) * a.num_q_heads + kvh * G + r % G) * HD;
+#pragma unroll
+    for (int nt = 0; nt < 2 * kSteps; ++nt) {
+      const int64_t idx = out_row + 8 * nt + 2 * t;
+      const float x = o[nt][2 * h] * inv, y = o[nt][2 * h + 1] * inv;
+      if (a.out != nullptr) {
+        *reinterpret_cast<__nv_bfloat162*>(a.out + idx) = __floats2bfloat162_rn(x, y);
+      } else {
+        *reinterpret_cast<float2*>(a.out_f32 + idx) = make_float2(x, y);
+      }
+    }
+  }
+}
+
+template <int HD, int G, bool kTwoTerms>
+cudaError_t Launch(const PrefillArgs& a, const PrefillAttentionParams& p, cudaStream_t stream) {
+  constexpr int bytes = SharedBytes<HD>();
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(PrefillTensorCoreKernel<HD, G, kTwoTerms>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (attr != cudaSuccess) return attr;
+  constexpr int kPositions = kBlockM / G;
+  if (p.batch > 65535 || (p.max_new_tokens + kPositions - 1) / kPositions > 65535) {
+    return cudaErrorInvalidValue;  // grid y and z limits
+  }
+  const dim3 grid(p.kv.num_kv_heads, p.batch, (p.max_new_tokens + kPositions - 1) / kPositions);
+  PrefillTensorCoreKernel<HD, G, kTwoTerms><<<grid, kThreads, bytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <int HD, bool kTwoTerms>
+cudaError_t LaunchGroup(const PrefillArgs& a, const PrefillAttentionParams& p, int group,
+                        cudaStream_t stream) {
+  switch (group) {
+    case 1:
+      return Launch<HD, 1, kTwoTerms>(a, p, stream);
+    case 2:
+      return Launch<HD, 2, kTwoTerms>(a, p, stream);
+    case 4:
+      return Launch<HD, 4, kTwoTerms>(a, p, stream);
+    case 8:
+      return Launch<HD, 8, kTwoTerms>(a, p, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <int HD>
+cudaError_t LaunchOutput(const PrefillArgs& a, const PrefillAttentionParams& p, int group,
+                         cudaStream_t stream) {
+  return a.out_f32 != nullptr ? LaunchGroup<HD, true>(a, p, group, stream)
+                              : LaunchGroup<HD, false>(a, p, group, stream);
+}
+
+}  // namespace tc
+
 }  // namespace
 
 cudaError_t PrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream) {
@@ -271,6 +636,12 @@ cudaError_t PrefillAttention(const PrefillAttentionParams& p, cudaStream_t strea
   a.out = p.out;
   a.out_f32 = p.out_f32;
   const int group = p.num_q_heads / nkv;
+  const bool tensor_core_shape = p.kv.head_dim == 64 || p.kv.head_dim == 128;
+  if (p.kernel == PrefillKernel::kTensorCore && !tensor_core_shape) return cudaErrorInvalidValue;
+  if (p.kernel != PrefillKernel::kCudaCore && tensor_core_shape) {
+    return p.kv.head_dim == 64 ? tc::LaunchOutput<64>(a, p, group, stream)
+                               : tc::LaunchOutput<128>(a, p, group, stream);
+  }
   switch (p.kv.head_dim) {
     case 8:
       return LaunchGroup<8>(a, p, group, stream);

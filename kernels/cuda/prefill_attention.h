@@ -7,6 +7,12 @@
 
 namespace mpa::cuda {
 
+// Which kernel runs. kAuto: for head_dim 64 and 128 a tensor-core kernel (FlashAttention-2 style:
+// mma.sync bf16 -> fp32, 64 query rows x 64-key tiles, cp.async double buffering; with fp32
+// output P enters the products as two bf16 terms), for every other head_dim a CUDA-core kernel.
+// Tests and benchmarks force one; kTensorCore on another head_dim is invalid.
+enum class PrefillKernel { kAuto, kCudaCore, kTensorCore };
+
 struct PrefillAttentionParams {
   // The new tokens of all sequences, back to back: sequence b owns rows
   // [q_starts[b], q_starts[b + 1]), and they are its last (q_starts[b+1] - q_starts[b]) positions.
@@ -22,6 +28,7 @@ struct PrefillAttentionParams {
   // Exactly one of the outputs is set.
   bf16* out = nullptr;       // [total_rows, num_q_heads, head_dim]
   float* out_f32 = nullptr;  // [total_rows, num_q_heads, head_dim]
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
 // Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}. cudaErrorInvalidValue otherwise.

@@ -21,10 +21,11 @@ struct Seq {
 };
 
 double RunCase(int hd, int group, int num_kv_heads, int page_size, const std::vector<Seq>& seqs,
-               bool bf16_out) {
+               bool bf16_out, PrefillKernel kernel = PrefillKernel::kAuto) {
   const uint64_t seed = testing::FreshSeed();
   std::string what = "hd" + std::to_string(hd) + " g" + std::to_string(group) + " page" +
-                     std::to_string(page_size) + " seed " + std::to_string(seed);
+                     std::to_string(page_size) + " kernel " +
+                     std::to_string(static_cast<int>(kernel)) + " seed " + std::to_string(seed);
   SCOPED_TRACE(what);
   std::mt19937_64 rng(seed);
   const int batch = static_cast<int>(seqs.size());
@@ -77,6 +78,7 @@ double RunCase(int hd, int group, int num_kv_heads, int page_size, const std::ve
   p.num_q_heads = nq;
   p.max_new_tokens = max_new;
   p.scale = scale;
+  p.kernel = kernel;
   if (bf16_out) {
     p.out = reinterpret_cast<bf16*>(out_bf16.get());
   } else {
@@ -102,6 +104,59 @@ TEST(PrefillAttentionGpuTest, MatchesReferenceOnAwkwardShapes) {
           << "hd " << hd << " group " << group;
     }
   }
+}
+
+// The CUDA-core kernel stays covered where the tensor-core one is the default.
+TEST(PrefillAttentionGpuTest, CudaCoreKernelForcedOnTensorCoreShapes) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int hd : {64, 128}) {
+    for (int group : {1, 4}) {
+      const std::vector<Seq> seqs = {{0, 77}, {37, 45 + group}, {100, 1}};
+      EXPECT_LT(RunCase(hd, group, 2, 16, seqs, false, PrefillKernel::kCudaCore), kF32Bound)
+          << "hd " << hd << " group " << group;
+    }
+  }
+}
+
+// Several 64-key tiles, diagonals that start mid-tile (prefixes not multiples of 64), rows past
+// the end of the last query tile, one-token chunks, in one mixed batch: bf16 output (one bf16
+// term of P) and fp32 output (two terms).
+TEST(PrefillAttentionGpuTest, TensorCoreKernelMixedBatch) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int hd : {64, 128}) {
+    for (int group : {1, 2, 4, 8}) {
+      for (int page : {16, 64}) {
+        const std::vector<Seq> seqs = {{0, 200}, {70, 131}, {5, 1}, {300, 64 / group + 3}, {0, 1}};
+        EXPECT_LT(RunCase(hd, group, 2, page, seqs, true, PrefillKernel::kTensorCore), kBf16Bound)
+            << "hd " << hd << " group " << group << " page " << page;
+        EXPECT_LT(RunCase(hd, group, 2, page, seqs, false, PrefillKernel::kTensorCore), kF32Bound)
+            << "hd " << hd << " group " << group << " page " << page;
+      }
+    }
+  }
+}
+
+TEST(PrefillAttentionGpuTest, TensorCoreKernelRefusesOtherHeadDims) {
+  MPA_SKIP_WITHOUT_GPU();
+  DeviceBuffer<uint16_t> q(8 * 24), k(16 * 24), v(16 * 24), out(8 * 24);
+  DeviceBuffer<int32_t> table(std::vector<int32_t>{0}), lens(std::vector<int32_t>{8}),
+      starts(std::vector<int32_t>{0, 8});
+  PrefillAttentionParams p;
+  p.q = reinterpret_cast<const bf16*>(q.get());
+  p.q_starts = starts.get();
+  p.kv = {reinterpret_cast<bf16*>(k.get()), reinterpret_cast<bf16*>(v.get()), 1, 24, 16};
+  p.block_table = {table.get(), 1};
+  p.seq_lens = lens.get();
+  p.batch = 1;
+  p.num_q_heads = 1;
+  p.max_new_tokens = 8;
+  p.scale = 0.2f;
+  p.out = reinterpret_cast<bf16*>(out.get());
+  p.kernel = PrefillKernel::kTensorCore;
+  EXPECT_EQ(PrefillAttention(p, nullptr), cudaErrorInvalidValue);
+  p.kernel = PrefillKernel::kAuto;
+  EXPECT_EQ(PrefillAttention(p, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 TEST(PrefillAttentionGpuTest, LongPromptLargePagesBf16) {
