@@ -103,6 +103,7 @@ struct CudaModel::Impl {
   int32_t* q_starts = nullptr;     // [2]
   int32_t* greedy = nullptr;       // [max_batch]
   cuda::SamplingRow* sampling = nullptr;  // [max_batch]
+  void* sampling_workspace = nullptr;     // SampleRowsWorkspaceBytes(max_batch)
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   void* blas_workspace = nullptr;  // cuBLAS's, set once so graph capture never allocates
@@ -220,6 +221,9 @@ absl::Status CudaModel::Init() {
   MPA_ASSIGN_OR_RETURN(d.slots, d.arena.Alloc<int64_t>(rows));
   MPA_ASSIGN_OR_RETURN(d.greedy, d.arena.Alloc<int32_t>(options_.max_batch));
   MPA_ASSIGN_OR_RETURN(d.sampling, d.arena.Alloc<cuda::SamplingRow>(options_.max_batch));
+  MPA_ASSIGN_OR_RETURN(char* sampling_ws, d.arena.Alloc<char>(static_cast<int64_t>(
+                                              cuda::SampleRowsWorkspaceBytes(options_.max_batch))));
+  d.sampling_workspace = sampling_ws;
   constexpr int64_t kBlasWorkspaceBytes = int64_t{32} << 20;
   MPA_ASSIGN_OR_RETURN(char* blas_ws, d.arena.Alloc<char>(kBlasWorkspaceBytes));
   d.blas_workspace = blas_ws;
@@ -735,7 +739,9 @@ absl::Status CudaModel::EnqueueSample(absl::Span<const SamplingParams> params, i
   } else {
     MPA_CUDA(cudaMemcpyAsync(d.sampling, d.h_sampling.data(), rows * sizeof(cuda::SamplingRow),
                              cudaMemcpyHostToDevice, d.stream));
-    MPA_CUDA(cuda::SampleRows(d.logits, rows, config_.vocab_size, d.sampling, d.greedy, d.stream));
+    MPA_CUDA(cuda::SampleRows(d.logits, rows, config_.vocab_size, d.sampling, d.greedy,
+                              d.sampling_workspace,
+                              cuda::SampleRowsWorkspaceBytes(options_.max_batch), d.stream));
   }
   MPA_CUDA(
       cudaMemcpyAsync(ids, d.greedy, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, d.stream));

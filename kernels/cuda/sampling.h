@@ -12,14 +12,25 @@ cudaError_t ArgmaxRows(const float* logits /*[rows, vocab]*/, int rows, int voca
 // Per-row sampling settings, on the device.
 struct SamplingRow {
   float temperature = 0.0f;  // <= 0: greedy
-  int top_k = 0;             // <= 0 or >= vocab: off. Ties with the k-th value are all kept.
-  float top_p = 1.0f;        // >= 1: off. Smallest high-probability set with mass >= top_p.
+  int top_k = 0;             // <= 0 or >= vocab: off. Exactly k ids; ties: lower id first.
+  float top_p = 1.0f;        // >= 1: off. Shortest rank-order prefix with mass >= top_p.
   uint64_t seed = 0;         // the draw: u = SamplingUniform(seed) (combine seed and step)
 };
 
-// For each row: p_i proportional to exp(logits_i / temperature) over the top-k set, restricted
-// to the top-p nucleus of that set; the id chosen is the first (in id order) whose cumulative
-// probability exceeds u * total.
+// For each row, the CPU Sampler's rules (model/sampler.cc): ids ranked by logit (ties: lower id
+// first), p_i proportional to exp((logit_i - max) / temperature); keep the first top_k, then the
+// shortest prefix of those whose mass reaches top_p of theirs; the id chosen is the first in rank
+// order whose cumulative mass exceeds u * (kept mass). Masses are summed as exact integers
+// (exp(-d) in units of 2^-(62 - ceil(log2 vocab))), so a row's draw is deterministic. Rows with
+// temperature <= 0 or top_k == 1 take the argmax (lowest id on ties).
+// Cost: a few passes over the logits with many blocks per row, then one block per row over the
+// candidates the cuts can keep (the whole row, filtered, when there are more than 2048 of them).
+size_t SampleRowsWorkspaceBytes(int rows);
+cudaError_t SampleRows(const float* logits /*[rows, vocab]*/, int rows, int vocab,
+                       const SamplingRow* params /*[rows] device*/, int32_t* ids /*[rows]*/,
+                       void* workspace /*SampleRowsWorkspaceBytes(rows)*/, size_t workspace_bytes,
+                       cudaStream_t stream);
+// The same with a stream-ordered workspace allocation per call.
 cudaError_t SampleRows(const float* logits /*[rows, vocab]*/, int rows, int vocab,
                        const SamplingRow* params /*[rows] device*/, int32_t* ids /*[rows]*/,
                        cudaStream_t stream);
