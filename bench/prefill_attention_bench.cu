@@ -6,6 +6,8 @@
 //
 // Usage: prefill_attention_bench [--out results.csv] [--tflops 790]
 // Prints a table; --out writes one CSV row per (case, kernel) for tools/bench_prefill_sdpa.py.
+// Kernels: tensor (4 warps / 64 query rows per block), tensor_8warps (128 rows), cuda_core; the
+// library's default is tensor_8warps at head_dim 128 and tensor at 64.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -138,17 +140,20 @@ int main(int argc, char** argv) {
     const double floor_s = flop / (tflops * 1e12);
     char name[64];
     std::snprintf(name, sizeof(name), "hd%d b%d prefix%d chunk%d", hd, c.batch, c.prefix, c.chunk);
-    for (const auto kernel :
-         {mpa::cuda::PrefillKernel::kTensorCore, mpa::cuda::PrefillKernel::kCudaCore}) {
-      const bool tensor = kernel == mpa::cuda::PrefillKernel::kTensorCore;
+    // Variants: the tensor-core kernel with 4 and 8 warps per block, the CUDA-core
+    // kernel where its time is affordable.
+    for (const int variant : {0, 1, 2}) {
+      const bool tensor = variant < 2;
       if (!tensor && !c.cuda_core) continue;
-      p.kernel = kernel;
+      p.kernel =
+          tensor ? mpa::cuda::PrefillKernel::kTensorCore : mpa::cuda::PrefillKernel::kCudaCore;
+      p.tensor_core_warps = variant == 1 ? 8 : 4;
       // ~0.2 s per trial for the tensor-core kernel, a few calls for the CUDA-core one.
       const int iters = tensor ? std::max(3, static_cast<int>(0.2 / (flop / 3e14))) : 2;
       const double t = TimeIt([&] { CHECK_CUDA(mpa::cuda::PrefillAttention(p, nullptr)); }, iters,
                               tensor ? 5 : 3);
       CHECK_CUDA(cudaDeviceSynchronize());
-      const char* kname = tensor ? "tensor" : "cuda_core";
+      const char* kname = variant == 0 ? "tensor" : variant == 1 ? "tensor_8warps" : "cuda_core";
       std::printf("%-28s %-10s %10.1f %9.1f %7.1f%%\n", name, kname, t * 1e6, flop / t * 1e-12,
                   100.0 * floor_s / t);
       if (csv) {

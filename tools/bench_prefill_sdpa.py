@@ -88,15 +88,16 @@ def main():
            f"{header}. Times in us (median of 5 trials); TFLOP/s over the causal half; floor = "
            f"FLOP / {floor_tflops:.0f} TFLOP/s (dense bf16 matrix rate). 32 query heads, 8 KV "
            "heads, BF16, pages of 16 tokens for ours, contiguous tensors for SDPA.", "",
-           "| head_dim | batch | prefix | chunk | tensor-core (ours) | TFLOP/s | % floor | "
-           "CUDA-core (ours) | cuDNN | flash | ours / best SDPA |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| head_dim | batch | prefix | chunk | tensor-core 4 warps | TFLOP/s | % floor | "
+           "8 warps | CUDA-core (ours) | cuDNN | flash | ours / best SDPA |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for hd, batch, prefix, chunk in cases:
         mine = {r["kernel"]: r for r in rows
                 if (int(r["head_dim"]), int(r["batch"]), int(r["prefix"]), int(r["chunk"])) ==
                 (hd, batch, prefix, chunk)}
         tc = mine.get("tensor")
         cc = mine.get("cuda_core")
+        t8 = mine.get("tensor_8warps")
         sd = {}
         if prefix == 0:
             sd = sdpa_times(hd, batch, chunk, float(tc["flop"]))
@@ -106,6 +107,7 @@ def main():
         ratio = "-" if best is None else f"{best * 1e6 / t_tc:.2f}x"
         line = (f"| {hd} | {batch} | {prefix} | {chunk} | {t_tc:.1f} | {float(tc['tflops']):.0f} | "
                 f"{100 * float(tc['floor_frac']):.1f}% | "
+                f"{'-' if t8 is None else t8['time_us']} | "
                 f"{'-' if cc is None else cc['time_us']} | {fmt(sd.get('cudnn'))} | "
                 f"{fmt(sd.get('flash'))} | {ratio} |")
         print(line, flush=True)

@@ -246,11 +246,11 @@ cudaError_t LaunchGroup(const PrefillArgs& a, const PrefillAttentionParams& p, i
 // ---------------------------------------------------------------------------------------------
 // Tensor-core kernel (head_dim 64 or 128, sm_80+ instructions), FlashAttention-2 style.
 //
-// A block of 4 warps owns kBlockM = 64 query rows: kBlockM / G positions x the G heads of one KV
-// head (row r = position r / G, head r % G), so each key/value tile serves the whole group. Warp w
-// owns rows 16 w .. 16 w + 15. Key/value tiles of kBlockN = 64 tokens stream through a two-slot
-// cp.async ring (16-byte copies, chunks XOR-swizzled by row so ldmatrix hits eight bank groups).
-// Per tile and warp:
+// A block of 4 warps (8 by default at head_dim 128) owns kBlockM = 64 (128) query rows: kBlockM / G
+// positions x the G heads of one KV head (row r = position r / G, head r % G), so each key/value
+// tile serves the whole group. Warp w owns rows 16 w .. 16 w + 15. Key/value tiles of kBlockN = 64
+// tokens stream through a two-slot cp.async ring (16-byte copies, chunks XOR-swizzled by row so
+// ldmatrix hits eight bank groups). Per tile and warp:
 //   S [16 x 64]  = Q [16 x HD] . K^T        (Q fragments in registers, K by ldmatrix)
 //   O [16 x HD] += P [16 x 64] . V          (P straight from S's accumulators, V by ldmatrix.trans)
 // with a base-2 online softmax in fp32. Only tiles that reach past the block's first position
@@ -258,10 +258,7 @@ cudaError_t LaunchGroup(const PrefillArgs& a, const PrefillAttentionParams& p, i
 // so the output keeps ~16 bits of P, as the CUDA-core kernel does; bf16 output needs one term.
 namespace tc {
 
-constexpr int kBlockM = 64;  // query rows per block
 constexpr int kBlockN = 64;  // keys per tile
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -335,14 +332,20 @@ constexpr int SharedBytes() {
   return 2 * 2 * kBlockN * HD * 2;  // two slots of K and V tiles (Q is staged in slot 1 first)
 }
 
-template <int HD, int G, bool kTwoTerms>
-__global__ void __launch_bounds__(kThreads) PrefillTensorCoreKernel(PrefillArgs a) {
+// kWarps warps of 16 query rows each: kBlockM = 16 kWarps rows per block (4: 64, the default; 8:
+// 128, which halves the tile loads per row and fits one block per multiprocessor).
+template <int HD, int G, bool kTwoTerms, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) PrefillTensorCoreKernel(PrefillArgs a) {
   static_assert(HD == 64 || HD == 128, "tensor-core tiles cover head_dim 64 and 128");
+  static_assert(kWarps == 4 || kWarps == 8, "Q is staged in slot 1 (at most 2 tiles of rows)");
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kBlockM = 16 * kWarps;
   constexpr int kPositions = kBlockM / G;
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
   constexpr int kRowBytes = HD * 2;
-  constexpr int kTileBytes = kBlockN * kRowBytes;  // one K (or V) tile, also the Q block
-  constexpr int kCopies = kTileBytes / 16 / kThreads;
+  constexpr int kTileBytes = kBlockN * kRowBytes;         // one K (or V) tile, also the Q block
+  constexpr int kCopies = kBlockN * kChunks / kThreads;   // per K (or V) tile
+  constexpr int kQCopies = kBlockM * kChunks / kThreads;  // the Q block
   constexpr int kSteps = HD / 16;  // k-steps of S, and 16-dim pairs of O's n-tiles
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t base_addr = SharedAddress(smem);
@@ -395,7 +398,7 @@ __global__ void __launch_bounds__(kThreads) PrefillTensorCoreKernel(PrefillArgs 
   {
     const uint32_t dst = base_addr + 2 * kTileBytes;
 #pragma unroll
-    for (int i = 0; i < kCopies; ++i) {
+    for (int i = 0; i < kQCopies; ++i) {
       const int idx = i * kThreads + tid;
       const int r = idx / kChunks, c = idx % kChunks;
       const int qi = first_pos + r / G;
@@ -566,34 +569,34 @@ __global__ void __launch_bounds__(kThreads) PrefillTensorCoreKernel(PrefillArgs 
   }
 }
 
-template <int HD, int G, bool kTwoTerms>
+template <int HD, int G, bool kTwoTerms, int kWarps>
 cudaError_t Launch(const PrefillArgs& a, const PrefillAttentionParams& p, cudaStream_t stream) {
   constexpr int bytes = SharedBytes<HD>();
   static const cudaError_t attr =
-      cudaFuncSetAttribute(PrefillTensorCoreKernel<HD, G, kTwoTerms>,
+      cudaFuncSetAttribute(PrefillTensorCoreKernel<HD, G, kTwoTerms, kWarps>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (attr != cudaSuccess) return attr;
-  constexpr int kPositions = kBlockM / G;
+  constexpr int kPositions = 16 * kWarps / G;
   if (p.batch > 65535 || (p.max_new_tokens + kPositions - 1) / kPositions > 65535) {
     return cudaErrorInvalidValue;  // grid y and z limits
   }
   const dim3 grid(p.kv.num_kv_heads, p.batch, (p.max_new_tokens + kPositions - 1) / kPositions);
-  PrefillTensorCoreKernel<HD, G, kTwoTerms><<<grid, kThreads, bytes, stream>>>(a);
+  PrefillTensorCoreKernel<HD, G, kTwoTerms, kWarps><<<grid, kWarps * 32, bytes, stream>>>(a);
   return cudaGetLastError();
 }
 
-template <int HD, bool kTwoTerms>
+template <int HD, bool kTwoTerms, int kWarps>
 cudaError_t LaunchGroup(const PrefillArgs& a, const PrefillAttentionParams& p, int group,
                         cudaStream_t stream) {
   switch (group) {
     case 1:
-      return Launch<HD, 1, kTwoTerms>(a, p, stream);
+      return Launch<HD, 1, kTwoTerms, kWarps>(a, p, stream);
     case 2:
-      return Launch<HD, 2, kTwoTerms>(a, p, stream);
+      return Launch<HD, 2, kTwoTerms, kWarps>(a, p, stream);
     case 4:
-      return Launch<HD, 4, kTwoTerms>(a, p, stream);
+      return Launch<HD, 4, kTwoTerms, kWarps>(a, p, stream);
     case 8:
-      return Launch<HD, 8, kTwoTerms>(a, p, stream);
+      return Launch<HD, 8, kTwoTerms, kWarps>(a, p, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -602,8 +605,15 @@ cudaError_t LaunchGroup(const PrefillArgs& a, const PrefillAttentionParams& p, i
 template <int HD>
 cudaError_t LaunchOutput(const PrefillArgs& a, const PrefillAttentionParams& p, int group,
                          cudaStream_t stream) {
-  return a.out_f32 != nullptr ? LaunchGroup<HD, true>(a, p, group, stream)
-                              : LaunchGroup<HD, false>(a, p, group, stream);
+  // Default from the H200 sweep: 8 warps (128 rows) won 4-7% at head_dim 128 from 4K up and lost
+  // 8% at head_dim 64 (8K prompt).
+  const int warps = p.tensor_core_warps != 0 ? p.tensor_core_warps : (HD == 128 ? 8 : 4);
+  if (warps == 8) {
+    return a.out_f32 != nullptr ? LaunchGroup<HD, true, 8>(a, p, group, stream)
+                                : LaunchGroup<HD, false, 8>(a, p, group, stream);
+  }
+  return a.out_f32 != nullptr ? LaunchGroup<HD, true, 4>(a, p, group, stream)
+                              : LaunchGroup<HD, false, 4>(a, p, group, stream);
 }
 
 }  // namespace tc
@@ -638,6 +648,9 @@ cudaError_t PrefillAttention(const PrefillAttentionParams& p, cudaStream_t strea
   const int group = p.num_q_heads / nkv;
   const bool tensor_core_shape = p.kv.head_dim == 64 || p.kv.head_dim == 128;
   if (p.kernel == PrefillKernel::kTensorCore && !tensor_core_shape) return cudaErrorInvalidValue;
+  if (p.tensor_core_warps != 0 && p.tensor_core_warps != 4 && p.tensor_core_warps != 8) {
+    return cudaErrorInvalidValue;
+  }
   if (p.kernel != PrefillKernel::kCudaCore && tensor_core_shape) {
     return p.kv.head_dim == 64 ? tc::LaunchOutput<64>(a, p, group, stream)
                                : tc::LaunchOutput<128>(a, p, group, stream);

@@ -8,7 +8,7 @@
 namespace mpa::cuda {
 
 // Which kernel runs. kAuto: for head_dim 64 and 128 a tensor-core kernel (FlashAttention-2 style:
-// mma.sync bf16 -> fp32, 64 query rows x 64-key tiles, cp.async double buffering; with fp32
+// mma.sync bf16 -> fp32, 64 or 128 query rows x 64-key tiles, cp.async double buffering; with fp32
 // output P enters the products as two bf16 terms), for every other head_dim a CUDA-core kernel.
 // Tests and benchmarks force one; kTensorCore on another head_dim is invalid.
 enum class PrefillKernel { kAuto, kCudaCore, kTensorCore };
@@ -29,6 +29,9 @@ struct PrefillAttentionParams {
   bf16* out = nullptr;       // [total_rows, num_q_heads, head_dim]
   float* out_f32 = nullptr;  // [total_rows, num_q_heads, head_dim]
   PrefillKernel kernel = PrefillKernel::kAuto;
+  // Tuning knob for benchmarks, 0: the default (8 for head_dim 128, 4 for 64). Tensor-core kernel:
+  // warps per block, 4 (64 query rows per block) or 8 (128 rows); anything else is invalid.
+  int tensor_core_warps = 0;
 };
 
 // Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}. cudaErrorInvalidValue otherwise.

@@ -21,11 +21,12 @@ struct Seq {
 };
 
 double RunCase(int hd, int group, int num_kv_heads, int page_size, const std::vector<Seq>& seqs,
-               bool bf16_out, PrefillKernel kernel = PrefillKernel::kAuto) {
+               bool bf16_out, PrefillKernel kernel = PrefillKernel::kAuto, int warps = 0) {
   const uint64_t seed = testing::FreshSeed();
   std::string what = "hd" + std::to_string(hd) + " g" + std::to_string(group) + " page" +
                      std::to_string(page_size) + " kernel " +
-                     std::to_string(static_cast<int>(kernel)) + " seed " + std::to_string(seed);
+                     std::to_string(static_cast<int>(kernel)) + " warps " + std::to_string(warps) +
+                     " seed " + std::to_string(seed);
   SCOPED_TRACE(what);
   std::mt19937_64 rng(seed);
   const int batch = static_cast<int>(seqs.size());
@@ -79,6 +80,7 @@ double RunCase(int hd, int group, int num_kv_heads, int page_size, const std::ve
   p.max_new_tokens = max_new;
   p.scale = scale;
   p.kernel = kernel;
+  p.tensor_core_warps = warps;
   if (bf16_out) {
     p.out = reinterpret_cast<bf16*>(out_bf16.get());
   } else {
@@ -120,17 +122,23 @@ TEST(PrefillAttentionGpuTest, CudaCoreKernelForcedOnTensorCoreShapes) {
 
 // Several 64-key tiles, diagonals that start mid-tile (prefixes not multiples of 64), rows past
 // the end of the last query tile, one-token chunks, in one mixed batch: bf16 output (one bf16
-// term of P) and fp32 output (two terms).
+// term of P) and fp32 output (two terms), with 4 warps per block (64 rows, the default) and 8
+// (128 rows, the benchmark knob).
 TEST(PrefillAttentionGpuTest, TensorCoreKernelMixedBatch) {
   MPA_SKIP_WITHOUT_GPU();
-  for (int hd : {64, 128}) {
-    for (int group : {1, 2, 4, 8}) {
-      for (int page : {16, 64}) {
-        const std::vector<Seq> seqs = {{0, 200}, {70, 131}, {5, 1}, {300, 64 / group + 3}, {0, 1}};
-        EXPECT_LT(RunCase(hd, group, 2, page, seqs, true, PrefillKernel::kTensorCore), kBf16Bound)
-            << "hd " << hd << " group " << group << " page " << page;
-        EXPECT_LT(RunCase(hd, group, 2, page, seqs, false, PrefillKernel::kTensorCore), kF32Bound)
-            << "hd " << hd << " group " << group << " page " << page;
+  for (int warps : {4, 8}) {
+    for (int hd : {64, 128}) {
+      for (int group : {1, 2, 4, 8}) {
+        for (int page : {16, 64}) {
+          const std::vector<Seq> seqs = {
+              {0, 200}, {70, 131}, {5, 1}, {300, 16 * warps / group + 3}, {0, 1}};
+          EXPECT_LT(RunCase(hd, group, 2, page, seqs, true, PrefillKernel::kTensorCore, warps),
+                    kBf16Bound)
+              << "warps " << warps << " hd " << hd << " group " << group << " page " << page;
+          EXPECT_LT(RunCase(hd, group, 2, page, seqs, false, PrefillKernel::kTensorCore, warps),
+                    kF32Bound)
+              << "warps " << warps << " hd " << hd << " group " << group << " page " << page;
+        }
       }
     }
   }
@@ -155,6 +163,9 @@ TEST(PrefillAttentionGpuTest, TensorCoreKernelRefusesOtherHeadDims) {
   p.kernel = PrefillKernel::kTensorCore;
   EXPECT_EQ(PrefillAttention(p, nullptr), cudaErrorInvalidValue);
   p.kernel = PrefillKernel::kAuto;
+  p.tensor_core_warps = 6;
+  EXPECT_EQ(PrefillAttention(p, nullptr), cudaErrorInvalidValue);
+  p.tensor_core_warps = 0;
   EXPECT_EQ(PrefillAttention(p, nullptr), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
