@@ -4,7 +4,8 @@
 # to OUT_DIR (default ./gpu_out).
 #
 # Usage: tools/gpu_check.sh BIN_DIR [OUT_DIR] [COMMIT]
-#   BIN_DIR holds *_gpu_test, decode_attention_bench, decode_step_bench (any subset) and, if the
+#   BIN_DIR holds *_gpu_test, decode_attention_bench, prefill_attention_bench, decode_step_bench
+#   (any subset) and, if the
 #   binaries were built elsewhere, a lib/ of their shared libraries (made by a bundling script).
 # Environment: MPA_SKIP_TESTS=1, MPA_SKIP_BENCH=1 to leave a part out; MPA_SWEEP=1 to add the
 # decode-attention tuning sweep.
@@ -44,6 +45,14 @@ if [ "${MPA_SKIP_BENCH:-0}" != 1 ]; then
       PYTHONUNBUFFERED=1 python3 "$(dirname "$0")/bench_sdpa.py" --ours "$out/decode_attention.csv" \
         --md "$out/decode_attention_h200.md" --commit "$commit" > "$out/bench_sdpa.log" 2>&1 || status=1
       tail -22 "$out/bench_sdpa.log"
+    fi
+  fi
+  if [ -x "$bin/prefill_attention_bench" ]; then
+    "$bin/prefill_attention_bench" --out "$out/prefill_attention.csv" | tee "$out/prefill_attention_bench.log"
+    if command -v python3 > /dev/null && python3 -c "import torch" 2> /dev/null; then
+      PYTHONUNBUFFERED=1 python3 "$(dirname "$0")/bench_prefill_sdpa.py" --ours "$out/prefill_attention.csv" \
+        --md "$out/prefill_attention_h200.md" --commit "$commit" > "$out/bench_prefill_sdpa.log" 2>&1 || status=1
+      tail -12 "$out/bench_prefill_sdpa.log"
     fi
   fi
   if [ -x "$bin/decode_step_bench" ]; then
