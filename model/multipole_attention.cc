@@ -203,7 +203,9 @@ void UpdateClusters(int layer, SequenceState& seq, int first_new) {
   if (state.heads.empty()) {
     // Dense until the clustered region is long enough to be worth clustering; then cluster all
     // of it at once (at the end of prefill, or the first time decoding crosses the threshold).
-    if (part.clustered_tokens() < config.min_clustered_tokens) return;
+    // At least one token too: an index built over an empty region has no final window, so
+    // Extend could not grow it and the tokens joining the region later would go unattended.
+    if (part.clustered_tokens() < std::max(1, config.min_clustered_tokens)) return;
     for (int h = 0; h < num_kv_heads; ++h) {
       state.heads.emplace_back(config, seq.head_dim(), HeadSeed(config, layer, h));
       state.heads.back().Build(RowsOf(seq, layer, h), part.sink_end, part.clustered_end);

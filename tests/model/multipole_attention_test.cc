@@ -361,5 +361,72 @@ TEST_P(EngineMultipoleTest, SmallBudgetReadsAFractionAndExactOnlySharesTheSelect
 
 INSTANTIATE_TEST_SUITE_P(Levels, EngineMultipoleTest, ::testing::Values(1, 2));
 
+// min_clustered_tokens = 0 with a sink: while the cache is shorter than sink + 2 intervals the
+// clustered region is empty, and the first interval that joins it later must still be attended
+// (a full budget reproduces dense attention at every step, whatever the cache length).
+TEST(EngineMultipoleEdgeTest, NoMinimumClusteredLengthStillAttendsEveryToken) {
+  ModelConfig mc;
+  mc.num_heads = 4;
+  mc.num_kv_heads = 2;
+  mc.head_dim = 8;
+  mc.num_layers = 1;
+  mc.rope_theta = 10000.0;
+  const Rope rope(mc);
+  CpuAttentionBackend backend(mc, rope);
+  AttentionOptions options;
+  options.mode = AttentionMode::kMultipole;
+  options.multipole = SmallConfig(1);
+  options.multipole.min_clustered_tokens = 0;
+  options.multipole.token_budget_fraction = 1.0f;
+  ASSERT_TRUE(options.multipole.Validate().ok());
+  SequenceState seq(nullptr, mc.num_layers, mc.num_kv_heads, mc.head_dim, options);
+  SequenceState dense_seq(nullptr, mc.num_layers, mc.num_kv_heads, mc.head_dim, AttentionOptions{});
+
+  std::mt19937 rng(std::random_device{}());
+  std::normal_distribution<float> normal;
+  const int d = mc.head_dim, q_dim = mc.num_heads * d;
+  auto append = [&](int count, bool decode) {
+    const int first = seq.num_tokens();
+    ASSERT_TRUE(seq.Reserve(count).ok());
+    ASSERT_TRUE(dense_seq.Reserve(count).ok());
+    std::vector<int32_t> ids(count, 1);
+    seq.CommitTokens(ids.data(), count);
+    dense_seq.CommitTokens(ids.data(), count);
+    for (int t = first; t < first + count; ++t) {
+      for (int h = 0; h < mc.num_kv_heads; ++h) {
+        std::vector<float> k(d), v(d);
+        for (int i = 0; i < d; ++i) {
+          k[i] = normal(rng);
+          v[i] = normal(rng);
+        }
+        for (SequenceState* s : {&seq, &dense_seq}) {
+          std::copy(k.begin(), k.end(), s->layer(0).RawKeyRow(h, t));
+          std::copy(v.begin(), v.end(), s->layer(0).ValueRow(h, t));
+        }
+        rope.Apply(k.data(), 1, t);
+        for (SequenceState* s : {&seq, &dense_seq}) {
+          std::copy(k.begin(), k.end(), s->layer(0).KeyRow(h, t));
+        }
+      }
+    }
+    backend.OnAppend(0, seq, first);
+    backend.OnAppend(0, dense_seq, first);
+    if (!decode) return;
+    std::vector<float> q_raw(q_dim), out(q_dim), want(q_dim);
+    for (float& x : q_raw) x = normal(rng);
+    std::vector<float> q_rot = q_raw;
+    rope.Apply(q_rot.data(), mc.num_heads, seq.num_tokens() - 1);
+    backend.Decode(0, seq, q_rot.data(), q_raw.data(), out.data());
+    backend.Decode(0, dense_seq, q_rot.data(), q_raw.data(), want.data());
+    ASSERT_LT(RelativeError(out.data(), want.data(), q_dim), 1e-5) << "T " << seq.num_tokens();
+  };
+  append(10, /*decode=*/false);  // 10 tokens: sink 4, no clustered region yet
+  for (int step = 0; step < 80; ++step) {
+    append(1, /*decode=*/true);
+    if (HasFatalFailure()) return;
+  }
+  EXPECT_DOUBLE_EQ(seq.stats().sparsity(), 1.0);
+}
+
 }  // namespace
 }  // namespace mpa
