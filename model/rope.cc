@@ -61,7 +61,8 @@ Rope::Rope(const ModelConfig& config) : head_dim_(config.head_dim) {
       double attention = 0.0;
       if (s.attention_factor) {
         attention = *s.attention_factor;
-      } else if (s.mscale && s.mscale_all_dim) {
+      } else if (s.mscale.value_or(0.0) != 0.0 && s.mscale_all_dim.value_or(0.0) != 0.0) {
+        // Truthiness, as transformers tests them: a zero mscale_all_dim means "not set".
         attention = YarnMscale(s.factor, *s.mscale) / YarnMscale(s.factor, *s.mscale_all_dim);
       } else {
         attention = YarnMscale(s.factor, 1.0);
