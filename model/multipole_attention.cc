@@ -26,8 +26,11 @@ CachePartition PartitionCache(int num_tokens, const MultipoleConfig& config) {
 
 int64_t TokenBudget(const MultipoleConfig& config, int clustered_tokens) {
   if (config.token_budget_fraction > 0.0f) {
-    return static_cast<int64_t>(
-        std::ceil(static_cast<double>(config.token_budget_fraction) * clustered_tokens));
+    // The fraction is an fp32 approximation of a decimal (0.1f is 0.1 + 1.5e-9): discount its
+    // representation error so that 10% of 1000 tokens is 100, not 101.
+    const double exact = static_cast<double>(config.token_budget_fraction) * clustered_tokens;
+    const double slack = exact * 0x1p-23;  // > the fp32 rounding of the fraction, 2^-24 relative
+    return std::max<int64_t>(0, static_cast<int64_t>(std::ceil(exact - slack)));
   }
   return config.token_budget;
 }

@@ -361,6 +361,22 @@ TEST_P(EngineMultipoleTest, SmallBudgetReadsAFractionAndExactOnlySharesTheSelect
 
 INSTANTIATE_TEST_SUITE_P(Levels, EngineMultipoleTest, ::testing::Values(1, 2));
 
+// ceil(fraction x clustered tokens) for the fraction the user wrote, not for its fp32 image.
+TEST(TokenBudgetTest, DecimalFractionsRoundAsWritten) {
+  MultipoleConfig c;
+  const struct {
+    float fraction;
+    int clustered;
+    int64_t want;
+  } cases[] = {{0.1f, 1000, 100},     {0.1f, 1001, 101},  {0.25f, 1000, 250}, {0.5f, 1, 1},
+               {0.3f, 10, 3},         {0.01f, 100, 1},    {1.0f, 777, 777},   {0.1f, 0, 0},
+               {0.7f, 100000, 70000}, {0.001f, 10001, 11}};
+  for (const auto& k : cases) {
+    c.token_budget_fraction = k.fraction;
+    EXPECT_EQ(TokenBudget(c, k.clustered), k.want) << k.fraction << " x " << k.clustered;
+  }
+}
+
 // min_clustered_tokens = 0 with a sink: while the cache is shorter than sink + 2 intervals the
 // clustered region is empty, and the first interval that joins it later must still be attended
 // (a full budget reproduces dense attention at every step, whatever the cache length).
