@@ -80,16 +80,22 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
  public:
   class Reactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
    public:
-    explicit Reactor(std::shared_ptr<GenerateStream> stream) : stream_(std::move(stream)) {}
+    Reactor(std::shared_ptr<GenerateStream> stream, OpenStreams* open)
+        : stream_(std::move(stream)), open_(open) {
+      open_->Add();
+    }
     void OnWriteDone(bool ok) override { stream_->OnWriteDone(ok); }
     void OnCancel() override { stream_->OnCancel(); }
     void OnDone() override {
       stream_->Detach();
+      OpenStreams* open = open_;
       delete this;
+      open->Remove();
     }
 
    private:
     std::shared_ptr<GenerateStream> stream_;
+    OpenStreams* open_;
   };
 
   explicit GenerateStream(ServerObserver* observer) : observer_(observer) {}
@@ -203,11 +209,45 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
 // A write reactor that only finishes with an error (requests refused before admission).
 class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
-  void OnDone() override { delete this; }
+  RefusedStream(const grpc::Status& status, OpenStreams* open) : open_(open) {
+    open_->Add();
+    Finish(status);
+  }
+  void OnDone() override {
+    OpenStreams* open = open_;
+    delete this;
+    open->Remove();
+  }
+
+ private:
+  OpenStreams* open_;
 };
 
 }  // namespace
+
+void OpenStreams::Add() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++count_;
+}
+
+void OpenStreams::Remove() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --count_;
+    if (count_ > 0) return;
+  }
+  none_cv_.notify_all();
+}
+
+int OpenStreams::count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return count_;
+}
+
+bool OpenStreams::WaitForNone(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return none_cv_.wait_until(lock, absl::ToChronoTime(deadline), [this] { return count_ == 0; });
+}
 
 void AttentionToProto(const AttentionOptions& options, v1::AttentionConfig* out) {
   out->set_mode(ToProtoMode(options.mode));
@@ -374,16 +414,18 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
   if (scheduler_->draining()) {
     return new RefusedStream(
         Translate(absl::UnavailableError("the server is shutting down: not accepting new requests"),
-                  observer_, /*generate=*/true));
+                  observer_, /*generate=*/true),
+        &open_streams_);
   }
   absl::StatusOr<GenerateParams> params =
       ParseGenerateRequest(*request, scheduler_->engine(), scheduler_->max_prompt_tokens());
   if (!params.ok()) {
-    return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true));
+    return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true),
+                             &open_streams_);
   }
   auto stream = std::make_shared<GenerateStream>(observer_);
   stream->set_return_logprobs(params->return_logprobs);
-  auto* reactor = new GenerateStream::Reactor(stream);
+  auto* reactor = new GenerateStream::Reactor(stream, &open_streams_);
   stream->Attach(reactor);
   scheduler_->Generate(std::move(*params), stream);
   return reactor;

@@ -5,13 +5,33 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
+#include <mutex>
+
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "multipole/v1/decode.grpc.pb.h"
 #include "server/decode_scheduler.h"
 #include "server/server_observer.h"
 #include "server/types.h"
 
 namespace mpa::server {
+
+// Generate calls whose reactor gRPC has not yet released (OnDone): a stream counts from its
+// start until its final status has been sent. Thread-safe.
+class OpenStreams {
+ public:
+  void Add();
+  void Remove();
+  int count() const;
+  // Blocks until no stream is open or the deadline passes; true if none is open.
+  bool WaitForNone(absl::Time deadline);
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable none_cv_;
+  int count_ = 0;
+};
 
 // Validates a GenerateRequest against the model and limits and converts it (tokenizing text).
 // InvalidArgument naming the field and the limit; FailedPrecondition for text without a
@@ -28,6 +48,11 @@ class DecodeService final : public multipole::v1::DecodeService::CallbackService
   // observer (may be null; outlives the service) hears of every refused or failed RPC.
   explicit DecodeService(DecodeScheduler* scheduler, ServerObserver* observer = nullptr)
       : scheduler_(scheduler), observer_(observer) {}
+
+  // Generate streams still open. On drain, once the scheduler is idle, wait for these to end
+  // before shutting the gRPC server down: then every stream has sent its last message and
+  // status, and the shutdown needs no grace period (see server_main.cc).
+  OpenStreams& open_streams() { return open_streams_; }
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const multipole::v1::CreateSessionRequest* request,
@@ -50,6 +75,7 @@ class DecodeService final : public multipole::v1::DecodeService::CallbackService
  private:
   DecodeScheduler* scheduler_;
   ServerObserver* observer_;
+  OpenStreams open_streams_;
 };
 
 }  // namespace mpa::server

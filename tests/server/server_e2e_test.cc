@@ -427,5 +427,21 @@ TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
   std::printf("%s", server_->output().c_str());
 }
 
+// A client that made a call and then sits idle does not read its socket until its channel's
+// backup poller runs (every 5 s by default), so it acknowledges the server's GOAWAY late: the
+// server must not wait for that acknowledgement once its streams have ended.
+TEST_F(ServerE2eTest, SigtermExitsPromptlyWithAnIdleClientConnected) {
+  StartServer({"--threads=1"});
+  StreamResult turn = Generate(*stub_, IdsRequest(RandomPrompt(8), 16));
+  ASSERT_TRUE(turn.status.ok()) << turn.status.error_message();
+  // Both this test's channel and a second one are idle from here on.
+  auto idle_channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(HealthStatus(idle_channel), 1);
+  const absl::Time signalled = absl::Now();
+  server_->Signal(SIGTERM);
+  ASSERT_EQ(server_->Wait(absl::Seconds(30)), 0) << server_->output();
+  EXPECT_LT(absl::Now() - signalled, absl::Seconds(2)) << server_->output();
+}
+
 }  // namespace
 }  // namespace mpa::server
