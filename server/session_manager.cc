@@ -37,11 +37,26 @@ absl::StatusOr<Session*> SessionManager::Create(std::unique_ptr<EngineSequence> 
   return raw;
 }
 
+namespace {
+
+// A client's id as quoted in an error: ids are at most a few dozen bytes, but a request may send
+// megabytes, and the status message travels in a trailer that clients cap (8 KiB by default in
+// gRPC), so a long id is cut, at a UTF-8 character boundary.
+std::string QuoteId(absl::string_view id) {
+  constexpr size_t kMaxQuoted = 64;
+  if (id.size() <= kMaxQuoted) return absl::StrCat("\"", id, "\"");
+  size_t cut = kMaxQuoted;
+  while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat("\"", id.substr(0, cut), "...\" (", id.size(), " bytes)");
+}
+
+}  // namespace
+
 absl::StatusOr<Session*> SessionManager::Find(absl::string_view id) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("session_id: no session \"", id, "\" (never created, closed, or expired)"));
+    return absl::NotFoundError(absl::StrCat("session_id: no session ", QuoteId(id),
+                                            " (never created, closed, or expired)"));
   }
   return it->second.get();
 }

@@ -180,5 +180,47 @@ TEST_F(DecodeServiceTest, ModelInfoAndTextInput) {
   EXPECT_EQ(result->usage().prompt_tokens(), 6);  // BOS + 5 characters
 }
 
+// An unknown session id is echoed in the NOT_FOUND message; a very long one must not make the
+// status too large for the client's metadata limit (8 KiB by default), which would turn the
+// answer into a different error. Ids with odd characters are reported the same way.
+TEST_F(DecodeServiceTest, LongOrOddUnknownSessionIdsAreNotFound) {
+  const std::vector<std::string> ids = {std::string(100000, 'x'), "ses-\n\t\"%\x01",
+                                        "\xc3\xa9t\xc3\xa9 \xe2\x9c\x93"};
+  for (const std::string& id : ids) {
+    {
+      grpc::ClientContext context;
+      v1::GetSessionRequest request;
+      request.set_session_id(id);
+      v1::GetSessionResponse response;
+      const grpc::Status status = stub_->GetSession(&context, request, &response);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+      EXPECT_LT(status.error_message().size(), 1000u);
+      EXPECT_THAT(status.error_message(), ::testing::HasSubstr("session_id"));
+    }
+    {
+      grpc::ClientContext context;
+      v1::CloseSessionRequest request;
+      request.set_session_id(id);
+      v1::CloseSessionResponse response;
+      EXPECT_EQ(stub_->CloseSession(&context, request, &response).error_code(),
+                grpc::StatusCode::NOT_FOUND);
+    }
+    {
+      grpc::ClientContext context;
+      v1::CancelGenerationRequest request;
+      request.set_session_id(id);
+      v1::CancelGenerationResponse response;
+      EXPECT_EQ(stub_->CancelGeneration(&context, request, &response).error_code(),
+                grpc::StatusCode::NOT_FOUND);
+    }
+    grpc::ClientContext context;
+    auto stream = stub_->Generate(&context, Request(RandomIds(3), 4, id));
+    v1::GenerateResponse message;
+    while (stream->Read(&message)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+}
+
 }  // namespace
 }  // namespace mpa::server
