@@ -378,6 +378,17 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   }
   // The last sampled token is never fed, so the KV cache ends at most max_new - 1 past the input.
   const int64_t final_kv = context + input_tokens + std::max<int64_t>(0, max_new - 1);
+  // More than the whole cache can never be admitted: waiting would not help, so the request is
+  // over a limit rather than "retry later".
+  const int64_t capacity_blocks = engine_->KvBlocksFor(engine_->info().kv_capacity_tokens);
+  if (engine_->KvBlocksFor(final_kv) > capacity_blocks) {
+    return refuse(absl::InvalidArgumentError(absl::StrFormat(
+        "sampling.max_new_tokens: the context's %d tokens + %d input tokens + max_new_tokens %d "
+        "need %d tokens of KV cache, more than the whole cache holds (%d tokens, "
+        "--max_kv_tokens); lower max_new_tokens or start a new session",
+        context, input_tokens, max_new, final_kv,
+        capacity_blocks * engine_->info().kv_block_tokens)));
+  }
   const int64_t need =
       engine_->KvBlocksFor(final_kv) - engine_->KvBlocksFor(session->sequence->num_tokens());
   const int64_t available = engine_->free_kv_blocks() - ReservedGrowthBlocks();

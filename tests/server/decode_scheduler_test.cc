@@ -242,6 +242,27 @@ TEST_F(SchedulerTest, LimitsReturnTheirCodes) {
   EXPECT_EQ(busy1->ids().size(), 40u);
 }
 
+// A request larger than the whole KV cache can never be admitted, however long the client
+// waits: it is refused as over a limit (INVALID_ARGUMENT naming max_new_tokens and
+// --max_kv_tokens), not as "retry later"; one that fits exactly is admitted.
+TEST_F(SchedulerTest, RequestLargerThanTheWholeKvCacheIsInvalidNotRetryable) {
+  SchedulerOptions options;
+  options.max_total_tokens = 400;
+  Make(options, /*kv_tokens=*/128);  // 8 blocks of 16 tokens
+  auto never = Run(Params(RandomIds(rng_, 40), 100));
+  EXPECT_EQ(never->status().code(), absl::StatusCode::kInvalidArgument) << never->status();
+  EXPECT_THAT(never->status().message(), HasSubstr("max_new_tokens"));
+  EXPECT_THAT(never->status().message(), HasSubstr("max_kv_tokens"));
+  EXPECT_THAT(never->status().message(), HasSubstr("128"));
+  // 40 input + 89 fed tokens = 129 KV tokens: one more than the cache holds.
+  auto one_over = Run(Params(RandomIds(rng_, 40), 90));
+  EXPECT_EQ(one_over->status().code(), absl::StatusCode::kInvalidArgument) << one_over->status();
+  // 40 input + 88 fed tokens = 128: the whole cache, admitted.
+  auto fits = Run(Params(RandomIds(rng_, 40), 89));
+  ASSERT_TRUE(fits->status().ok()) << fits->status();
+  EXPECT_EQ(fits->ids().size(), 89u);
+}
+
 // An engine that attends densely only (the GPU engine): every way of asking for another mode is
 // refused at admission with InvalidArgument naming the mode and the device, before a sequence
 // exists; dense requests on the same scheduler still run.
