@@ -17,6 +17,11 @@ namespace v1 = ::multipole::v1;
 
 namespace {
 
+// Request limits on stop conditions (see the sampling.stop comment in decode.proto).
+constexpr int kMaxStopStrings = 16;
+constexpr size_t kMaxStopStringBytes = 256;
+constexpr int kMaxStopTokenIds = 64;
+
 v1::AttentionMode ToProtoMode(AttentionMode mode) {
   switch (mode) {
     case AttentionMode::kDense:
@@ -363,7 +368,21 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
     }
     p.max_new_tokens = s.max_new_tokens();
   }
+  // Every generated token is checked against every stop string on the engine thread, so their
+  // number and length are bounded to keep one request from slowing every stream in the batch.
+  if (s.stop_size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.stop: ", s.stop_size(), " stop strings; at most ", kMaxStopStrings));
+  }
+  if (s.stop_token_ids_size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampling.stop_token_ids: ", s.stop_token_ids_size(), " ids; at most ", kMaxStopTokenIds));
+  }
   for (int i = 0; i < s.stop_size(); ++i) {
+    if (s.stop(i).size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "]: ", s.stop(i).size(),
+                                                     " bytes; at most ", kMaxStopStringBytes));
+    }
     if (s.stop(i).empty()) {
       return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "]: empty stop string"));
     }

@@ -317,6 +317,21 @@ TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
   }
   {
     v1::GenerateRequest r = IdsRequest({1}, 4);
+    for (int i = 0; i < 17; ++i) r.mutable_sampling()->add_stop(absl::StrCat("stop", i));
+    cases.push_back({"too many stop strings", r, grpc::INVALID_ARGUMENT, "at most 16"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    r.mutable_sampling()->add_stop(std::string(257, 'x'));
+    cases.push_back({"stop string too long", r, grpc::INVALID_ARGUMENT, "sampling.stop[0]"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
+    for (int i = 0; i < 65; ++i) r.mutable_sampling()->add_stop_token_ids(3);
+    cases.push_back({"too many stop ids", r, grpc::INVALID_ARGUMENT, "sampling.stop_token_ids"});
+  }
+  {
+    v1::GenerateRequest r = IdsRequest({1}, 4);
     r.mutable_attention()->set_token_budget(0);
     cases.push_back({"zero token budget", r, grpc::INVALID_ARGUMENT, "attention.token_budget"});
   }
