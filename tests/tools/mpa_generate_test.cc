@@ -1,4 +1,6 @@
 // Runs the real mpa_generate binary: its output on stories260K and its errors.
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -19,7 +21,10 @@ struct Result {
 };
 
 Result RunGenerate(const std::string& args) {
-  const std::string err_file = testing::TempDir() + "/mpa_generate_stderr.txt";
+  // One file per call: ctest runs this binary's tests as parallel processes.
+  static int calls = 0;
+  const std::string err_file = testing::TempDir() + "/mpa_generate_stderr." +
+                               std::to_string(getpid()) + "." + std::to_string(calls++) + ".txt";
   const std::string cmd = kBinary + " " + args + " 2>" + err_file;
   Result r;
   FILE* pipe = popen(cmd.c_str(), "r");
@@ -30,6 +35,7 @@ Result RunGenerate(const std::string& args) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   std::ifstream in(err_file);
   r.err.assign(std::istreambuf_iterator<char>(in), {});
+  std::remove(err_file.c_str());
   return r;
 }
 
