@@ -3,9 +3,20 @@
 
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/mma_util.cuh"
 
 namespace mpa::cuda {
 namespace {
+
+using detail::CommitAsync;
+using detail::CopyAsync16OrZero;
+using detail::LoadMatrixX4;
+using detail::LoadMatrixX4Transposed;
+using detail::MmaBf16;
+using detail::PackBf16;
+using detail::PackBf16TwoTerms;
+using detail::SharedAddress;
+using detail::WaitAsync;
 
 constexpr int kThreads = 256;
 
@@ -36,17 +47,6 @@ __device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
 #else
   *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
-#endif
-}
-__device__ __forceinline__ void CommitAsync() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void WaitAsync() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 
@@ -277,49 +277,6 @@ namespace tc {
 
 constexpr int kTile = 16;  // tokens per tile; a tile never crosses a page (pages >= 16, aligned)
 
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte cp.async; an invalid row is filled with zeros instead (no read), so rows past the
-// sequence end never bring NaN or Inf into the products.
-__device__ __forceinline__ void CopyAsync16OrZero(uint32_t smem, const void* gmem, bool valid) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#endif
-}
-
-__device__ __forceinline__ void LoadMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-
-__device__ __forceinline__ void LoadMatrixX4Transposed(uint32_t addr, uint32_t (&r)[4]) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-
-// d += a [16 x 16, row] . b [16 x 8, col], bf16 inputs, fp32 accumulators.
-__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                        uint32_t b1) {
-#if __CUDA_ARCH__ >= 800
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 // Transposes an 8x8 bf16 matrix held in the ldmatrix fragment layout (lane holds row lane / 4,
 // columns 2 (lane % 4) and 2 (lane % 4) + 1).
 __device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
@@ -328,20 +285,6 @@ __device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
   asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
 #endif
   return y;
-}
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-// Splits (lo, hi) into two bf16 pairs whose sum carries ~16 significant bits of each value.
-__device__ __forceinline__ void PackBf16TwoTerms(float lo, float hi, uint32_t& big,
-                                                 uint32_t& small) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  const float2 back = __bfloat1622float2(h);
-  big = *reinterpret_cast<const uint32_t*>(&h);
-  small = PackBf16(lo - back.x, hi - back.y);
 }
 
 template <int HD, int kWarps, int kStages>

@@ -2,10 +2,21 @@
 #include <cmath>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/mma_util.cuh"
 #include "kernels/cuda/prefill_attention.h"
 
 namespace mpa::cuda {
 namespace {
+
+using detail::CommitAsync;
+using detail::CopyAsync16OrZero;
+using detail::LoadMatrixX4;
+using detail::LoadMatrixX4Transposed;
+using detail::MmaBf16;
+using detail::PackBf16;
+using detail::PackBf16TwoTerms;
+using detail::SharedAddress;
+using detail::WaitAsync;
 
 constexpr int kRows = 64;      // query rows per block: (kRows / group) positions x group heads
 constexpr int kTile = 32;      // keys per shared-memory tile
@@ -260,73 +271,6 @@ namespace tc {
 
 constexpr int kBlockN = 64;  // keys per tile
 
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte cp.async; an invalid row is filled with zeros instead (no read), so keys past the end
-// never bring NaN or Inf into P V (0 * NaN would poison the row).
-__device__ __forceinline__ void CopyAsync16OrZero(uint32_t smem, const void* gmem, bool valid) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void Commit() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void Wait() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
-__device__ __forceinline__ void LoadMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-
-__device__ __forceinline__ void LoadMatrixX4Transposed(uint32_t addr, uint32_t (&r)[4]) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-
-// d += a [16 x 16, row] . b [16 x 8, col], bf16 inputs, fp32 accumulators.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-#if __CUDA_ARCH__ >= 800
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
-__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-// (lo, hi) as a bf16 pair plus the bf16 pair of what rounding left out.
-__device__ __forceinline__ void PackTwoTerms(float lo, float hi, uint32_t& big, uint32_t& small) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  const float2 back = __bfloat1622float2(h);
-  big = *reinterpret_cast<const uint32_t*>(&h);
-  small = Pack(lo - back.x, hi - back.y);
-}
-
 template <int HD>
 constexpr int SharedBytes() {
   return 2 * 2 * kBlockN * HD * 2;  // two slots of K and V tiles (Q is staged in slot 1 first)
@@ -390,7 +334,7 @@ __global__ void __launch_bounds__(kWarps * 32) PrefillTensorCoreKernel(PrefillAr
         CopyAsync16OrZero(dst + kTileBytes + to, a.v + off, valid);
       }
     }
-    Commit();
+    CommitAsync();
   };
 
   // Q block staged in slot 1's K area: row r = position first_pos + r / G, head kvh * G + r % G.
@@ -410,7 +354,7 @@ __global__ void __launch_bounds__(kWarps * 32) PrefillTensorCoreKernel(PrefillAr
     }
   }
   issue(0);  // Q and tile 0 in one group
-  Wait<0>();
+  WaitAsync<0>();
   __syncthreads();
   // A fragments of Q, one per 16-dim k-step: matrix lane / 8 holds rows 8 ((lane / 8) & 1) + 0..7
   // and chunk 2 kk + lane / 16.
@@ -448,7 +392,7 @@ __global__ void __launch_bounds__(kWarps * 32) PrefillTensorCoreKernel(PrefillAr
 
   for (int j = 0; j < num_tiles; ++j) {
     issue(j + 1);
-    Wait<1>();
+    WaitAsync<1>();
     __syncthreads();
     const uint32_t ks = base_addr + (j & 1) * 2 * kTileBytes;
     const uint32_t vs = ks + kTileBytes;
@@ -463,8 +407,8 @@ __global__ void __launch_bounds__(kWarps * 32) PrefillTensorCoreKernel(PrefillAr
         uint32_t bf[4];
         const int r = 16 * np + k_row, c = 2 * kk + k_half;
         LoadMatrixX4(ks + r * kRowBytes + ((c ^ (r & 7)) << 4), bf);
-        Mma(s[2 * np], qf[kk], bf[0], bf[1]);
-        Mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+        MmaBf16(s[2 * np], qf[kk], bf[0], bf[1]);
+        MmaBf16(s[2 * np + 1], qf[kk], bf[2], bf[3]);
       }
     }
     if (j >= first_masked) {
@@ -518,32 +462,32 @@ __global__ void __launch_bounds__(kWarps * 32) PrefillTensorCoreKernel(PrefillAr
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       uint32_t pa[4], pb[4];
       if constexpr (kTwoTerms) {
-        PackTwoTerms(s[2 * kk][0], s[2 * kk][1], pa[0], pb[0]);
-        PackTwoTerms(s[2 * kk][2], s[2 * kk][3], pa[1], pb[1]);
-        PackTwoTerms(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], pb[2]);
-        PackTwoTerms(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], pb[3]);
+        PackBf16TwoTerms(s[2 * kk][0], s[2 * kk][1], pa[0], pb[0]);
+        PackBf16TwoTerms(s[2 * kk][2], s[2 * kk][3], pa[1], pb[1]);
+        PackBf16TwoTerms(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], pb[2]);
+        PackBf16TwoTerms(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], pb[3]);
       } else {
-        pa[0] = Pack(s[2 * kk][0], s[2 * kk][1]);
-        pa[1] = Pack(s[2 * kk][2], s[2 * kk][3]);
-        pa[2] = Pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[3] = Pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        pa[0] = PackBf16(s[2 * kk][0], s[2 * kk][1]);
+        pa[1] = PackBf16(s[2 * kk][2], s[2 * kk][3]);
+        pa[2] = PackBf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[3] = PackBf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
       }
 #pragma unroll
       for (int dp = 0; dp < kSteps; ++dp) {
         uint32_t bf[4];
         const int r = 16 * kk + v_row, c = 2 * dp + v_half;
         LoadMatrixX4Transposed(vs + r * kRowBytes + ((c ^ (r & 7)) << 4), bf);
-        Mma(o[2 * dp], pa, bf[0], bf[1]);
-        Mma(o[2 * dp + 1], pa, bf[2], bf[3]);
+        MmaBf16(o[2 * dp], pa, bf[0], bf[1]);
+        MmaBf16(o[2 * dp + 1], pa, bf[2], bf[3]);
         if constexpr (kTwoTerms) {
-          Mma(o[2 * dp], pb, bf[0], bf[1]);
-          Mma(o[2 * dp + 1], pb, bf[2], bf[3]);
+          MmaBf16(o[2 * dp], pb, bf[0], bf[1]);
+          MmaBf16(o[2 * dp + 1], pb, bf[2], bf[3]);
         }
       }
     }
     __syncthreads();  // every warp is done with slot j & 1 before issue(j + 2) refills it
   }
-  Wait<0>();
+  WaitAsync<0>();
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
