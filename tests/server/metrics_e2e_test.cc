@@ -27,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "multipole/v1/decode.grpc.pb.h"
 #include "tests/server/exposition.h"
+#include "tests/server/generate_stream.h"
 #include "tests/server/server_process.h"
 
 namespace mpa::server {
@@ -34,11 +35,14 @@ namespace {
 
 namespace v1 = ::multipole::v1;
 using testing::ChildProcess;
+using testing::Generate;
 using ::testing::HasSubstr;
 using testing::HttpGet;
+using testing::IdsRequest;
 using testing::PortOf;
 using testing::Samples;
 using testing::Shell;
+using testing::StreamResult;
 using testing::Value;
 
 const char kModelDir[] = MPA_SOURCE_DIR "/../shared/models/stories260K";
@@ -50,36 +54,6 @@ const std::vector<std::string> kServerFlags = {
     "--threads=1",       "--max_kv_tokens=2048",     "--token_budget=8", "--cluster_interval=8",
     "--block_tokens=32", "--min_clustered_tokens=8", "--sink_tokens=2",  "--cluster_ratio=4",
 };
-
-struct StreamResult {
-  std::vector<int32_t> ids;
-  std::optional<v1::GenerateResult> result;
-  grpc::Status status;
-};
-
-v1::GenerateRequest IdsRequest(const std::vector<int32_t>& ids, int max_new,
-                               const std::string& session = "") {
-  v1::GenerateRequest r;
-  r.set_session_id(session);
-  for (int32_t id : ids) r.mutable_token_ids()->add_ids(id);
-  r.mutable_sampling()->set_max_new_tokens(max_new);
-  r.mutable_sampling()->set_ignore_eos(true);
-  return r;
-}
-
-StreamResult Generate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
-  StreamResult out;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  auto reader = stub.Generate(&context, request);
-  v1::GenerateResponse message;
-  while (reader->Read(&message)) {
-    for (const auto& t : message.tokens()) out.ids.push_back(t.id());
-    if (message.has_result()) out.result = message.result();
-  }
-  out.status = reader->Finish();
-  return out;
-}
 
 class MetricsE2eTest : public ::testing::Test {
  protected:

@@ -28,13 +28,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "multipole/v1/decode.grpc.pb.h"
+#include "tests/server/generate_stream.h"
 #include "tests/server/server_process.h"
 
 namespace mpa::server {
 namespace {
 
 namespace v1 = ::multipole::v1;
+using testing::Generate;
 using ::testing::HasSubstr;
+using testing::IdsRequest;
+using testing::StreamResult;
 
 const char kModelDir[] = MPA_SOURCE_DIR "/../shared/models/stories260K";
 // Greedy ids of stories260K from BOS (id 1), as its README records them (checked against HF).
@@ -79,41 +83,6 @@ std::vector<int32_t> ParseIds(absl::string_view text) {
     if (absl::SimpleAtoi(piece, &id)) ids.push_back(id);
   }
   return ids;
-}
-
-struct StreamResult {
-  std::vector<int32_t> ids;
-  std::optional<v1::GenerateResult> result;
-  grpc::Status status;
-  int messages = 0;
-};
-
-v1::GenerateRequest IdsRequest(const std::vector<int32_t>& ids, int max_new,
-                               const std::string& session = "") {
-  v1::GenerateRequest r;
-  r.set_session_id(session);
-  for (int32_t id : ids) r.mutable_token_ids()->add_ids(id);
-  r.mutable_sampling()->set_max_new_tokens(max_new);
-  r.mutable_sampling()->set_ignore_eos(true);
-  return r;
-}
-
-StreamResult Generate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request,
-                      std::atomic<int>* first_token = nullptr) {
-  StreamResult out;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  auto reader = stub.Generate(&context, request);
-  v1::GenerateResponse message;
-  while (reader->Read(&message)) {
-    ++out.messages;
-    const bool first = out.ids.empty() && message.tokens_size() > 0;
-    for (const auto& t : message.tokens()) out.ids.push_back(t.id());
-    if (first_token != nullptr && first) ++*first_token;
-    if (message.has_result()) out.result = message.result();
-  }
-  out.status = reader->Finish();
-  return out;
 }
 
 // grpc.health.v1.Health/Check of DecodeService through the generic stub (the response is one

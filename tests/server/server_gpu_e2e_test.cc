@@ -24,13 +24,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "multipole/v1/decode.grpc.pb.h"
+#include "tests/server/generate_stream.h"
 #include "tests/server/server_process.h"
 
 namespace mpa::server {
 namespace {
 
 namespace v1 = ::multipole::v1;
+using testing::Generate;
 using ::testing::HasSubstr;
+using testing::IdsRequest;
+using testing::StreamResult;
 
 // Greedy ids of stories260K from BOS (id 1), as its README records them (the same list as
 // server_e2e_test.cc checks on the CPU).
@@ -102,34 +106,6 @@ std::string NoGpuReason(GpuServer& server) {
     if (out.find(why) != std::string::npos) return out;
   }
   return "";
-}
-
-struct StreamResult {
-  std::vector<int32_t> ids;
-  std::optional<v1::GenerateResult> result;
-  grpc::Status status;
-};
-
-v1::GenerateRequest IdsRequest(const std::vector<int32_t>& ids, int max_new) {
-  v1::GenerateRequest r;
-  for (int32_t id : ids) r.mutable_token_ids()->add_ids(id);
-  r.mutable_sampling()->set_max_new_tokens(max_new);
-  r.mutable_sampling()->set_ignore_eos(true);
-  return r;
-}
-
-StreamResult Generate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
-  StreamResult out;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  auto reader = stub.Generate(&context, request);
-  v1::GenerateResponse message;
-  while (reader->Read(&message)) {
-    for (const auto& t : message.tokens()) out.ids.push_back(t.id());
-    if (message.has_result()) out.result = message.result();
-  }
-  out.status = reader->Finish();
-  return out;
 }
 
 class ServerGpuE2eTest : public ::testing::Test {
