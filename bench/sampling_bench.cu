@@ -9,16 +9,8 @@
 #include <random>
 #include <vector>
 
+#include "bench/cuda_check.h"
 #include "kernels/cuda/sampling.h"
-
-#define CHECK_CUDA(expr)                                                                         \
-  do {                                                                                           \
-    const cudaError_t e_ = (expr);                                                               \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 int main() {
   using mpa::cuda::SamplingRow;
