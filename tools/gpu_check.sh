@@ -4,11 +4,12 @@
 # to OUT_DIR (default ./gpu_out).
 #
 # Usage: tools/gpu_check.sh BIN_DIR [OUT_DIR] [COMMIT]
-#   BIN_DIR holds *_gpu_test, decode_attention_bench, prefill_attention_bench, decode_step_bench
-#   (any subset) and, if the
+#   BIN_DIR holds *_gpu_test, decode_attention_bench, prefill_attention_bench,
+#   multipole_attention_bench, decode_step_bench (any subset) and, if the
 #   binaries were built elsewhere, a lib/ of their shared libraries (made by a bundling script).
 # Environment: MPA_SKIP_TESTS=1, MPA_SKIP_BENCH=1 to leave a part out; MPA_SWEEP=1 to add the
-# decode-attention tuning sweep.
+# decode-attention tuning sweep; MPA_QUICK=1 for the multipole benchmark's two-shape quick run;
+# MPA_TESTS=pattern to run only the test binaries whose names match.
 set -uo pipefail
 bin=${1:?usage: gpu_check.sh BIN_DIR [OUT_DIR] [COMMIT]}
 out=${2:-gpu_out}
@@ -26,6 +27,7 @@ if [ "${MPA_SKIP_TESTS:-0}" != 1 ]; then
   echo "commit $commit; $(head -2 "$out/device.txt" | tail -1)" >> "$out/gpu_tests.log"
   for t in "$bin"/*_gpu_test; do
     [ -x "$t" ] || continue
+    case "$(basename "$t")" in ${MPA_TESTS:-*}) ;; *) continue ;; esac
     echo "=== $(basename "$t")" | tee -a "$out/gpu_tests.log"
     if ! (cd "$(dirname "$0")/.." && "$t" --gtest_color=no) >> "$out/gpu_tests.log" 2>&1; then
       status=1
@@ -53,6 +55,14 @@ if [ "${MPA_SKIP_BENCH:-0}" != 1 ]; then
       PYTHONUNBUFFERED=1 python3 "$(dirname "$0")/bench_prefill_sdpa.py" --ours "$out/prefill_attention.csv" \
         --md "$out/prefill_attention_h200.md" --commit "$commit" > "$out/bench_prefill_sdpa.log" 2>&1 || status=1
       tail -12 "$out/bench_prefill_sdpa.log"
+    fi
+  fi
+  if [ -x "$bin/multipole_attention_bench" ]; then
+    "$bin/multipole_attention_bench" ${MPA_QUICK:+--quick} --out "$out/multipole_attention.csv" | tee "$out/multipole_attention_bench.log"
+    if command -v python3 > /dev/null && python3 -c "import torch" 2> /dev/null; then
+      PYTHONUNBUFFERED=1 python3 "$(dirname "$0")/bench_multipole_sdpa.py" --ours "$out/multipole_attention.csv" \
+        --md "$out/multipole_attention.md" --commit "$commit" > "$out/bench_multipole_sdpa.log" 2>&1 || status=1
+      tail -25 "$out/bench_multipole_sdpa.log"
     fi
   fi
   if [ -x "$bin/decode_step_bench" ]; then

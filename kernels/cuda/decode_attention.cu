@@ -31,14 +31,54 @@ struct DecodeArgs {
   int num_kv_heads;
   int page_size;
   int page_shift;
-  int chunk;  // tokens per split
+  int chunk;  // tokens per split (paged mode)
   int num_splits;
-  float scale2;  // scale * log2(e)
+  // Row-list mode (rows != null): per (sequence, KV head) row_counts[b * H + h] rows at
+  // rows[(b * H + h) * row_capacity ...], spread evenly over the splits.
+  const int32_t* rows;
+  const int32_t* row_counts;
+  int row_capacity;
+  int split_stride;  // partial slots per sequence: num_splits + extra partials
+  bool partials;     // write partials (and merge) even with one split
+  float scale2;      // scale * log2(e)
   bf16* out;
   float* out_f32;
   float* partial_o;    // [batch, num_splits, num_q_heads, head_dim]
   float* partial_lse;  // [batch, num_splits, num_q_heads] base 2
 };
+
+// Tokens of this block's (sequence, KV head) and its split's range [begin, end).
+struct SplitRange {
+  int begin, end;
+};
+__device__ __forceinline__ int TokensOf(const DecodeArgs& a, int b, int kvh) {
+  return a.rows != nullptr ? a.row_counts[b * a.num_kv_heads + kvh] : a.seq_lens[b];
+}
+__device__ __forceinline__ SplitRange RangeOf(const DecodeArgs& a, int len, int split) {
+  int chunk = a.chunk;
+  if (a.rows != nullptr) {  // each head spreads its own rows; multiples of 16 for the tiles
+    chunk = (len + a.num_splits - 1) / a.num_splits;
+    chunk = max(16, (chunk + 15) / 16 * 16);
+  }
+  const int begin = split * chunk;
+  return {begin, min(len, begin + chunk)};
+}
+// Where a split's result goes: the output itself, or its partial slot for the merge.
+__device__ __forceinline__ void WriteResult(const DecodeArgs& a, int b, int split, int qh, int hd,
+                                            int d, float value, float total_l, float mx) {
+  if (!a.partials) {
+    const int64_t idx = (static_cast<int64_t>(b) * a.num_q_heads + qh) * hd + d;
+    if (a.out != nullptr) {
+      a.out[idx] = __float2bfloat16_rn(value);
+    } else {
+      a.out_f32[idx] = value;
+    }
+  } else {
+    const int64_t row = (static_cast<int64_t>(b) * a.split_stride + split) * a.num_q_heads + qh;
+    a.partial_o[row * hd + d] = value;
+    if (d == 0) a.partial_lse[row] = total_l > 0.0f ? mx + log2f(total_l) : -INFINITY;
+  }
+}
 
 // cp.async (sm_80+); older targets copy synchronously (correct, only slower).
 __device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
@@ -77,13 +117,15 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
   __shared__ float sm_l[kSlots];
 
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-  const int len = a.seq_lens[b];
-  const int begin = split * a.chunk;
-  const int end = min(len, begin + a.chunk);
+  const int len = TokensOf(a, b, kvh);
+  const SplitRange range = RangeOf(a, len, split);
+  const int begin = range.begin, end = range.end;
   const int slot = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const bool lane_active = lane < kVecs;  // head_dim not a power of two: spare lanes idle
 
   const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
+  const int32_t* rows =
+      a.rows + (static_cast<int64_t>(b) * a.num_kv_heads + kvh) * a.row_capacity;  // row mode
   const int64_t page_stride = static_cast<int64_t>(a.num_kv_heads) * a.page_size * HD;
   const int64_t head_offset = static_cast<int64_t>(kvh) * a.page_size * HD + lane * 8;
   const int offset_mask = a.page_size - 1;
@@ -97,8 +139,10 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
       for (int u = 0; u < kUnroll; ++u) {
         const int t = begin + step * kStep + u * kSlots + slot;
         if (t < end && lane_active) {
-          const int64_t row = table[t >> a.page_shift] * page_stride + head_offset +
-                              static_cast<int64_t>(t & offset_mask) * HD;
+          const int64_t row = a.rows != nullptr
+                                  ? static_cast<int64_t>(rows[t]) * HD + lane * 8
+                                  : table[t >> a.page_shift] * page_stride + head_offset +
+                                        static_cast<int64_t>(t & offset_mask) * HD;
           CopyAsync16(buf + (2 * u) * kThreads, a.k + row);
           CopyAsync16(buf + (2 * u + 1) * kThreads, a.v + row);
         }
@@ -216,18 +260,7 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) DecodeSplitKernel(De
         }
       }
       const float value = total_l > 0.0f ? total_o / total_l : 0.0f;
-      if (a.num_splits == 1) {
-        const int64_t idx = (static_cast<int64_t>(b) * a.num_q_heads + qh) * HD + d;
-        if (a.out != nullptr) {
-          a.out[idx] = __float2bfloat16_rn(value);
-        } else {
-          a.out_f32[idx] = value;
-        }
-      } else {
-        const int64_t row = (static_cast<int64_t>(b) * a.num_splits + split) * a.num_q_heads + qh;
-        a.partial_o[row * HD + d] = value;
-        if (d == 0) a.partial_lse[row] = total_l > 0.0f ? mx + log2f(total_l) : -INFINITY;
-      }
+      WriteResult(a, b, split, qh, HD, d, value, total_l, mx);
     }
     __syncthreads();
   }
@@ -239,12 +272,14 @@ __global__ void MergeSplitsKernel(DecodeArgs a) {
   const int qh = blockIdx.x, b = blockIdx.y;
   const int d = threadIdx.x;
   if (d >= HD) return;
-  const int64_t first = static_cast<int64_t>(b) * a.num_splits * a.num_q_heads + qh;
+  const int64_t first = static_cast<int64_t>(b) * a.split_stride * a.num_q_heads + qh;
   float mx = -INFINITY;
-  for (int s = 0; s < a.num_splits; ++s) mx = fmaxf(mx, a.partial_lse[first + s * a.num_q_heads]);
+  for (int s = 0; s < a.split_stride; ++s) {
+    mx = fmaxf(mx, a.partial_lse[first + s * a.num_q_heads]);
+  }
   float acc = 0.0f, total = 0.0f;
   if (mx != -INFINITY) {
-    for (int s = 0; s < a.num_splits; ++s) {
+    for (int s = 0; s < a.split_stride; ++s) {
       const int64_t row = first + s * a.num_q_heads;
       const float w = exp2f(a.partial_lse[row] - mx);
       acc = fmaf(w, a.partial_o[row * HD + d], acc);
@@ -309,9 +344,9 @@ __global__ void __launch_bounds__(kWarps * 32) DecodeTensorCoreKernel(DecodeArgs
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;  // fragment row group and column pair
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-  const int len = a.seq_lens[b];
-  const int begin = split * a.chunk;  // a multiple of 16 (chunks are multiples of 64)
-  const int end = min(len, begin + a.chunk);
+  const int len = TokensOf(a, b, kvh);
+  const SplitRange range = RangeOf(a, len, split);  // begin: a multiple of 16
+  const int begin = range.begin, end = range.end;
   const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
   const int my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
 
@@ -327,12 +362,46 @@ __global__ void __launch_bounds__(kWarps * 32) DecodeTensorCoreKernel(DecodeArgs
     const int j = batch * 32 + lane;
     return j < my_tiles ? table[(begin + (warp + j * kWarps) * kTile) >> a.page_shift] : 0;
   };
-  int32_t pages_now = load_pages(0);
-  int32_t pages_next = load_pages(1);
+  // Row mode: the row of tile row lane % 16 of this warp's tiles 2n + lane / 16, two tiles per
+  // register, the next pair read while the current one is used.
+  const int32_t* rows = a.rows + (static_cast<int64_t>(b) * a.num_kv_heads + kvh) * a.row_capacity;
+  auto load_rows = [&](int pair) -> int32_t {
+    const int j = 2 * pair + (lane >> 4);
+    const int token = begin + (warp + j * kWarps) * kTile + (lane & 15);
+    return j < my_tiles && token < end ? rows[token] : 0;
+  };
+  const bool row_mode = a.rows != nullptr;
+  int32_t pages_now = row_mode ? load_rows(0) : load_pages(0);
+  int32_t pages_next = row_mode ? load_rows(1) : load_pages(1);
 
   // Issues tile j's copies into its slot (nothing past this warp's tiles; the group is committed
   // either way so the wait count stays fixed). Called with j = 0, 1, 2, ... by the whole warp.
+  auto issue_rows = [&](int j) {
+    if (j > 0 && (j & 1) == 0) {
+      pages_now = pages_next;
+      pages_next = load_rows((j >> 1) + 1);
+    }
+    if (j < my_tiles) {
+      const int base = begin + (warp + j * kWarps) * kTile;
+      const uint32_t dst = ring + (j % kStages) * 2 * kTileBytes;
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int r = i * kRowsPerCopy + lane / kChunks, c = lane % kChunks;
+        const int32_t row = __shfl_sync(0xffffffffu, pages_now, ((j & 1) << 4) + r);
+        const bool valid = base + r < end;
+        const int64_t from = static_cast<int64_t>(row) * HD + c * 8;
+        const uint32_t to = r * kRowBytes + ((c ^ (r & 7)) << 4);
+        CopyAsync16OrZero(dst + to, a.k + from, valid);
+        CopyAsync16OrZero(dst + kTileBytes + to, a.v + from, valid);
+      }
+    }
+    CommitAsync();
+  };
   auto issue = [&](int j) {
+    if (row_mode) {
+      issue_rows(j);
+      return;
+    }
     if (j > 0 && (j & 31) == 0) {
       pages_now = pages_next;
       pages_next = load_pages((j >> 5) + 1);
@@ -503,19 +572,7 @@ __global__ void __launch_bounds__(kWarps * 32) DecodeTensorCoreKernel(DecodeArgs
       }
     }
     const float value = total_l > 0.0f ? total_o / total_l : 0.0f;
-    const int qh = kvh * G + h;
-    if (a.num_splits == 1) {
-      const int64_t out = (static_cast<int64_t>(b) * a.num_q_heads + qh) * HD + d;
-      if (a.out != nullptr) {
-        a.out[out] = __float2bfloat16_rn(value);
-      } else {
-        a.out_f32[out] = value;
-      }
-    } else {
-      const int64_t row = (static_cast<int64_t>(b) * a.num_splits + split) * a.num_q_heads + qh;
-      a.partial_o[row * HD + d] = value;
-      if (d == 0) a.partial_lse[row] = total_l > 0.0f ? mx + log2f(total_l) : -INFINITY;
-    }
+    WriteResult(a, b, split, kvh * G + h, HD, d, value, total_l, mx);
   }
 }
 
@@ -530,7 +587,7 @@ cudaError_t LaunchWith(const DecodeArgs& a, int batch, cudaStream_t stream) {
   const dim3 grid(a.num_splits, a.num_kv_heads, batch);
   DecodeSplitKernel<HD, G, U, S><<<grid, kThreads, bytes, stream>>>(a);
   cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || a.num_splits == 1) return err;
+  if (err != cudaSuccess || !a.partials) return err;
   MergeSplitsKernel<HD><<<dim3(a.num_q_heads, batch), std::max(HD, 32), 0, stream>>>(a);
   return cudaGetLastError();
 }
@@ -574,7 +631,7 @@ cudaError_t LaunchTensorCoreWith(const DecodeArgs& a, int batch, cudaStream_t st
   const dim3 grid(a.num_splits, a.num_kv_heads, batch);
   tc::DecodeTensorCoreKernel<HD, G, W, S><<<grid, W * 32, bytes, stream>>>(a);
   cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || a.num_splits == 1) return err;
+  if (err != cudaSuccess || !a.partials) return err;
   MergeSplitsKernel<HD><<<dim3(a.num_q_heads, batch), std::max(HD, 32), 0, stream>>>(a);
   return cudaGetLastError();
 }
@@ -665,9 +722,14 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   const int hd = p.kv.head_dim;
   const int nkv = p.kv.num_kv_heads;
   const int shift = Log2PowerOfTwo(p.kv.page_size);
-  if (p.q == nullptr || p.kv.k == nullptr || p.kv.v == nullptr || p.block_table.pages == nullptr ||
-      p.seq_lens == nullptr || (p.out == nullptr) == (p.out_f32 == nullptr) || shift < 0 ||
-      nkv <= 0 || p.num_q_heads % nkv != 0 || p.batch < 0 || p.max_seq_len < 0) {
+  const bool row_mode = p.rows.rows != nullptr;
+  if (p.q == nullptr || p.kv.k == nullptr || p.kv.v == nullptr ||
+      (p.out == nullptr) == (p.out_f32 == nullptr) || shift < 0 || nkv <= 0 ||
+      p.num_q_heads % nkv != 0 || p.batch < 0 || p.max_seq_len < 0 || p.extra_partials < 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (row_mode ? (p.rows.counts == nullptr || p.rows.capacity < 0 || p.num_splits <= 0)
+               : (p.block_table.pages == nullptr || p.seq_lens == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (p.batch == 0) return cudaSuccess;
@@ -678,14 +740,23 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   const int align = ChunkAlignment(p.kv.page_size);
   const int len = std::max(p.max_seq_len, 1);
   int chunk = (len + splits - 1) / splits;
-  chunk = (chunk + align - 1) / align * align;
-  splits = (len + chunk - 1) / chunk;
-  while (splits > 1 &&
-         DecodeAttentionWorkspaceBytes(p.batch, p.num_q_heads, hd, splits) > p.workspace_bytes) {
-    chunk *= 2;
+  if (!row_mode) {
+    chunk = (chunk + align - 1) / align * align;
     splits = (len + chunk - 1) / chunk;
+    while (splits > 1 &&
+           DecodeAttentionWorkspaceBytes(p.batch, p.num_q_heads, hd, splits + p.extra_partials) >
+               p.workspace_bytes) {
+      chunk *= 2;
+      splits = (len + chunk - 1) / chunk;
+    }
+    if (splits == 1) chunk = std::max(chunk, len);
   }
-  if (splits == 1) chunk = std::max(chunk, len);
+  const int slots = splits + p.extra_partials;
+  const bool partials = slots > 1;
+  if (partials &&
+      DecodeAttentionWorkspaceBytes(p.batch, p.num_q_heads, hd, slots) > p.workspace_bytes) {
+    return cudaErrorInvalidValue;  // row mode keeps its splits; extra partials need their slots
+  }
 
   DecodeArgs a;
   a.q = p.q;
@@ -700,13 +771,17 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.page_shift = shift;
   a.chunk = chunk;
   a.num_splits = splits;
+  a.rows = p.rows.rows;
+  a.row_counts = p.rows.counts;
+  a.row_capacity = p.rows.capacity;
+  a.split_stride = slots;
+  a.partials = partials;
   a.scale2 = p.scale * kLog2e;
   a.out = p.out;
   a.out_f32 = p.out_f32;
   a.partial_o = static_cast<float*>(p.workspace);
-  a.partial_lse = splits > 1
-                      ? a.partial_o + static_cast<size_t>(p.batch) * splits * p.num_q_heads * hd
-                      : nullptr;
+  a.partial_lse =
+      partials ? a.partial_o + static_cast<size_t>(p.batch) * slots * p.num_q_heads * hd : nullptr;
   const bool tensor_cores_apply = TensorCoresApply(hd, p.kv.page_size);
   if (p.kernel == DecodeKernel::kTensorCore && !tensor_cores_apply) return cudaErrorInvalidValue;
   if (p.kernel != DecodeKernel::kCudaCore && tensor_cores_apply) {

@@ -21,6 +21,15 @@ namespace mpa::cuda {
 // one.
 enum class DecodeKernel { kAuto, kCudaCore, kTensorCore };
 
+// An explicit list of cache rows per (sequence, KV head), attended instead of the positions
+// [0, seq_len): the sparse modes' sink, recent window and selected clusters. Row r of KV head h is
+// the pool row at kv.k + r * head_dim, i.e. r = (page * num_kv_heads + h) * page_size + offset.
+struct RowList {
+  const int32_t* rows = nullptr;    // [batch, num_kv_heads, capacity] device
+  const int32_t* counts = nullptr;  // [batch, num_kv_heads] device: rows to attend (<= capacity)
+  int capacity = 0;
+};
+
 struct DecodeAttentionParams {
   const bf16* q = nullptr;  // [batch, num_q_heads, head_dim] after RoPE
   PagedKvCache kv;
@@ -38,6 +47,15 @@ struct DecodeAttentionParams {
   // With too little, the launcher uses fewer splits.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Optional row lists (rows.rows set): seq_lens is then unused, num_splits must be given (> 0) and
+  // is kept exactly, and each (sequence, KV head) spreads its own row count over the splits.
+  RowList rows;
+  // Partial slots after the splits' that another kernel filled before this call (the multipole
+  // approximation term), merged with the splits' partials. With extra partials, the workspace
+  // starts with partial_o [batch, num_splits + extra_partials, num_q_heads, head_dim] fp32, then
+  // partial_lse [batch, num_splits + extra_partials, num_q_heads] fp32 (base-2 log-sum-exp, -inf
+  // for an empty partial); slot num_splits + i is extra partial i.
+  int extra_partials = 0;
   // kTensorCore on a shape it does not cover (head_dim not 64/128, pages < 16 tokens) is invalid.
   DecodeKernel kernel = DecodeKernel::kAuto;
   // Tuning knobs for benchmarks, 0: the default. CUDA-core kernel: 4 tokens per thread per stage,
@@ -50,6 +68,7 @@ struct DecodeAttentionParams {
 };
 
 // Supported: head_dim in {8, 16, 24, 32, 64, 96, 128, 256}, group in {1, 2, 4, 8}.
+// num_splits counts every partial slot (splits + extra partials).
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim, int num_splits);
 
 // The split count the launcher would choose (for workspace sizing and benchmarks) for head_dim and

@@ -26,6 +26,14 @@ __device__ __forceinline__ uint4 FloatToBf16x8(const float* in) {
   return raw;
 }
 
+// Threads that share one row of HD bf16 values, 16 bytes each, rounded up to a power of two (the
+// spare lanes of head_dim 24 or 96 idle): a warp reads 32 / LanesPerRow rows side by side.
+template <int HD>
+__host__ __device__ constexpr int LanesPerRow() {
+  constexpr int vecs = HD / 8;
+  return vecs <= 1 ? 1 : vecs <= 2 ? 2 : vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
+}
+
 __device__ __forceinline__ float WarpSum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);

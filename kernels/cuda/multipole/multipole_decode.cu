@@ -1,0 +1,193 @@
+// MultipoleDecode: validation, workspace layout and the four launches (multipole_decode.h).
+#include <algorithm>
+
+#include "kernels/cuda/multipole/multipole_decode.h"
+#include "kernels/cuda/multipole/multipole_kernels.h"
+
+namespace mpa::cuda {
+namespace {
+
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+int MultiprocessorCount() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return 132;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 132;
+    }
+    return std::max(sms, 1);
+  }();
+  return count;
+}
+
+bool SupportedHeadDim(int d) {
+  return d == 8 || d == 16 || d == 24 || d == 32 || d == 64 || d == 96 || d == 128 || d == 256;
+}
+
+struct Sizes {
+  size_t logits2, scores, selected, rows, counts, partials;
+};
+
+Sizes SizesOf(const MultipoleShape& s) {
+  const size_t heads = static_cast<size_t>(s.batch) * s.num_kv_heads;
+  const int group = s.num_kv_heads > 0 ? s.num_q_heads / s.num_kv_heads : 0;
+  Sizes z;
+  z.logits2 = AlignUp(heads * group * s.max_clusters * sizeof(float));
+  z.scores = AlignUp(heads * s.max_clusters * sizeof(float));
+  z.selected = AlignUp(heads * s.max_clusters);
+  z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
+  z.counts = AlignUp(heads * sizeof(int32_t));
+  z.partials = AlignUp(DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim,
+                                                     s.exact_splits + s.approx_splits));
+  return z;
+}
+
+}  // namespace
+
+MultipoleShape ChooseMultipoleSplits(MultipoleShape shape) {
+  const int heads = std::max(shape.batch * shape.num_kv_heads, 1);
+  const int sms = MultiprocessorCount();
+  if (shape.exact_splits <= 0) {
+    // One wave of the tensor-core decode kernel (one block per multiprocessor).
+    shape.exact_splits = std::clamp(sms / heads, 1, 32);
+  }
+  if (shape.approx_splits <= 0) {
+    // Two 256-thread blocks per multiprocessor, never fewer than 256 clusters per block.
+    const int useful = std::max((shape.max_clusters + 255) / 256, 1);
+    shape.approx_splits = std::clamp(2 * sms / heads, 1, useful);
+  }
+  return shape;
+}
+
+size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape) {
+  const MultipoleShape s = ChooseMultipoleSplits(shape);
+  const Sizes z = SizesOf(s);
+  return z.logits2 + z.scores + z.selected + z.rows + 2 * z.counts + z.partials;
+}
+
+MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape) {
+  const MultipoleShape s = ChooseMultipoleSplits(shape);
+  const Sizes z = SizesOf(s);
+  unsigned char* p = static_cast<unsigned char*>(workspace);
+  MultipoleWorkspace w;
+  w.logits2 = reinterpret_cast<float*>(p);
+  p += z.logits2;
+  w.scores = reinterpret_cast<float*>(p);
+  p += z.scores;
+  w.selected = p;
+  p += z.selected;
+  w.rows = reinterpret_cast<int32_t*>(p);
+  p += z.rows;
+  w.row_counts = reinterpret_cast<int32_t*>(p);
+  p += z.counts;
+  w.selected_tokens = reinterpret_cast<int32_t*>(p);
+  p += z.counts;
+  w.partials = p;
+  w.partials_bytes = z.partials;
+  return w;
+}
+
+cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream) {
+  const int hd = p.kv.head_dim;
+  const int nkv = p.kv.num_kv_heads;
+  const int shift = Log2PowerOfTwo(p.kv.page_size);
+  const ClusteredRegion& c = p.clusters;
+  if (p.q == nullptr || p.kv.k == nullptr || p.kv.v == nullptr || p.block_table.pages == nullptr ||
+      p.seq_lens == nullptr || p.sink_end == nullptr || p.clustered_end == nullptr ||
+      p.token_budget == nullptr || p.approximate == nullptr || c.pages.pages == nullptr ||
+      c.key_centroids == nullptr || c.value_centroids == nullptr || c.cluster_begin == nullptr ||
+      c.num_clusters == nullptr || (p.out == nullptr) == (p.out_f32 == nullptr) ||
+      p.workspace == nullptr || shift < 0 || nkv <= 0 || p.num_q_heads % nkv != 0 || p.batch < 0 ||
+      p.max_seq_len < 0 || !SupportedHeadDim(hd) || c.max_clusters < 1 ||
+      c.max_clusters > kMaxClustersPerHead) {
+    return cudaErrorInvalidValue;
+  }
+  const int group = p.num_q_heads / nkv;
+  if (group != 1 && group != 2 && group != 4 && group != 8) return cudaErrorInvalidValue;
+  // Rows are int32 pool row indices.
+  if (p.pool_pages <= 0 || p.pool_pages * nkv * p.kv.page_size > INT32_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.batch == 0) return cudaSuccess;
+
+  MultipoleShape shape;
+  shape.batch = p.batch;
+  shape.num_q_heads = p.num_q_heads;
+  shape.num_kv_heads = nkv;
+  shape.head_dim = hd;
+  shape.max_clusters = c.max_clusters;
+  shape.max_seq_len = p.max_seq_len;
+  shape.exact_splits = p.exact_splits;
+  shape.approx_splits = p.approx_splits;
+  shape = ChooseMultipoleSplits(shape);
+  if (p.workspace_bytes < MultipoleDecodeWorkspaceBytes(shape)) return cudaErrorInvalidValue;
+  const MultipoleWorkspace w = MultipoleWorkspaceLayout(p.workspace, shape);
+
+  multipole::StepArgs a;
+  a.q = p.q;
+  a.key_centroids = c.key_centroids;
+  a.value_centroids = c.value_centroids;
+  a.cluster_begin = c.cluster_begin;
+  a.num_clusters = c.num_clusters;
+  a.pages = p.block_table.pages;
+  a.max_pages = p.block_table.max_pages_per_seq;
+  a.clustered_pages = c.pages.pages;
+  a.max_clustered_pages = c.pages.max_pages_per_seq;
+  a.seq_lens = p.seq_lens;
+  a.sink_end = p.sink_end;
+  a.clustered_end = p.clustered_end;
+  a.token_budget = p.token_budget;
+  a.approximate = p.approximate;
+  a.batch = p.batch;
+  a.num_q_heads = p.num_q_heads;
+  a.num_kv_heads = nkv;
+  a.head_dim = hd;
+  a.page_size = p.kv.page_size;
+  a.page_shift = shift;
+  a.max_clusters = c.max_clusters;
+  a.max_seq_len = std::max(p.max_seq_len, 1);
+  a.scale2 = p.scale * kLog2e;
+  a.logits2 = w.logits2;
+  a.scores = w.scores;
+  a.selected = w.selected;
+  a.rows = w.rows;
+  a.row_counts = w.row_counts;
+  a.selected_tokens = w.selected_tokens;
+  const int slots = shape.exact_splits + shape.approx_splits;
+  a.partial_o = static_cast<float*>(w.partials);
+  a.partial_lse = a.partial_o + static_cast<size_t>(p.batch) * slots * p.num_q_heads * hd;
+  a.exact_splits = shape.exact_splits;
+  a.approx_splits = shape.approx_splits;
+
+  cudaError_t err = multipole::LaunchCentroidLookup(a, stream);
+  if (err != cudaSuccess || p.stop_after == 1) return err;
+  if ((err = multipole::LaunchClusterSelection(a, stream)) != cudaSuccess) return err;
+  if (p.stop_after == 2) return cudaSuccess;
+  if ((err = multipole::LaunchCentroidApproximation(a, stream)) != cudaSuccess) return err;
+  if (p.stop_after == 3) return cudaSuccess;
+
+  DecodeAttentionParams d;
+  d.q = p.q;
+  d.kv = p.kv;
+  d.block_table = p.block_table;
+  d.batch = p.batch;
+  d.num_q_heads = p.num_q_heads;
+  d.max_seq_len = a.max_seq_len;
+  d.scale = p.scale;
+  d.num_splits = shape.exact_splits;
+  d.rows.rows = w.rows;
+  d.rows.counts = w.row_counts;
+  d.rows.capacity = a.max_seq_len;
+  d.extra_partials = shape.approx_splits;
+  d.out = p.out;
+  d.out_f32 = p.out_f32;
+  d.workspace = w.partials;
+  d.workspace_bytes = w.partials_bytes;
+  d.kernel = p.kernel;
+  return DecodeAttention(d, stream);
+}
+
+}  // namespace mpa::cuda

@@ -1,0 +1,113 @@
+// Multipole Attention decode on the GPU (DESIGN.md section 5): one batched call per layer that
+// scores every cluster's centroid, selects clusters up to each sequence's token budget, attends
+// exactly to the sink, the recent window and the selected clusters, and folds every other cluster
+// in through its centroid. No step waits on the host: the selection, the list of rows to read and
+// the split sizes are made on the device into fixed-capacity buffers, so the launches can be
+// captured in a CUDA graph.
+//
+// Cache layout. Positions live in the paged pool (kernels/cuda/common.h). The clustered region of
+// a sequence is stored a second way, cluster-major: its slots (a permutation of the region's
+// positions, cluster by cluster) fill pool pages of their own, slot s of KV head h at page
+// clustered_pages[s / page_size], row s % page_size. A selected cluster is then one contiguous run
+// of rows, read at the copy rate. Its centroids (means of its post-RoPE keys and of its values)
+// are bf16 rows like the keys.
+//
+// The launches, each with a plain CPU twin in kernels/cpu/multipole/:
+//   1. CentroidLookup   base-2 logits of the group's query heads against every key centroid
+//   2. SelectClusters   GQA-summed scores exp(s) / sum_j N_j exp(s_j), the budgeted greedy
+//                       selection of cluster_selection.h (boundary rule included), and the rows
+//                       list: sink, recent window, then the selected clusters' slots
+//   3. Approximation    sum over non-selected clusters of N_c 2^(s_c) Vc_c as (o, m, l) partials
+//   4. DecodeAttention  split-KV over the rows list (decode_attention.h, row-list mode), merging
+//                       its splits with the approximation partials
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/decode_attention.h"
+
+namespace mpa::cuda {
+
+// The clustered region of every (sequence, KV head) of one layer. Per-head arrays are reached
+// through device arrays of pointers indexed by b * num_kv_heads + h, so each sequence may keep its
+// cluster state wherever it lives between steps.
+struct ClusteredRegion {
+  BlockTable pages;  // [batch, max_pages] pool pages of the cluster-major slots
+  const bf16* const* key_centroids = nullptr;    // -> [num_clusters, head_dim]
+  const bf16* const* value_centroids = nullptr;  // -> [num_clusters, head_dim]
+  // -> [num_clusters + 1]: cluster c holds slots [cluster_begin[c], cluster_begin[c + 1]);
+  // cluster_begin[0] = 0 and the last entry is the region's length (clustered_end - sink_end).
+  const int32_t* const* cluster_begin = nullptr;
+  const int32_t* num_clusters = nullptr;  // [batch * num_kv_heads] (0: no clustered region)
+  int max_clusters = 0;  // host: an upper bound of num_clusters (sizes grids and scratch)
+};
+
+struct MultipoleDecodeParams {
+  const bf16* q = nullptr;  // [batch, num_q_heads, head_dim] after RoPE at the true position
+  PagedKvCache kv;
+  BlockTable block_table;                  // positions -> pages
+  int64_t pool_pages = 0;                  // pages in the pool (pool rows must fit in int32)
+  const int32_t* seq_lens = nullptr;       // [batch] tokens in the cache
+  const int32_t* sink_end = nullptr;       // [batch] positions [0, sink_end) are exact
+  const int32_t* clustered_end = nullptr;  // [batch] [sink_end, clustered_end) is clustered,
+                                           // [clustered_end, seq_len) exact (recent window)
+  const int32_t* token_budget = nullptr;   // [batch] clustered tokens attended exactly (>= 0)
+  const uint8_t* approximate = nullptr;    // [batch] 1: multipole, 0: exact-only
+  ClusteredRegion clusters;
+  int batch = 0;
+  int num_q_heads = 0;  // a multiple of kv.num_kv_heads, group <= 8
+  int max_seq_len = 0;  // host: an upper bound of seq_lens (sizes the rows list)
+  float scale = 0.0f;
+  // Splits of the exact part and of the approximation per (sequence, KV head); 0: chosen from the
+  // device and the shapes.
+  int exact_splits = 0;
+  int approx_splits = 0;
+  bf16* out = nullptr;  // [batch, num_q_heads, head_dim]; exactly one of out, out_f32
+  float* out_f32 = nullptr;
+  void* workspace = nullptr;  // MultipoleDecodeWorkspaceBytes
+  size_t workspace_bytes = 0;
+  DecodeKernel kernel = DecodeKernel::kAuto;  // the exact part's kernel (tests force one)
+  // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection;
+  // 3 also the approximation (the output is then not written).
+  int stop_after = 0;
+};
+
+// Where the intermediate results sit inside the workspace (tests and statistics read them).
+struct MultipoleWorkspace {
+  float* logits2 = nullptr;            // [batch, num_kv_heads, group, max_clusters] base-2 logits
+                                       // (-inf: empty or absent cluster)
+  float* scores = nullptr;             // [batch, num_kv_heads, max_clusters] GQA-summed scores
+  uint8_t* selected = nullptr;         // [batch, num_kv_heads, max_clusters] 1: attended exactly
+  int32_t* rows = nullptr;             // [batch, num_kv_heads, max_seq_len] pool rows read exactly
+  int32_t* row_counts = nullptr;       // [batch, num_kv_heads]
+  int32_t* selected_tokens = nullptr;  // [batch, num_kv_heads] clustered tokens attended exactly
+  void* partials = nullptr;            // DecodeAttention's partials (decode_attention.h)
+  size_t partials_bytes = 0;
+};
+
+struct MultipoleShape {
+  int batch = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int max_clusters = 0;
+  int max_seq_len = 0;
+  int exact_splits = 0;  // as chosen (ChooseMultipoleSplits)
+  int approx_splits = 0;
+};
+
+// The splits the launcher uses for a shape (fills shape.exact_splits / approx_splits where 0).
+MultipoleShape ChooseMultipoleSplits(MultipoleShape shape);
+size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape);
+MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape);
+
+// The largest cluster count per (sequence, KV head) the selection kernel sorts in shared memory.
+inline constexpr int kMaxClustersPerHead = 16384;
+
+// cudaErrorInvalidValue on unsupported shapes (head_dim not a multiple of 8 up to 256, group
+// not 1/2/4/8, max_clusters over kMaxClustersPerHead, pool rows over int32) or missing pointers.
+cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream);
+
+}  // namespace mpa::cuda

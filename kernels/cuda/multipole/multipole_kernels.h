@@ -1,0 +1,58 @@
+// The launches behind MultipoleDecode (multipole_decode.h), one per step, each in its own file.
+// Internal: the public entry point validates shapes and lays out the workspace.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace mpa::cuda::multipole {
+
+// Shapes and pointers every launch reads (copied by value into each kernel).
+struct StepArgs {
+  const bf16* q;  // [batch, num_q_heads, head_dim]
+  const bf16* const* key_centroids;
+  const bf16* const* value_centroids;
+  const int32_t* const* cluster_begin;
+  const int32_t* num_clusters;  // [batch * num_kv_heads]
+  const int32_t* pages;         // [batch, max_pages] positions -> pages
+  int max_pages;
+  const int32_t* clustered_pages;  // [batch, max_clustered_pages] slots -> pages
+  int max_clustered_pages;
+  const int32_t* seq_lens;       // [batch]
+  const int32_t* sink_end;       // [batch]
+  const int32_t* clustered_end;  // [batch]
+  const int32_t* token_budget;   // [batch]
+  const uint8_t* approximate;    // [batch]
+  int batch;
+  int num_q_heads;
+  int num_kv_heads;
+  int head_dim;
+  int page_size;
+  int page_shift;
+  int max_clusters;
+  int max_seq_len;  // rows list capacity per (sequence, KV head)
+  float scale2;     // softmax scale * log2(e)
+  // Workspace (multipole_decode.h, MultipoleWorkspace).
+  float* logits2;
+  float* scores;
+  uint8_t* selected;
+  int32_t* rows;
+  int32_t* row_counts;
+  int32_t* selected_tokens;
+  // DecodeAttention's partials: [batch, slots, num_q_heads, head_dim] then lse [batch, slots,
+  // num_q_heads]; the approximation owns slots [exact_splits, exact_splits + approx_splits).
+  float* partial_o;
+  float* partial_lse;
+  int exact_splits;
+  int approx_splits;
+};
+
+cudaError_t LaunchCentroidLookup(const StepArgs& a, cudaStream_t stream);
+cudaError_t LaunchClusterSelection(const StepArgs& a, cudaStream_t stream);
+cudaError_t LaunchCentroidApproximation(const StepArgs& a, cudaStream_t stream);
+
+// Dynamic shared memory of the selection kernel for max_clusters (bytes).
+size_t SelectionSharedBytes(int max_clusters);
+
+}  // namespace mpa::cuda::multipole
