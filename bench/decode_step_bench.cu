@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -172,13 +173,21 @@ std::vector<std::string> GemvTable(double bw) {
 
 int main(int argc, char** argv) {
   std::string out_path, commit = "unknown";
+  std::vector<int> prefill_only;  // prompt lengths: time their prefill only, print, exit
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
       out_path = argv[++i];
     } else if (!std::strcmp(argv[i], "--commit") && i + 1 < argc) {
       commit = argv[++i];
+    } else if (!std::strcmp(argv[i], "--prefill_only") && i + 1 < argc) {
+      for (const char* s = argv[++i]; *s;) {
+        prefill_only.push_back(std::atoi(s));
+        while (*s && *s != ',') ++s;
+        if (*s == ',') ++s;
+      }
     } else {
-      std::fprintf(stderr, "usage: %s [--out result.md] [--commit SHA]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--out result.md] [--commit SHA] [--prefill_only N,N,...]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -192,6 +201,36 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   const double bw = CopyBandwidth();
   std::printf("copy bandwidth %.0f GB/s\n", bw * 1e-9);
+  if (!prefill_only.empty()) {
+    // One prompt of each length on a fresh model sized for the longest (after a warm-up prompt).
+    mpa::CudaModelOptions options;
+    options.max_batch = 1;
+    options.max_kv_tokens = *std::max_element(prefill_only.begin(), prefill_only.end()) + 2048;
+    options.max_prefill_chunk = 8192;
+    auto model_or = mpa::CudaModel::Random(c, 1, options);
+    if (!model_or.ok()) {
+      std::fprintf(stderr, "%s\n", model_or.status().ToString().c_str());
+      return 1;
+    }
+    mpa::CudaModel& m = **model_or;
+    {
+      auto warm = m.NewSequence();
+      CHECK_OK(m.Prefill(*warm, std::vector<int32_t>(512, 7), nullptr));
+    }
+    for (int n : prefill_only) {
+      auto seq = m.NewSequence();
+      std::vector<int32_t> prompt(n);
+      for (size_t i = 0; i < prompt.size(); ++i)
+        prompt[i] = static_cast<int32_t>((i * 7919) % c.vocab_size);
+      CHECK_OK(m.Synchronize());
+      const double t0 = Seconds();
+      CHECK_OK(m.Prefill(*seq, prompt, nullptr));
+      CHECK_OK(m.Synchronize());
+      const double t = Seconds() - t0;
+      std::printf("prefill %d tokens: %.3f s, %.0f tokens/s (device %s)\n", n, t, n / t, prop.name);
+    }
+    return 0;
+  }
   const std::vector<std::string> gemv_rows = GemvTable(bw);
   mpa::CudaModelOptions options;
   options.max_batch = 8;

@@ -1,0 +1,299 @@
+// Batched Lloyd's k-means (kmeans.h). Per pass:
+//   AssignKernel    a 64-point x 64-centroid fp32 tile per step (256 threads, 4 x 4 each), the
+//                   point tile held in shared memory while the problem's centroids stream past;
+//                   a running (distance, id) minimum per point
+//   AccumulateKernel fp32 sums and member counts by atomics, one warp per point
+//   FinalizeKernel  one block per problem: emptied clusters re-seeded in id order (farthest point
+//                   among clusters of >= 2 members), then means and squared norms
+#include <cmath>
+
+#include "kernels/cuda/multipole/kmeans.h"
+
+namespace mpa::cuda {
+namespace {
+
+constexpr int kTile = 64;    // points and centroids per assign tile
+constexpr int kStride = 65;  // shared-memory row stride: transposed writes hit distinct banks
+constexpr int kAssignThreads = 256;
+constexpr int kFinalizeThreads = 1024;
+
+struct Workspace {
+  float* sums;      // [total_clusters, D]
+  float* norms;     // [total_clusters] |c|^2
+  float* distance;  // [total_points] squared distance to the assigned centroid
+};
+
+Workspace Layout(void* w, const KMeansParams& p) {
+  float* f = static_cast<float*>(w);
+  Workspace ws;
+  ws.sums = f;
+  ws.norms = ws.sums + p.total_clusters * p.head_dim;
+  ws.distance = ws.norms + p.total_clusters;
+  return ws;
+}
+
+// Centroids from their seed points, and their norms.
+__global__ void SeedKernel(KMeansParams p, Workspace ws) {
+  const KMeansProblem pr = p.problems[blockIdx.y];
+  const int c = blockIdx.x;
+  if (c >= pr.num_clusters) return;
+  const int64_t row = pr.cluster_begin + c;
+  const int point = p.seeds[row];
+  float norm = 0.0f;
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    const float x = __bfloat162float(p.points[(pr.point_begin + point) * p.head_dim + d]);
+    p.centroids[row * p.head_dim + d] = x;
+    norm += x * x;
+  }
+  for (int off = 16; off > 0; off >>= 1) norm += __shfl_xor_sync(0xffffffffu, norm, off);
+  if (threadIdx.x == 0) ws.norms[row] = norm;
+}
+
+__global__ void NormKernel(KMeansParams p, Workspace ws) {
+  const KMeansProblem pr = p.problems[blockIdx.y];
+  const int c = blockIdx.x;
+  if (c >= pr.num_clusters) return;
+  const int64_t row = pr.cluster_begin + c;
+  float norm = 0.0f;
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    const float x = p.centroids[row * p.head_dim + d];
+    norm += x * x;
+  }
+  for (int off = 16; off > 0; off >>= 1) norm += __shfl_xor_sync(0xffffffffu, norm, off);
+  if (threadIdx.x == 0) ws.norms[row] = norm;
+}
+
+// Dynamic shared memory: points [D][kStride] and centroids [D][kStride], fp32, transposed.
+__global__ void __launch_bounds__(kAssignThreads) AssignKernel(KMeansParams p, Workspace ws) {
+  extern __shared__ float smem[];
+  const int D = p.head_dim;
+  float* xs = smem;                // [D][kStride]
+  float* cs = smem + D * kStride;  // [D][kStride]
+  const KMeansProblem pr = p.problems[blockIdx.y];
+  const int first = blockIdx.x * kTile;
+  if (first >= pr.num_points) return;
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  for (int i = tid; i < kTile * D; i += kAssignThreads) {
+    const int pt = i / D, d = i % D;
+    xs[d * kStride + pt] = first + pt < pr.num_points
+                               ? __bfloat162float(p.points[(pr.point_begin + first + pt) * D + d])
+                               : 0.0f;
+  }
+  float best[4];
+  int best_id[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    best[i] = INFINITY;
+    best_id[i] = 0;
+  }
+  const float* centroids = p.centroids + pr.cluster_begin * D;
+  const float* norms = ws.norms + pr.cluster_begin;
+  for (int c0 = 0; c0 < pr.num_clusters; c0 += kTile) {
+    __syncthreads();  // the previous chunk is consumed (and the point tile written)
+    for (int i = tid; i < kTile * D; i += kAssignThreads) {
+      const int c = i / D, d = i % D;
+      cs[d * kStride + c] = c0 + c < pr.num_clusters ? centroids[(c0 + c) * D + d] : 0.0f;
+    }
+    __syncthreads();
+    float acc[4][4] = {};
+    for (int d = 0; d < D; ++d) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = xs[d * kStride + ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = cs[d * kStride + tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = c0 + tx + 16 * j;
+      if (c >= pr.num_clusters) continue;
+      const float norm = norms[c];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float dist = fmaf(-2.0f, acc[i][j], norm);
+        if (dist < best[i]) {  // ids grow with j, so the first of equals is the lowest id
+          best[i] = dist;
+          best_id[i] = c;
+        }
+      }
+    }
+  }
+  // The 16 threads of a row of the tile hold the same points: (distance, id) minimum.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1) {
+      const float od = __shfl_xor_sync(0xffffffffu, best[i], off);
+      const int oid = __shfl_xor_sync(0xffffffffu, best_id[i], off);
+      if (od < best[i] || (od == best[i] && oid < best_id[i])) {
+        best[i] = od;
+        best_id[i] = oid;
+      }
+    }
+    const int pt = ty + 16 * i;
+    if (tx == 0 && first + pt < pr.num_points) {
+      float norm = 0.0f;
+      for (int d = 0; d < D; ++d) norm = fmaf(xs[d * kStride + pt], xs[d * kStride + pt], norm);
+      const int64_t row = pr.point_begin + first + pt;
+      p.labels[row] = best_id[i];
+      ws.distance[row] = fmaxf(norm + best[i], 0.0f);
+    }
+  }
+}
+
+// One warp per point: its row into its cluster's fp32 sum.
+__global__ void AccumulateKernel(KMeansParams p, Workspace ws) {
+  const KMeansProblem pr = p.problems[blockIdx.y];
+  const int point = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (point >= pr.num_points) return;
+  const int64_t row = pr.point_begin + point;
+  const int64_t cluster = pr.cluster_begin + p.labels[row];
+  for (int d = lane; d < p.head_dim; d += 32) {
+    atomicAdd(&ws.sums[cluster * p.head_dim + d], __bfloat162float(p.points[row * p.head_dim + d]));
+  }
+  if (lane == 0) atomicAdd(&p.counts[cluster], 1);
+}
+
+// (value, index) maximum over the block, larger value first, lower index on ties.
+__device__ void BlockArgMax(float& value, int& index, float* sv, int* si) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, value, off);
+    const int oi = __shfl_xor_sync(0xffffffffu, index, off);
+    if (ov > value || (ov == value && oi < index)) {
+      value = ov;
+      index = oi;
+    }
+  }
+  __syncthreads();
+  if (lane == 0) {
+    sv[warp] = value;
+    si[warp] = index;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < static_cast<int>(blockDim.x >> 5) ? sv[lane] : -INFINITY;
+    index = lane < static_cast<int>(blockDim.x >> 5) ? si[lane] : INT32_MAX;
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, value, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, index, off);
+      if (ov > value || (ov == value && oi < index)) {
+        value = ov;
+        index = oi;
+      }
+    }
+    if (lane == 0) {
+      sv[0] = value;
+      si[0] = index;
+    }
+  }
+  __syncthreads();
+  value = sv[0];
+  index = si[0];
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kFinalizeThreads) FinalizeKernel(KMeansParams p, Workspace ws) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const KMeansProblem pr = p.problems[blockIdx.x];
+  const int D = p.head_dim;
+  int32_t* counts = p.counts + pr.cluster_begin;
+  float* sums = ws.sums + pr.cluster_begin * D;
+  int32_t* labels = p.labels + pr.point_begin;
+  const float* distance = ws.distance + pr.point_begin;
+  bool empty = false;
+  for (int c = threadIdx.x; c < pr.num_clusters; c += blockDim.x) empty |= counts[c] == 0;
+  if (__syncthreads_or(empty)) {
+    for (int c = 0; c < pr.num_clusters; ++c) {
+      if (counts[c] != 0) continue;  // uniform: every thread reads the same count
+      float far_d = -1.0f;
+      int far = INT32_MAX;
+      for (int i = threadIdx.x; i < pr.num_points; i += blockDim.x) {
+        if (counts[labels[i]] < 2) continue;
+        if (distance[i] > far_d) {  // ascending i: the first of equals is the lowest index
+          far_d = distance[i];
+          far = i;
+        }
+      }
+      BlockArgMax(far_d, far, sv, si);
+      if (far_d < 0.0f) break;  // fewer points than clusters
+      const int owner = labels[far];
+      const bf16* x = p.points + (pr.point_begin + far) * D;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        const float v = __bfloat162float(x[d]);
+        sums[owner * D + d] -= v;
+        sums[c * D + d] = v;
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        counts[owner] -= 1;
+        counts[c] = 1;
+        labels[far] = c;
+      }
+      __syncthreads();
+    }
+  }
+  for (int i = threadIdx.x; i < pr.num_clusters * D; i += blockDim.x) {
+    const int c = i / D;
+    if (counts[c] > 0) p.centroids[(pr.cluster_begin + c) * D + i % D] = sums[i] / counts[c];
+  }
+}
+
+}  // namespace
+
+size_t KMeansWorkspaceBytes(int64_t total_points, int64_t total_clusters, int head_dim) {
+  return sizeof(float) * (static_cast<size_t>(total_clusters) * (head_dim + 1) + total_points);
+}
+
+cudaError_t KMeansLloyd(const KMeansParams& p, cudaStream_t stream) {
+  const int D = p.head_dim;
+  if (p.points == nullptr || p.problems == nullptr || p.centroids == nullptr ||
+      p.labels == nullptr || p.counts == nullptr || p.workspace == nullptr || D <= 0 ||
+      D % 8 != 0 || D > 256 || p.num_problems < 0 || p.max_points < 0 || p.max_clusters < 0 ||
+      p.iterations < 0 ||
+      p.workspace_bytes < KMeansWorkspaceBytes(p.total_points, p.total_clusters, D)) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.num_problems == 0 || p.max_points == 0 || p.max_clusters == 0) return cudaSuccess;
+  const Workspace ws = Layout(p.workspace, p);
+  const size_t assign_smem = 2 * sizeof(float) * D * kStride;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      AssignKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * sizeof(float) * 256 * kStride);
+  if (attr != cudaSuccess) return attr;
+  const dim3 per_cluster(p.max_clusters, p.num_problems);
+  if (p.seeds != nullptr) {
+    SeedKernel<<<per_cluster, 32, 0, stream>>>(p, ws);
+  } else {
+    NormKernel<<<per_cluster, 32, 0, stream>>>(p, ws);
+  }
+  const dim3 assign_grid((p.max_points + kTile - 1) / kTile, p.num_problems);
+  const dim3 accumulate_grid((p.max_points + 7) / 8, p.num_problems);
+  AssignKernel<<<assign_grid, kAssignThreads, assign_smem, stream>>>(p, ws);
+  for (int it = 0; it < p.iterations; ++it) {
+    if (it > 0) AssignKernel<<<assign_grid, kAssignThreads, assign_smem, stream>>>(p, ws);
+    cudaError_t err = cudaMemsetAsync(ws.sums, 0, sizeof(float) * p.total_clusters * D, stream);
+    if (err != cudaSuccess) return err;
+    err = cudaMemsetAsync(p.counts, 0, sizeof(int32_t) * p.total_clusters, stream);
+    if (err != cudaSuccess) return err;
+    AccumulateKernel<<<accumulate_grid, 256, 0, stream>>>(p, ws);
+    FinalizeKernel<<<p.num_problems, kFinalizeThreads, 0, stream>>>(p, ws);
+    NormKernel<<<per_cluster, 32, 0, stream>>>(p, ws);
+  }
+  if (p.iterations == 0) {  // counts of the assignment alone
+    cudaError_t err = cudaMemsetAsync(ws.sums, 0, sizeof(float) * p.total_clusters * D, stream);
+    if (err != cudaSuccess) return err;
+    err = cudaMemsetAsync(p.counts, 0, sizeof(int32_t) * p.total_clusters, stream);
+    if (err != cudaSuccess) return err;
+    AccumulateKernel<<<accumulate_grid, 256, 0, stream>>>(p, ws);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace mpa::cuda
