@@ -41,8 +41,13 @@ __global__ void SeedKernel(KMeansParams p, Workspace ws) {
   const int point = p.seeds[row];
   float norm = 0.0f;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    const float x = __bfloat162float(p.points[(pr.point_begin + point) * p.head_dim + d]);
-    p.centroids[row * p.head_dim + d] = x;
+    float x;
+    if (point >= 0) {
+      x = __bfloat162float(p.points[(pr.point_begin + point) * p.head_dim + d]);
+      p.centroids[row * p.head_dim + d] = x;
+    } else {
+      x = p.centroids[row * p.head_dim + d];
+    }
     norm += x * x;
   }
   for (int off = 16; off > 0; off >>= 1) norm += __shfl_xor_sync(0xffffffffu, norm, off);

@@ -31,8 +31,8 @@ struct KMeansParams {
   int64_t total_clusters = 0;
   int max_points = 0;    // host: the largest num_points (sizes the grids)
   int max_clusters = 0;  // host: the largest num_clusters
-  // [total_clusters] device: the point (index inside its problem) each centroid starts from, or
-  // null to start from `centroids` as given (e.g. running means of an online update).
+  // [total_clusters] device: the point (index inside its problem) each centroid starts from, -1
+  // to keep the centroid given (running means of an online update); or null to keep them all.
   const int32_t* seeds = nullptr;
   int iterations = 0;          // Lloyd passes; 0 only assigns
   float* centroids = nullptr;  // [total_clusters, head_dim] in/out

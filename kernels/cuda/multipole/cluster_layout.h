@@ -1,0 +1,57 @@
+// The cluster-major layout of a sequence's clustered region on the GPU (multipole_decode.h reads
+// it). After k-means has labelled the keys of some blocks of the region (kmeans.h), for every
+// (KV head, block) job:
+//   - its slots are a stable counting sort of its positions by cluster (positions ascending inside
+//     a cluster, as ClusterIndex::slots() on the CPU), and cluster_begin the clusters' first slots;
+//   - the K and V rows of its positions are copied to their slots in the cluster-major pages;
+//   - key centroids are the k-means means (bf16), value centroids the means of the clusters'
+//   values.
+// GatherKeys brings a job's keys from the paged cache into the contiguous k-means input.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace mpa::cuda {
+
+struct ClusterJob {
+  int kv_head = 0;
+  int first_position = 0;      // positions [first_position, first_position + num_points)
+  int num_points = 0;          // >= 1
+  int64_t point_begin = 0;     // rows of the gathered points and of the labels
+  int first_slot = 0;          // the head's slots [first_slot, first_slot + num_points)
+  int first_cluster = 0;       // the head's clusters [first_cluster, first_cluster + num_clusters)
+  int num_clusters = 0;        // >= 1
+  int64_t centroid_begin = 0;  // rows of the k-means centroids and counts
+};
+
+// Everything of one sequence and one layer the jobs read and write. Per-head outputs are strided
+// arrays: head h's clusters at h * cluster_stride, its slots at h * slot_stride.
+struct ClusterLayoutParams {
+  PagedKvCache kv;
+  const int32_t* pages = nullptr;       // [>= pages of the sequence] positions -> pages
+  const int32_t* slot_pages = nullptr;  // [>= pages of the region] slots -> pages (cluster-major)
+  const ClusterJob* jobs = nullptr;     // [num_jobs] device
+  int num_jobs = 0;
+  int max_points = 0;    // host: the largest num_points of a job
+  int max_clusters = 0;  // host: the largest num_clusters of a job (<= kMaxClustersPerJob)
+  const int32_t* labels = nullptr;   // [total_points] k-means labels (inside the job)
+  const int32_t* counts = nullptr;   // [total_clusters] k-means member counts
+  const float* centroids = nullptr;  // [total_clusters, head_dim] k-means means
+  int cluster_stride = 0;
+  int slot_stride = 0;
+  int32_t* cluster_begin = nullptr;   // [num_kv_heads, cluster_stride + 1]
+  bf16* key_centroids = nullptr;      // [num_kv_heads, cluster_stride, head_dim]
+  bf16* value_centroids = nullptr;    // [num_kv_heads, cluster_stride, head_dim]
+  int32_t* slot_positions = nullptr;  // [num_kv_heads, slot_stride]
+};
+
+inline constexpr int kMaxClustersPerJob = 16384;
+
+// points: [total_points, head_dim] the keys of every job's positions, in position order.
+cudaError_t GatherKeys(const ClusterLayoutParams& p, bf16* points, cudaStream_t stream);
+
+cudaError_t BuildClusterLayout(const ClusterLayoutParams& p, cudaStream_t stream);
+
+}  // namespace mpa::cuda
