@@ -8,7 +8,6 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,10 +19,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
-#include "prometheus/exposer.h"
 #include "server/decode_scheduler.h"
 #include "server/decode_service.h"
 #include "server/metrics.h"
+#include "server/metrics_endpoint.h"
 #include "server/model_engine.h"
 #ifdef MPA_SERVER_WITH_CUDA
 #include <dlfcn.h>
@@ -65,8 +64,8 @@ ABSL_FLAG(int, lookup_position, -1,
 ABSL_FLAG(bool, rotated_centroids, false,
           "Cluster keys after RoPE and score centroids with the query at its own position");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
-          "Prometheus metrics at http://host:port/metrics (\"\": off; port 0: pick a free one, "
-          "printed)");
+          "Prometheus metrics at http://host:port/metrics, liveness at /healthz (\"\": off; port "
+          "0: pick a free one, printed)");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
 ABSL_FLAG(int, prefill_chunk_tokens, 64,
           "Input tokens prefilled per engine step (bounds how long running streams wait)");
@@ -212,17 +211,17 @@ int Serve() {
       {info.model_name, info.architecture, std::string(mpa::AttentionModeName(*mode))});
   // Declared after the registry it serves and before the scheduler, so it is destroyed after
   // the scheduler's last report and before the registry.
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<mpa::server::MetricsEndpoint> metrics_endpoint;
   const std::string metrics_address = absl::GetFlag(FLAGS_metrics_address);
   if (!metrics_address.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(metrics_address, /*num_threads=*/2);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "mpa_server: --metrics_address: cannot listen on %s: %s\n",
-                   metrics_address.c_str(), e.what());
+    absl::StatusOr<std::unique_ptr<mpa::server::MetricsEndpoint>> endpoint =
+        mpa::server::MetricsEndpoint::Start(metrics_address, metrics.registry());
+    if (!endpoint.ok()) {
+      std::fprintf(stderr, "mpa_server: --metrics_address: %s\n",
+                   std::string(endpoint.status().message()).c_str());
       return 1;
     }
-    exposer->RegisterCollectable(metrics.registry());
+    metrics_endpoint = std::move(endpoint).value();
   }
   DecodeScheduler scheduler(engine->get(), options, &metrics);
   mpa::server::DecodeService service(&scheduler, &metrics);
@@ -249,10 +248,9 @@ int Serve() {
       info.has_tokenizer ? "yes" : "no", std::string(mpa::AttentionModeName(*mode)).c_str(),
       info.device.c_str());
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
-  if (exposer != nullptr) {
-    const std::vector<int> ports = exposer->GetListeningPorts();
+  if (metrics_endpoint != nullptr) {
     std::printf("mpa_server metrics on %s\n",
-                BoundAddress(metrics_address, ports.empty() ? 0 : ports.front()).c_str());
+                BoundAddress(metrics_address, metrics_endpoint->port()).c_str());
   }
   std::fflush(stdout);
 
