@@ -57,6 +57,8 @@ TEST(ServerFlagsE2eTest, NonsenseValuesAreRefusedNamingTheFlag) {
         {MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir), flag, "--metrics_address="});
     ASSERT_TRUE(server.started());
     EXPECT_EQ(server.Wait(absl::Seconds(30)), 2) << flag << ":\n" << server.output();
+    // The output is collected by a thread that may still be reading after the exit.
+    server.WaitForLine("mpa_server: ", absl::Seconds(5));
     const std::string output = server.output();
     const std::vector<std::string> lines = absl::StrSplit(output, '\n', absl::SkipEmpty());
     EXPECT_EQ(lines.size(), 1u) << flag << ":\n" << output;
