@@ -1,5 +1,6 @@
 #include "model/model_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -187,26 +188,43 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
 }
 
 absl::Status ModelConfig::Validate() const {
-  auto positive = [](absl::string_view field, int v) -> absl::Status {
+  auto in_range = [](absl::string_view field, int v, int max) -> absl::Status {
     if (v <= 0) return FieldError(field, absl::StrCat("must be > 0 (got ", v, ")"));
+    if (v > max) return FieldError(field, absl::StrCat("must be at most ", max, " (got ", v, ")"));
     return absl::OkStatus();
   };
-  MPA_RETURN_IF_ERROR(positive("vocab_size", vocab_size));
-  MPA_RETURN_IF_ERROR(positive("hidden_size", hidden_size));
-  MPA_RETURN_IF_ERROR(positive("intermediate_size", intermediate_size));
-  MPA_RETURN_IF_ERROR(positive("num_hidden_layers", num_layers));
-  MPA_RETURN_IF_ERROR(positive("num_attention_heads", num_heads));
-  MPA_RETURN_IF_ERROR(positive("num_key_value_heads", num_kv_heads));
-  MPA_RETURN_IF_ERROR(positive("head_dim", head_dim));
-  MPA_RETURN_IF_ERROR(positive("max_position_embeddings", max_position_embeddings));
+  MPA_RETURN_IF_ERROR(in_range("vocab_size", vocab_size, kMaxVocabSize));
+  MPA_RETURN_IF_ERROR(in_range("hidden_size", hidden_size, kMaxHiddenSize));
+  MPA_RETURN_IF_ERROR(in_range("intermediate_size", intermediate_size, kMaxIntermediateSize));
+  MPA_RETURN_IF_ERROR(in_range("num_hidden_layers", num_layers, kMaxLayers));
+  MPA_RETURN_IF_ERROR(in_range("num_attention_heads", num_heads, kMaxHeads));
+  MPA_RETURN_IF_ERROR(in_range("num_key_value_heads", num_kv_heads, kMaxHeads));
+  MPA_RETURN_IF_ERROR(in_range("head_dim", head_dim, kMaxHeadDim));
+  MPA_RETURN_IF_ERROR(
+      in_range("max_position_embeddings", max_position_embeddings, kMaxPositionEmbeddings));
   if (num_heads % num_kv_heads != 0) {
     return FieldError(
         "num_key_value_heads",
         absl::StrCat("(", num_kv_heads, ") must divide num_attention_heads (", num_heads, ")"));
   }
   if (head_dim % 2 != 0) return FieldError("head_dim", "must be even for RoPE");
-  if (!(rms_norm_eps > 0)) return FieldError("rms_norm_eps", "must be > 0");
-  if (!(rope_theta > 0)) return FieldError("rope_theta", "must be > 0");
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps)) {
+    return FieldError("rms_norm_eps", "must be finite and > 0");
+  }
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta)) {
+    return FieldError("rope_theta", "must be finite and > 0");
+  }
+  if (bos_token_id.has_value() && (*bos_token_id < 0 || *bos_token_id >= vocab_size)) {
+    return FieldError(
+        "bos_token_id",
+        absl::StrCat("(", *bos_token_id, ") is outside the vocabulary [0, ", vocab_size, ")"));
+  }
+  for (int id : eos_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      return FieldError("eos_token_id",
+                        absl::StrCat("(", id, ") is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+  }
   return absl::OkStatus();
 }
 

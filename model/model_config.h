@@ -51,7 +51,19 @@ struct ModelConfig {
   std::optional<int> bos_token_id;
   std::vector<int> eos_token_ids;
 
+  // Upper bounds Validate() enforces: far above any real model, low enough that no product of
+  // them overflows and a config alone cannot ask for an absurd allocation.
+  static constexpr int kMaxVocabSize = 1 << 22;
+  static constexpr int kMaxHiddenSize = 1 << 16;
+  static constexpr int kMaxIntermediateSize = 1 << 19;
+  static constexpr int kMaxLayers = 1024;
+  static constexpr int kMaxHeads = 1024;
+  static constexpr int kMaxHeadDim = 1024;
+  static constexpr int kMaxPositionEmbeddings = 1 << 24;
+
   int group_size() const { return num_heads / num_kv_heads; }
+  // InvalidArgument naming the field for a value out of its range (every size > 0 and at most
+  // its kMax*; token ids inside the vocabulary; eps and theta finite and > 0).
   absl::Status Validate() const;
 };
 

@@ -399,8 +399,8 @@ const TensorInfo* Checkpoint::Find(const std::string& name) const {
   return it == routes_.end() ? nullptr : it->second;
 }
 
-absl::Status Checkpoint::ReadF32(const std::string& name,
-                                 const std::vector<int64_t>& expected_shape, float* out) const {
+absl::Status Checkpoint::CheckF32(const std::string& name,
+                                  const std::vector<int64_t>& expected_shape) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) {
     return absl::NotFoundError(absl::StrCat("missing tensor '", name, "' in checkpoint ", dir_));
@@ -415,33 +415,54 @@ absl::Status Checkpoint::ReadF32(const std::string& name,
         absl::StrCat("tensor '", name, "' has dtype ", info->dtype_name,
                      "; expected F32, F16 or BF16 in checkpoint ", dir_));
   }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Copies n values of `Bits` (the raw pattern of an F32, F16 or BF16) from src to out[n] fp32;
+// returns whether every value is finite (an exponent of all ones is Inf or NaN). The flag is
+// folded into the copy so the check reads nothing twice: converting 96M values into a fresh
+// buffer, as a load does, took the same time with and without it (within 1%, F32 and BF16).
+template <typename Bits, Bits kExponentMask, float (*kToFloat)(Bits)>
+bool ConvertAndCheck(const uint8_t* src, size_t n, float* out) {
+  Bits non_finite = 0;
+  for (size_t i = 0; i < n; ++i) {
+    Bits b;
+    std::memcpy(&b, src + sizeof(Bits) * i, sizeof(b));
+    out[i] = kToFloat(b);
+    non_finite |= static_cast<Bits>((b & kExponentMask) == kExponentMask);
+  }
+  return non_finite == 0;
+}
+
+float F32BitsToFloat(uint32_t b) { return std::bit_cast<float>(b); }
+
+}  // namespace
+
+absl::Status Checkpoint::ReadF32(const std::string& name,
+                                 const std::vector<int64_t>& expected_shape, float* out,
+                                 bool* all_finite) const {
+  MPA_RETURN_IF_ERROR(CheckF32(name, expected_shape));
+  const TensorInfo* info = Find(name);
   // The file's size check tied num_bytes to the shape, so the element count follows from it.
   const uint8_t* src = info->data;  // [num_elements] in the file's dtype, maybe unaligned
+  bool finite = true;
   switch (info->dtype) {
     case DType::kF32:
-      if (info->num_bytes > 0) std::memcpy(out, src, info->num_bytes);
+      finite =
+          ConvertAndCheck<uint32_t, 0x7f800000u, F32BitsToFloat>(src, info->num_bytes / 4, out);
       break;
-    case DType::kF16: {
-      const size_t n = info->num_bytes / 2;
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, sizeof(h));
-        out[i] = HalfToFloat(h);
-      }
+    case DType::kF16:
+      finite = ConvertAndCheck<uint16_t, 0x7c00, HalfToFloat>(src, info->num_bytes / 2, out);
       break;
-    }
-    case DType::kBF16: {
-      const size_t n = info->num_bytes / 2;
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t b;
-        std::memcpy(&b, src + 2 * i, sizeof(b));
-        out[i] = BFloat16ToFloat(b);
-      }
+    case DType::kBF16:
+      finite = ConvertAndCheck<uint16_t, 0x7f80, BFloat16ToFloat>(src, info->num_bytes / 2, out);
       break;
-    }
     case DType::kUnsupported:
       break;
   }
+  if (all_finite != nullptr) *all_finite = finite;
   return absl::OkStatus();
 }
 

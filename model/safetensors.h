@@ -58,11 +58,16 @@ class Checkpoint {
   bool Has(const std::string& name) const;
   const TensorInfo* Find(const std::string& name) const;
 
-  // Converts tensor `name` (F32, F16 or BF16) to fp32 into out[product(expected_shape)].
-  // NotFound naming the tensor if it is missing; InvalidArgument naming tensor, expected and
-  // actual shape if the shape differs, or naming the dtype if it is not a float type we read.
+  // Whether ReadF32(name, expected_shape, ...) can read the tensor: NotFound naming the tensor
+  // if it is missing; InvalidArgument naming tensor, expected and actual shape if the shape
+  // differs, or naming the dtype if it is not a float type we read. Reads no data.
+  absl::Status CheckF32(const std::string& name, const std::vector<int64_t>& expected_shape) const;
+
+  // Converts tensor `name` (F32, F16 or BF16) to fp32 into out[product(expected_shape)], with
+  // the errors of CheckF32. If all_finite is given, it says whether every value was finite (no
+  // NaN, no Inf); the check is folded into the conversion.
   absl::Status ReadF32(const std::string& name, const std::vector<int64_t>& expected_shape,
-                       float* out) const;
+                       float* out, bool* all_finite = nullptr) const;
 
   int64_t total_bytes() const;  // sum of tensor bytes, for progress reporting
 

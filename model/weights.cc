@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -65,11 +67,24 @@ absl::StatusOr<Weights> LoadWeights(const std::string& dir, const ModelConfig& c
   MPA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   Weights w;
   std::vector<TensorSpec> specs = ExpectedTensors(config, w);
+  // Every tensor is checked against the config before anything is allocated: the allocations
+  // below are then sized by tensors the checkpoint really holds, never by config.json alone.
+  for (const TensorSpec& spec : specs) {
+    MPA_RETURN_IF_ERROR(checkpoint->CheckF32(spec.name, spec.shape));
+  }
   ProgressBar progress("loading " + dir, checkpoint->total_bytes());
   int64_t done = 0;
   for (const TensorSpec& spec : specs) {
     spec.dest->resize(NumElements(spec.shape));
-    MPA_RETURN_IF_ERROR(checkpoint->ReadF32(spec.name, spec.shape, spec.dest->data()));
+    bool finite = true;
+    MPA_RETURN_IF_ERROR(checkpoint->ReadF32(spec.name, spec.shape, spec.dest->data(), &finite));
+    if (!finite) {
+      const auto bad = std::find_if(spec.dest->begin(), spec.dest->end(),
+                                    [](float x) { return !std::isfinite(x); });
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", spec.name, "' holds ", std::isnan(*bad) ? "NaN" : "Inf", " at element ",
+          bad - spec.dest->begin(), " in checkpoint ", dir, ": the weights are corrupt"));
+    }
     if (const TensorInfo* t = checkpoint->Find(spec.name)) done += t->num_bytes;
     progress.Update(done);
   }

@@ -38,8 +38,10 @@ struct Weights {
   }
 };
 
-// Reads every tensor the config calls for from the checkpoint folder (HF names), checking shapes
-// and dtypes; shows a progress bar on a terminal (stderr) for checkpoints over 64 MiB.
+// Reads every tensor the config calls for from the checkpoint folder (HF names). Every tensor's
+// presence, shape and dtype is checked before any memory is allocated for the weights, and every
+// value is checked to be finite as it is read (InvalidArgument naming the tensor otherwise);
+// shows a progress bar on a terminal (stderr) for checkpoints over 64 MiB.
 absl::StatusOr<Weights> LoadWeights(const std::string& dir, const ModelConfig& config);
 
 // Seeded random weights of the config's shape (normal(0, 0.02) matrices, norms near 1).

@@ -8,9 +8,10 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <exception>
+#include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -20,10 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
-#include "prometheus/exposer.h"
 #include "server/decode_scheduler.h"
 #include "server/decode_service.h"
 #include "server/metrics.h"
+#include "server/metrics_endpoint.h"
 #include "server/model_engine.h"
 #ifdef MPA_SERVER_WITH_CUDA
 #include <dlfcn.h>
@@ -65,8 +66,8 @@ ABSL_FLAG(int, lookup_position, -1,
 ABSL_FLAG(bool, rotated_centroids, false,
           "Cluster keys after RoPE and score centroids with the query at its own position");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
-          "Prometheus metrics at http://host:port/metrics (\"\": off; port 0: pick a free one, "
-          "printed)");
+          "Prometheus metrics at http://host:port/metrics, liveness at /healthz (\"\": off; port "
+          "0: pick a free one, printed)");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
 ABSL_FLAG(int, prefill_chunk_tokens, 64,
           "Input tokens prefilled per engine step (bounds how long running streams wait)");
@@ -161,11 +162,74 @@ void SetMultipoleFromFlags(mpa::MultipoleConfig& m) {
   m.rotated_centroids = absl::GetFlag(FLAGS_rotated_centroids);
 }
 
+// A flag value that makes no sense, refused before anything loads: InvalidArgument naming the
+// flag, its value and what it may be.
+absl::Status CheckFlags() {
+  struct IntRange {
+    const char* flag;
+    int64_t value;
+    int64_t min;
+    int64_t max;
+    bool unset_is_minus_one;  // -1 keeps the design's default
+  };
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  const IntRange ranges[] = {
+      {"max_sessions", absl::GetFlag(FLAGS_max_sessions), 1, 1 << 20, false},
+      {"max_kv_tokens", absl::GetFlag(FLAGS_max_kv_tokens), 1, int64_t{1} << 32, false},
+      {"kv_block_tokens", absl::GetFlag(FLAGS_kv_block_tokens), 1, 1 << 16, false},
+      {"max_prompt_tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 0, kIntMax, false},
+      {"max_total_tokens", absl::GetFlag(FLAGS_max_total_tokens), 0, kIntMax, false},
+      {"token_budget", absl::GetFlag(FLAGS_token_budget), 1, kIntMax, false},
+      {"cluster_ratio", absl::GetFlag(FLAGS_cluster_ratio), 1, kIntMax, true},
+      {"levels", absl::GetFlag(FLAGS_levels), 1, 2, false},
+      {"cluster_interval", absl::GetFlag(FLAGS_cluster_interval), 1, kIntMax, true},
+      {"sink_tokens", absl::GetFlag(FLAGS_sink_tokens), 0, kIntMax, true},
+      {"min_clustered_tokens", absl::GetFlag(FLAGS_min_clustered_tokens), 0, kIntMax, true},
+      {"block_tokens", absl::GetFlag(FLAGS_block_tokens), 1, kIntMax, true},
+      {"lookup_position", absl::GetFlag(FLAGS_lookup_position), 0, kIntMax, true},
+      {"threads", absl::GetFlag(FLAGS_threads), 0, 1024, false},
+      {"prefill_chunk_tokens", absl::GetFlag(FLAGS_prefill_chunk_tokens), 1, kIntMax, false},
+      {"max_batch_size", absl::GetFlag(FLAGS_max_batch_size), 1, 1 << 16, false},
+      {"default_max_new_tokens", absl::GetFlag(FLAGS_default_max_new_tokens), 1, kIntMax, false},
+  };
+  for (const IntRange& r : ranges) {
+    if (r.unset_is_minus_one && r.value == -1) continue;
+    if (r.value < r.min || r.value > r.max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", r.flag, "=", r.value, ": must be in [", r.min, ", ", r.max, "]",
+                       r.unset_is_minus_one ? " (or -1 for the default)" : ""));
+    }
+  }
+  const float fraction = absl::GetFlag(FLAGS_token_budget_fraction);
+  if (!(fraction >= 0.0f && fraction <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("--token_budget_fraction=", fraction,
+                                                   ": must be in [0, 1] (0: use --token_budget)"));
+  }
+  const std::pair<const char*, absl::Duration> durations[] = {
+      {"session_ttl", absl::GetFlag(FLAGS_session_ttl)},
+      {"drain_timeout", absl::GetFlag(FLAGS_drain_timeout)},
+  };
+  for (const auto& [flag, value] : durations) {
+    if (value < absl::ZeroDuration() || value == absl::InfiniteDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, "=", absl::FormatDuration(value), ": must be finite and >= 0"));
+    }
+  }
+  if (absl::GetFlag(FLAGS_address).empty()) {
+    return absl::InvalidArgumentError("--address: empty; give host:port");
+  }
+  return absl::OkStatus();
+}
+
 int Serve() {
   using mpa::server::DecodeScheduler;
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
     std::fprintf(stderr, "mpa_server: --model is required (a model folder)\n");
+    return 2;
+  }
+  if (absl::Status s = CheckFlags(); !s.ok()) {
+    std::fprintf(stderr, "mpa_server: %s\n", std::string(s.message()).c_str());
     return 2;
   }
   absl::StatusOr<mpa::AttentionMode> mode = mpa::ParseAttentionMode(absl::GetFlag(FLAGS_attention));
@@ -212,17 +276,17 @@ int Serve() {
       {info.model_name, info.architecture, std::string(mpa::AttentionModeName(*mode))});
   // Declared after the registry it serves and before the scheduler, so it is destroyed after
   // the scheduler's last report and before the registry.
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<mpa::server::MetricsEndpoint> metrics_endpoint;
   const std::string metrics_address = absl::GetFlag(FLAGS_metrics_address);
   if (!metrics_address.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(metrics_address, /*num_threads=*/2);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "mpa_server: --metrics_address: cannot listen on %s: %s\n",
-                   metrics_address.c_str(), e.what());
+    absl::StatusOr<std::unique_ptr<mpa::server::MetricsEndpoint>> endpoint =
+        mpa::server::MetricsEndpoint::Start(metrics_address, metrics.registry());
+    if (!endpoint.ok()) {
+      std::fprintf(stderr, "mpa_server: --metrics_address: %s\n",
+                   std::string(endpoint.status().message()).c_str());
       return 1;
     }
-    exposer->RegisterCollectable(metrics.registry());
+    metrics_endpoint = std::move(endpoint).value();
   }
   DecodeScheduler scheduler(engine->get(), options, &metrics);
   mpa::server::DecodeService service(&scheduler, &metrics);
@@ -249,10 +313,9 @@ int Serve() {
       info.has_tokenizer ? "yes" : "no", std::string(mpa::AttentionModeName(*mode)).c_str(),
       info.device.c_str());
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
-  if (exposer != nullptr) {
-    const std::vector<int> ports = exposer->GetListeningPorts();
+  if (metrics_endpoint != nullptr) {
     std::printf("mpa_server metrics on %s\n",
-                BoundAddress(metrics_address, ports.empty() ? 0 : ports.front()).c_str());
+                BoundAddress(metrics_address, metrics_endpoint->port()).c_str());
   }
   std::fflush(stdout);
 

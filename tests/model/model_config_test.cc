@@ -1,5 +1,9 @@
 #include "model/model_config.h"
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "gtest/gtest.h"
 #include "model/rope.h"
 
@@ -134,6 +138,30 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"zero_vocab", Replace(kClassicLlama3, "\"vocab_size\": 128", "\"vocab_size\": 0"),
                   absl::StatusCode::kInvalidArgument, "vocab_size"}),
     [](const auto& info) { return info.param.name; });
+
+// Values far outside any real model are refused by name before anything is sized by them.
+TEST(ModelConfigTest, AbsurdValuesAreRefusedNamingTheField) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"\"vocab_size\": 128", "\"vocab_size\": 2147483647"},
+      {"\"hidden_size\": 64", "\"hidden_size\": 1000000"},
+      {"\"intermediate_size\": 96", "\"intermediate_size\": 100000000"},
+      {"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 100000"},
+      {"\"max_position_embeddings\": 1024", "\"max_position_embeddings\": 2000000000"},
+      {"\"bos_token_id\": 1", "\"bos_token_id\": 128"},
+      {"\"eos_token_id\": [2, 3]", "\"eos_token_id\": [2, 999]"},
+  };
+  for (const auto& [from, to] : cases) {
+    std::string text = kClassicLlama3;
+    const size_t at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+    const absl::StatusOr<ModelConfig> config = ParseModelConfig(text);
+    ASSERT_FALSE(config.ok()) << to;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << to;
+    const std::string field = from.substr(1, from.find('"', 1) - 1);
+    EXPECT_NE(config.status().message().find(field), std::string::npos) << config.status();
+  }
+}
 
 }  // namespace
 }  // namespace mpa

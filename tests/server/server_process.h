@@ -69,6 +69,16 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
 
   bool started() const { return pid_ > 0; }
+  // Whether the process is still running (one that has exited is reaped).
+  bool Running() {
+    if (pid_ <= 0 || exited_) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exited_ = true;
+      return false;
+    }
+    return true;
+  }
   void Signal(int sig) {
     if (pid_ > 0 && !exited_) kill(pid_, sig);
   }
