@@ -24,15 +24,29 @@ void ClusterLevel::Truncate(int n, int head_dim) {
 ClusterIndex::ClusterIndex(const MultipoleConfig& config, int head_dim, uint64_t seed)
     : config_(config), head_dim_(head_dim), levels_(config.levels), seed_(seed) {}
 
-uint64_t ClusterIndex::BlockSeed(int begin, int end) const {
-  cpu::SplitMix64 mix(seed_ ^ (uint64_t(begin) * 0x9E3779B97F4A7C15ull) ^
+uint64_t ClusterHeadSeed(const MultipoleConfig& config, int layer, int kv_head) {
+  cpu::SplitMix64 mix(uint64_t{config.seed} * 0x100000001B3ull + uint64_t(layer) * 4099 +
+                      uint64_t(kv_head));
+  return mix.Next();
+}
+
+uint64_t ClusterBlockSeed(uint64_t head_seed, int begin, int end) {
+  cpu::SplitMix64 mix(head_seed ^ (uint64_t(begin) * 0x9E3779B97F4A7C15ull) ^
                       (uint64_t(end) * 0xC2B2AE3D27D4EB4Full));
   return mix.Next();
 }
 
-int ClusterIndex::ClustersFor(int tokens, int tokens_per_centroid) const {
+int ClustersForTokens(int tokens, int tokens_per_centroid) {
   const int k = (tokens + tokens_per_centroid - 1) / tokens_per_centroid;
   return std::clamp(k, 1, std::max(tokens, 1));
+}
+
+uint64_t ClusterIndex::BlockSeed(int begin, int end) const {
+  return ClusterBlockSeed(seed_, begin, end);
+}
+
+int ClusterIndex::ClustersFor(int tokens, int tokens_per_centroid) const {
+  return ClustersForTokens(tokens, tokens_per_centroid);
 }
 
 void ClusterIndex::DropLastBlockClusters() {

@@ -59,6 +59,13 @@ struct ClusterBlock {
   int num_tokens() const { return token_end - token_begin; }
 };
 
+// The seed of (layer, KV head)'s cluster index, and of one block's k-means within it: the GPU
+// clustering draws its seeds from the same points as the CPU reference.
+uint64_t ClusterHeadSeed(const MultipoleConfig& config, int layer, int kv_head);
+uint64_t ClusterBlockSeed(uint64_t head_seed, int begin, int end);
+// k-means clusters of a block of `tokens` tokens at one centroid per `tokens_per_centroid`.
+int ClustersForTokens(int tokens, int tokens_per_centroid);
+
 class ClusterIndex {
  public:
   // config must be valid; `seed` distinguishes this (layer, KV head) from the others.

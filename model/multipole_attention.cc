@@ -182,12 +182,6 @@ HeadRows RowsOf(SequenceState& seq, int layer, int kv_head) {
   return HeadRows{kv.RawKeyRow(kv_head, 0), kv.ValueRow(kv_head, 0), kv.KeyRow(kv_head, 0)};
 }
 
-uint64_t HeadSeed(const MultipoleConfig& config, int layer, int kv_head) {
-  cpu::SplitMix64 mix(uint64_t{config.seed} * 0x100000001B3ull + uint64_t(layer) * 4099 +
-                      uint64_t(kv_head));
-  return mix.Next();
-}
-
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -210,7 +204,7 @@ void UpdateClusters(int layer, SequenceState& seq, int first_new) {
     // Extend could not grow it and the tokens joining the region later would go unattended.
     if (part.clustered_tokens() < std::max(1, config.min_clustered_tokens)) return;
     for (int h = 0; h < num_kv_heads; ++h) {
-      state.heads.emplace_back(config, seq.head_dim(), HeadSeed(config, layer, h));
+      state.heads.emplace_back(config, seq.head_dim(), ClusterHeadSeed(config, layer, h));
       state.heads.back().Build(RowsOf(seq, layer, h), part.sink_end, part.clustered_end);
     }
     state.clustered_end = part.clustered_end;

@@ -54,4 +54,9 @@ cudaError_t GatherKeys(const ClusterLayoutParams& p, bf16* points, cudaStream_t 
 
 cudaError_t BuildClusterLayout(const ClusterLayoutParams& p, cudaStream_t stream);
 
+// The starting centroids of an online update: for every job, its first `keep` clusters' key
+// centroids (bf16, as the layout holds them) into rows [centroid_begin, + keep) of `centroids`.
+cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int keep, float* centroids,
+                             cudaStream_t stream);
+
 }  // namespace mpa::cuda

@@ -106,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a, i
     if (tid == 0) {
       a.row_counts[hb] = exact_positions;
       a.selected_tokens[hb] = 0;
+      if (a.exact_tokens != nullptr) atomicAdd(&a.exact_tokens[b], exact_positions);
     }
     return;
   }
@@ -313,6 +314,9 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a, i
   if (tid == 0) {
     a.row_counts[hb] = exact_positions + selected_total;
     a.selected_tokens[hb] = selected_total;
+    if (a.exact_tokens != nullptr) {
+      atomicAdd(&a.exact_tokens[b], static_cast<unsigned long long>(exact_positions) + selected_total);
+    }
   }
 }
 

@@ -156,6 +156,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.rows = w.rows;
   a.row_counts = w.row_counts;
   a.selected_tokens = w.selected_tokens;
+  a.exact_tokens = p.exact_tokens;
   const int slots = shape.exact_splits + shape.approx_splits;
   a.partial_o = static_cast<float*>(w.partials);
   a.partial_lse = a.partial_o + static_cast<size_t>(p.batch) * slots * p.num_q_heads * hd;

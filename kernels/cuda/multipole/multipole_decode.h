@@ -69,6 +69,9 @@ struct MultipoleDecodeParams {
   void* workspace = nullptr;  // MultipoleDecodeWorkspaceBytes
   size_t workspace_bytes = 0;
   DecodeKernel kernel = DecodeKernel::kAuto;  // the exact part's kernel (tests force one)
+  // Optional [batch] device counters: each call adds, per sequence, the tokens attended exactly
+  // (sink + recent + selected) summed over its KV heads (statistics of the sparsity).
+  unsigned long long* exact_tokens = nullptr;
   // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection;
   // 3 also the approximation (the output is then not written).
   int stop_after = 0;

@@ -40,6 +40,7 @@ struct StepArgs {
   int32_t* rows;
   int32_t* row_counts;
   int32_t* selected_tokens;
+  unsigned long long* exact_tokens;  // [batch] or null: += rows attended exactly
   // DecodeAttention's partials: [batch, slots, num_q_heads, head_dim] then lse [batch, slots,
   // num_q_heads]; the approximation owns slots [exact_splits, exact_splits + approx_splits).
   float* partial_o;
