@@ -1,6 +1,7 @@
 // Accuracy of Multipole Attention against dense attention on a real model: top-1 agreement and
 // mean KL(dense || mode) of the next-token distribution along the dense greedy trajectory, for
-// multipole, exact-only and quest at budgets of 10%, 25% and 50% of the clustered region.
+// multipole and exact-only with each kind of centroid keys (post-RoPE, pre-RoPE with rotated
+// means, pre-RoPE), and quest, at budgets of 10%, 25% and 50% of the clustered region.
 //
 //   multipole_accuracy_bench [--model DIR] [--tokens 400] [--commit HASH] [--out FILE]
 //
@@ -29,7 +30,8 @@ ABSL_FLAG(int, sink_tokens, 4, "sink tokens");
 ABSL_FLAG(int, cluster_interval, 16, "cluster interval");
 ABSL_FLAG(int, tokens_per_centroid, 4, "tokens per centroid (single level)");
 ABSL_FLAG(int, levels, 1, "1 or 2 (two: coarse 16 over fine 4 tokens per centroid)");
-ABSL_FLAG(int, lookup_position, 64, "position at which queries are rotated to score centroids");
+ABSL_FLAG(int, lookup_position, 64,
+          "position at which queries are rotated to score pre-RoPE centroids (pre_rope only)");
 ABSL_FLAG(int, block_tokens, 128, "frozen block size");
 ABSL_FLAG(int, min_clustered_tokens, 32, "below this clustered length attention is dense");
 ABSL_FLAG(std::string, commit, "unknown", "commit the numbers were measured at");
@@ -75,16 +77,19 @@ int Run() {
   }
   const AttentionMode modes[] = {AttentionMode::kMultipole, AttentionMode::kExactOnly,
                                  AttentionMode::kQuest};
-  // Each mode at each budget, with both kinds of centroid (quest has none: run once).
+  // Each mode at each budget, with each kind of centroid keys, the design's default first
+  // (quest has no centroids: run once, after the default).
+  const CentroidKeys centroid_keys[] = {CentroidKeys::kPostRope, CentroidKeys::kPreRopeRotatedMeans,
+                                        CentroidKeys::kPreRope};
   std::vector<AttentionOptions> runs;
-  for (bool rotated : {false, true}) {
+  for (CentroidKeys keys : centroid_keys) {
     for (AttentionMode mode : modes) {
-      if (mode == AttentionMode::kQuest && rotated) continue;
+      if (mode == AttentionMode::kQuest && keys != centroid_keys[0]) continue;
       for (double b : budgets) {
         AttentionOptions o;
         o.mode = mode;
         o.multipole = base;
-        o.multipole.rotated_centroids = rotated;
+        o.multipole.centroid_keys = keys;
         o.multipole.token_budget_fraction = static_cast<float>(b);
         runs.push_back(o);
       }
@@ -112,9 +117,12 @@ int Run() {
       "Settings: sink %d, cluster interval %d, %s, block %d tokens, final "
       "window %d..%d, min clustered %d, k-means iterations %d (prefill) / %d (update), Quest "
       "pages of %d tokens. Budget = ceil(fraction x clustered region).\n\n"
-      "Centroids: *pre-RoPE* = means of pre-RoPE keys scored with the query rotated at lookup "
-      "position %d (the design's default); *post-RoPE* = means of post-RoPE keys scored with the "
-      "query at its true position (MultipoleConfig::rotated_centroids).\n\n"
+      "Centroids (MultipoleConfig::centroid_keys): *post-RoPE* = k-means on the cached "
+      "post-RoPE keys, their means scored with the query at its true position (`post_rope`, the "
+      "design's default); *pre-RoPE + rotated means* = k-means on pre-RoPE keys, the means of "
+      "their post-RoPE keys scored with the query at its true position "
+      "(`pre_rope_rotated_means`); *pre-RoPE* = k-means on pre-RoPE keys, their means scored "
+      "with the query rotated at lookup position %d (`pre_rope`, the paper's variant).\n\n"
       "| mode | centroids | budget | steps | top-1 agreement | mean KL | max KL | read exactly |\n"
       "|---|---|---|---|---|---|---|---|\n",
       absl::GetFlag(FLAGS_commit), absl::StrJoin(prompt, ","), steps, base.sink_tokens,
@@ -127,9 +135,20 @@ int Run() {
       base.prefill_kmeans_iterations, base.update_kmeans_iterations, base.quest_page_tokens,
       base.lookup_position);
   for (const AccuracyResult& r : *results) {
-    const char* centroids = r.options.mode == AttentionMode::kQuest ? "-"
-                            : r.options.multipole.rotated_centroids ? "post-RoPE"
-                                                                    : "pre-RoPE";
+    const char* centroids = "-";  // quest
+    if (r.options.mode != AttentionMode::kQuest) {
+      switch (r.options.multipole.centroid_keys) {
+        case CentroidKeys::kPostRope:
+          centroids = "post-RoPE";
+          break;
+        case CentroidKeys::kPreRopeRotatedMeans:
+          centroids = "pre-RoPE + rotated means";
+          break;
+        case CentroidKeys::kPreRope:
+          centroids = "pre-RoPE";
+          break;
+      }
+    }
     table += absl::StrFormat("| %s | %s | %.0f%% | %d | %.4f | %.5f | %.4f | %.3f |\n",
                              AttentionModeName(r.options.mode), centroids,
                              100.0 * r.options.multipole.token_budget_fraction, r.steps_compared,

@@ -59,7 +59,7 @@ class AttentionBackend {
 
   // Attention for the sequence's newest token at `layer`. q_rot: [num_heads, head_dim] after
   // RoPE at the token's position; q_raw: the same before RoPE (for centroid lookup at a fixed
-  // position). out: [num_heads, head_dim].
+  // position, CentroidKeys::kPreRope). out: [num_heads, head_dim].
   virtual void Decode(int layer, SequenceState& seq, const float* q_rot, const float* q_raw,
                       float* out) = 0;
 };

@@ -83,7 +83,7 @@ void ClusterIndex::ClusterNewBlock(const HeadRows& rows, int begin, int end, int
   std::vector<float> centroids(static_cast<size_t>(k) * head_dim_);
   std::vector<int32_t> local(n);
   cpu::KMeansParams km;
-  km.points = rows.k_raw + int64_t{begin} * head_dim_;
+  km.points = rows.keys + int64_t{begin} * head_dim_;
   km.num_points = n;
   km.dim = head_dim_;
   km.num_clusters = k;
@@ -106,7 +106,7 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
                                std::vector<int32_t>& local_labels, int num_local) {
   const int d = head_dim_;
   const int n = b.num_tokens();
-  // Per local cluster: token counts and fp32 sums of pre-RoPE keys and values.
+  // Per local cluster: token counts and fp32 sums of the clustered keys and of values.
   std::vector<int32_t> counts(num_local, 0);
   std::vector<float> key_sums(static_cast<size_t>(num_local) * d, 0.0f);
   std::vector<float> value_sums(static_cast<size_t>(num_local) * d, 0.0f);
@@ -116,9 +116,11 @@ void ClusterIndex::Materialize(const HeadRows& rows, ClusterBlock& b,
     const int64_t t = b.token_begin + i;
     ++counts[c];
     for (int j = 0; j < d; ++j) {
-      key_sums[int64_t{c} * d + j] += rows.k_raw[t * d + j];
+      key_sums[int64_t{c} * d + j] += rows.keys[t * d + j];
       value_sums[int64_t{c} * d + j] += rows.v[t * d + j];
-      if (rows.k != nullptr) rotated_sums[int64_t{c} * d + j] += rows.k[t * d + j];
+      if (rows.rotated_keys != nullptr) {
+        rotated_sums[int64_t{c} * d + j] += rows.rotated_keys[t * d + j];
+      }
     }
   }
   // Non-empty clusters in the order they will be numbered. Two levels: cluster the fine
@@ -270,12 +272,12 @@ int64_t ClusterIndex::Extend(const HeadRows& rows, int new_end) {
   std::vector<int32_t> seeds(k_new);
   cpu::SampleDistinct(m, k_new, BlockSeed(old_end, new_end), seeds.data());
   for (int i = 0; i < k_new; ++i) {
-    std::copy_n(rows.k_raw + int64_t{old_end + seeds[i]} * d, d,
+    std::copy_n(rows.keys + int64_t{old_end + seeds[i]} * d, d,
                 centroids.begin() + int64_t{k_old + i} * d);
   }
   // Assign the new tokens one by one, each moving its cluster's running mean.
   for (int t = old_end; t < new_end; ++t) {
-    const float* x = rows.k_raw + int64_t{t} * d;
+    const float* x = rows.keys + int64_t{t} * d;
     const int c = cpu::NearestCentroid(x, centroids.data(), k, d);
     ++counts[c];
     for (int j = 0; j < d; ++j) {
@@ -286,7 +288,7 @@ int64_t ClusterIndex::Extend(const HeadRows& rows, int new_end) {
   // Refine the whole final window with a few Lloyd passes; its labels are the final word.
   std::vector<int32_t> local(n);
   cpu::KMeansParams km;
-  km.points = rows.k_raw + int64_t{final_window.token_begin} * d;
+  km.points = rows.keys + int64_t{final_window.token_begin} * d;
   km.num_points = n;
   km.dim = d;
   km.num_clusters = k;
@@ -394,26 +396,32 @@ absl::Status ClusterIndex::CheckInvariants(const HeadRows* rows) const {
   }
   if (rows != nullptr) {
     const int d = head_dim_;
-    std::vector<double> ks(static_cast<size_t>(kf) * d, 0.0), vs(static_cast<size_t>(kf) * d, 0.0);
+    const bool rotated = rows->rotated_keys != nullptr;
+    const size_t size = static_cast<size_t>(kf) * d;
+    std::vector<double> ks(size, 0.0), vs(size, 0.0), rs(rotated ? size : 0, 0.0);
     for (int i = 0; i < n; ++i) {
       const int c = labels_[i];
+      const int64_t row = int64_t{region_begin_ + i} * d;
       for (int j = 0; j < d; ++j) {
-        ks[int64_t{c} * d + j] += rows->k_raw[int64_t{region_begin_ + i} * d + j];
-        vs[int64_t{c} * d + j] += rows->v[int64_t{region_begin_ + i} * d + j];
+        ks[int64_t{c} * d + j] += rows->keys[row + j];
+        vs[int64_t{c} * d + j] += rows->v[row + j];
+        if (rotated) rs[int64_t{c} * d + j] += rows->rotated_keys[row + j];
       }
     }
-    for (int c = 0; c < kf; ++c) {
-      double knorm = 0.0, vnorm = 0.0, kerr = 0.0, verr = 0.0;
+    // Relative 1e-4 between the members' mean (sums [kf, d]) and the stored centroids.
+    auto means_match = [&](const std::vector<double>& sums, const std::vector<float>& centroids,
+                           int c) {
+      double norm = 0.0, err = 0.0;
       for (int j = 0; j < d; ++j) {
-        const double km = ks[int64_t{c} * d + j] / fine_.counts[c];
-        const double vm = vs[int64_t{c} * d + j] / fine_.counts[c];
-        knorm += km * km;
-        vnorm += vm * vm;
-        kerr += std::pow(km - fine_.key_centroids[int64_t{c} * d + j], 2);
-        verr += std::pow(vm - fine_.value_centroids[int64_t{c} * d + j], 2);
+        const double mean = sums[int64_t{c} * d + j] / fine_.counts[c];
+        norm += mean * mean;
+        err += std::pow(mean - centroids[int64_t{c} * d + j], 2);
       }
-      if (!(std::sqrt(kerr) <= 1e-4 * std::sqrt(knorm) + 1e-6) ||
-          !(std::sqrt(verr) <= 1e-4 * std::sqrt(vnorm) + 1e-6)) {
+      return std::sqrt(err) <= 1e-4 * std::sqrt(norm) + 1e-6;
+    };
+    for (int c = 0; c < kf; ++c) {
+      if (!means_match(ks, fine_.key_centroids, c) || !means_match(vs, fine_.value_centroids, c) ||
+          (rotated && !means_match(rs, fine_.rotated_key_centroids, c))) {
         return fail("centroids of cluster ", c, " do not match its members' means");
       }
     }

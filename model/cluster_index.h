@@ -1,5 +1,6 @@
 // The clustered region of one KV head of one layer of one sequence: k-means clusters of its
-// pre-RoPE keys, kept up to date as tokens join the region (DESIGN.md section 5).
+// keys (post-RoPE, or pre-RoPE for the CentroidKeys variants that ask for it; HeadRows says
+// which), kept up to date as tokens join the region (DESIGN.md section 5).
 //
 // Layout. The region covers positions [region_begin, region_end). Slot i of `slots()` holds a
 // token position; slots are ordered cluster-major, so fine cluster c is the contiguous run
@@ -23,22 +24,26 @@
 
 namespace mpa {
 
-// The cache rows of one KV head that clustering reads.
+// The cache rows of one KV head that clustering reads. Build and every Extend of one index must
+// be given the same kind of rows.
 struct HeadRows {
-  const float* k_raw = nullptr;  // [>= region_end, head_dim] keys before RoPE
-  const float* v = nullptr;      // [>= region_end, head_dim] values
-  const float* k = nullptr;      // [>= region_end, head_dim] keys after RoPE, or null (then the
-                                 // rotated centroids are left empty)
+  // [>= region_end, head_dim] the keys k-means clusters and key_centroids average: the cached
+  // post-RoPE keys (CentroidKeys::kPostRope) or the pre-RoPE keys (the other variants).
+  const float* keys = nullptr;
+  const float* v = nullptr;  // [>= region_end, head_dim] values
+  // [>= region_end, head_dim] post-RoPE keys averaged into rotated_key_centroids over the
+  // clusters of `keys` (CentroidKeys::kPreRopeRotatedMeans), or null (then those are zeros).
+  const float* rotated_keys = nullptr;
 };
 
 // One level of clusters (the single level, or the fine or coarse level of two).
 struct ClusterLevel {
   std::vector<int32_t> counts;         // [num_clusters] tokens (never 0 after an update)
-  std::vector<float> key_sums;         // [num_clusters, head_dim] fp32 sums of pre-RoPE keys
+  std::vector<float> key_sums;         // [num_clusters, head_dim] fp32 sums of HeadRows::keys
   std::vector<float> value_sums;       // [num_clusters, head_dim] fp32 sums of values
   std::vector<float> key_centroids;    // [num_clusters, head_dim] key_sums / counts
   std::vector<float> value_centroids;  // [num_clusters, head_dim] value_sums / counts
-  // Means of the post-RoPE keys ([num_clusters, head_dim]; only when HeadRows::k is given):
+  // Sums and means of HeadRows::rotated_keys ([num_clusters, head_dim]; zeros when not given):
   // q_rot . mean(k_rot) is exactly the mean logit of the cluster at the query's true position.
   std::vector<float> rotated_key_sums;
   std::vector<float> rotated_key_centroids;
@@ -105,7 +110,8 @@ class ClusterIndex {
   // lengths; slots are a permutation of the region, grouped by label, ascending inside a
   // cluster; ranges tile each block's slots; coarse counts equal the sums of their fine counts
   // and coarse ranges the union of their fine ranges; no cluster is empty; with `rows`, sums and
-  // centroids match the cached keys and values (relative 1e-4).
+  // centroids (rotated ones too where rows->rotated_keys is given) match the rows' keys and
+  // values (relative 1e-4).
   absl::Status CheckInvariants(const HeadRows* rows = nullptr) const;
 
  private:

@@ -38,7 +38,7 @@ class KvBlockPool {
 // One layer's cache for one sequence.
 struct LayerKv {
   std::vector<float> k;      // [num_kv_heads, capacity, head_dim] keys after RoPE
-  std::vector<float> k_raw;  // same, keys before RoPE (clustering works on these)
+  std::vector<float> k_raw;  // same, keys before RoPE (the pre-RoPE CentroidKeys cluster these)
   std::vector<float> v;      // same, values
   int64_t head_stride() const { return capacity * head_dim; }
   int capacity = 0;

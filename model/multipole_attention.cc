@@ -72,10 +72,12 @@ MultipoleHeadResult MultipoleHeadAttention(const MultipoleHeadParams& p) {
 
   // Which centroids stand for a cluster's keys, and which query scores them.
   auto key_centroids = [&](const ClusterLevel& level) {
-    return p.rotated_centroids ? level.rotated_key_centroids.data() : level.key_centroids.data();
+    return p.centroid_keys == CentroidKeys::kPreRopeRotatedMeans
+               ? level.rotated_key_centroids.data()
+               : level.key_centroids.data();
   };
   cpu::CentroidLookupParams lookup;
-  lookup.q = p.rotated_centroids ? p.q_rot : p.q_lookup;
+  lookup.q = p.centroid_keys == CentroidKeys::kPreRope ? p.q_lookup : p.q_rot;
   lookup.group_size = G;
   lookup.head_dim = d;
   lookup.scale = p.scale;
@@ -166,6 +168,18 @@ MultipoleHeadResult MultipoleHeadAttention(const MultipoleHeadParams& p) {
   return result;
 }
 
+HeadRows ClusteringRows(LayerKv& kv, int kv_head, CentroidKeys keys) {
+  switch (keys) {
+    case CentroidKeys::kPostRope:
+      return HeadRows{kv.KeyRow(kv_head, 0), kv.ValueRow(kv_head, 0), nullptr};
+    case CentroidKeys::kPreRopeRotatedMeans:
+      return HeadRows{kv.RawKeyRow(kv_head, 0), kv.ValueRow(kv_head, 0), kv.KeyRow(kv_head, 0)};
+    case CentroidKeys::kPreRope:
+      break;
+  }
+  return HeadRows{kv.RawKeyRow(kv_head, 0), kv.ValueRow(kv_head, 0), nullptr};
+}
+
 namespace {
 
 MultipoleSequenceState& StateOf(SequenceState& seq) {
@@ -178,8 +192,7 @@ MultipoleSequenceState& StateOf(SequenceState& seq) {
 }
 
 HeadRows RowsOf(SequenceState& seq, int layer, int kv_head) {
-  LayerKv& kv = seq.layer(layer);
-  return HeadRows{kv.RawKeyRow(kv_head, 0), kv.ValueRow(kv_head, 0), kv.KeyRow(kv_head, 0)};
+  return ClusteringRows(seq.layer(layer), kv_head, seq.attention().multipole.centroid_keys);
 }
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
@@ -245,10 +258,13 @@ void MultipoleDecode(const Rope& rope, int num_heads, int layer, SequenceState& 
     return;
   }
 
-  // Centroids are means of pre-RoPE keys: score them with the query rotated at the lookup
-  // position, i.e. as if every clustered key sat lookup_position tokens before the query.
-  std::vector<float> q_lookup(q_raw, q_raw + int64_t{num_heads} * d);
-  rope.Apply(q_lookup.data(), num_heads, config.lookup_position);
+  // Centroids of pre-RoPE keys are scored with the query rotated at the lookup position, i.e. as
+  // if every clustered key sat lookup_position tokens before the query.
+  std::vector<float> q_lookup;  // [num_heads, head_dim]
+  if (config.centroid_keys == CentroidKeys::kPreRope) {
+    q_lookup.assign(q_raw, q_raw + int64_t{num_heads} * d);
+    rope.Apply(q_lookup.data(), num_heads, config.lookup_position);
+  }
 
   CachePartition part = PartitionCache(seq.num_tokens(), config);
   part.clustered_end = state.clustered_end;  // tokens not yet clustered stay in the recent window
@@ -258,7 +274,7 @@ void MultipoleDecode(const Rope& rope, int num_heads, int layer, SequenceState& 
     p.index = &state.heads[h];
     p.partition = part;
     p.q_rot = q_rot + int64_t{h} * group * d;
-    p.q_lookup = q_lookup.data() + int64_t{h} * group * d;
+    p.q_lookup = q_lookup.empty() ? nullptr : q_lookup.data() + int64_t{h} * group * d;
     p.k_head = view.k + h * view.head_stride;
     p.v_head = view.v + h * view.head_stride;
     p.group_size = group;
@@ -267,7 +283,7 @@ void MultipoleDecode(const Rope& rope, int num_heads, int layer, SequenceState& 
     p.token_budget = budget;
     p.coarse_expansion = config.coarse_expansion;
     p.approximate = config.approximate && seq.attention().mode != AttentionMode::kExactOnly;
-    p.rotated_centroids = config.rotated_centroids;
+    p.centroid_keys = config.centroid_keys;
     p.out = out + int64_t{h} * group * d;
     const MultipoleHeadResult r = MultipoleHeadAttention(p);
     stats.tokens_attended_exact += r.tokens_exact;

@@ -41,23 +41,27 @@ CachePartition PartitionCache(int num_tokens, const MultipoleConfig& config);
 int64_t TokenBudget(const MultipoleConfig& config, int clustered_tokens);
 
 // Everything one KV head's decode step reads. The exact parts use the query rotated at its true
-// position against post-RoPE keys; the lookup and the approximation use the query rotated at the
-// lookup position against the centroids of pre-RoPE keys.
+// position against post-RoPE keys. The lookup and the approximation score the index's
+// key_centroids (kPostRope: means of post-RoPE keys) or rotated_key_centroids
+// (kPreRopeRotatedMeans) with that same query, or the key_centroids of pre-RoPE keys (kPreRope)
+// with the query rotated at the lookup position.
 struct MultipoleHeadParams {
-  const ClusterIndex* index = nullptr;  // covers [partition.sink_end, partition.clustered_end)
+  const ClusterIndex* index = nullptr;  // covers [partition.sink_end, partition.clustered_end),
+                                        // built from ClusteringRows(..., centroid_keys)
   CachePartition partition;
   const float* q_rot = nullptr;     // [group_size, head_dim] after RoPE at the true position
-  const float* q_lookup = nullptr;  // [group_size, head_dim] after RoPE at lookup_position
+  const float* q_lookup = nullptr;  // [group_size, head_dim] after RoPE at lookup_position;
+                                    // read only with CentroidKeys::kPreRope
   const float* k_head = nullptr;    // [>= num_tokens, head_dim] keys after RoPE
   const float* v_head = nullptr;    // [>= num_tokens, head_dim] values
   int group_size = 0;
   int head_dim = 0;
   float scale = 0.0f;
   int64_t token_budget = 0;
-  float coarse_expansion = 4.0f;   // two levels only
-  bool approximate = true;         // false: exact-only (non-selected clusters are dropped)
-  bool rotated_centroids = false;  // score the post-RoPE centroids with q_rot (see config)
-  float* out = nullptr;            // [group_size, head_dim]
+  float coarse_expansion = 4.0f;  // two levels only
+  bool approximate = true;        // false: exact-only (non-selected clusters are dropped)
+  CentroidKeys centroid_keys = CentroidKeys::kPostRope;  // which centroids, which query
+  float* out = nullptr;                                  // [group_size, head_dim]
 };
 
 struct MultipoleHeadResult {
@@ -68,6 +72,11 @@ struct MultipoleHeadResult {
 
 // One KV head's attention for its GQA group of query heads.
 MultipoleHeadResult MultipoleHeadAttention(const MultipoleHeadParams& p);
+
+// The rows of KV head `kv_head` of `kv` that its ClusterIndex clusters, for `keys`: the cached
+// post-RoPE keys (kPostRope), or the pre-RoPE keys with (kPreRopeRotatedMeans) or without
+// (kPreRope) the post-RoPE keys whose cluster means are kept beside them.
+HeadRows ClusteringRows(LayerKv& kv, int kv_head, CentroidKeys keys);
 
 // The cluster indices of one sequence: per layer, the clustered end and one index per KV head.
 class MultipoleSequenceState : public BackendSequenceState {

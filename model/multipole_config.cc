@@ -14,7 +14,31 @@ absl::Status AtLeast(const char* field, double value, double minimum) {
       absl::StrCat("multipole config: ", field, " is ", value, ", must be >= ", minimum));
 }
 
+constexpr CentroidKeys kAllCentroidKeys[] = {
+    CentroidKeys::kPostRope, CentroidKeys::kPreRopeRotatedMeans, CentroidKeys::kPreRope};
+
 }  // namespace
+
+absl::StatusOr<CentroidKeys> ParseCentroidKeys(absl::string_view name) {
+  for (CentroidKeys keys : kAllCentroidKeys) {
+    if (name == CentroidKeysName(keys)) return keys;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("multipole config: centroid_keys is '", name,
+                   "', must be one of post_rope, pre_rope_rotated_means, pre_rope"));
+}
+
+const char* CentroidKeysName(CentroidKeys keys) {
+  switch (keys) {
+    case CentroidKeys::kPostRope:
+      return "post_rope";
+    case CentroidKeys::kPreRopeRotatedMeans:
+      return "pre_rope_rotated_means";
+    case CentroidKeys::kPreRope:
+      return "pre_rope";
+  }
+  return "unknown";
+}
 
 absl::Status MultipoleConfig::Validate() const {
   const struct {

@@ -2,8 +2,31 @@
 #pragma once
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace mpa {
+
+// Which keys k-means clusters, and which centroids and query the centroid lookup and the
+// approximation term score.
+enum class CentroidKeys {
+  // k-means on the cached post-RoPE keys; their means are scored with the query at its true
+  // position, so q . mean(k_rot) is exactly the mean logit of the cluster.
+  kPostRope,
+  // k-means on pre-RoPE keys; the means of the same clusters' post-RoPE keys are scored with the
+  // query at its true position.
+  kPreRopeRotatedMeans,
+  // k-means on pre-RoPE keys; their means are scored with the query rotated at
+  // lookup_position, as if every clustered key sat that many tokens before it (the paper's
+  // variant).
+  kPreRope,
+};
+
+// "post_rope", "pre_rope_rotated_means" or "pre_rope"; InvalidArgument naming centroid_keys and
+// the allowed values otherwise.
+absl::StatusOr<CentroidKeys> ParseCentroidKeys(absl::string_view name);
+// The name ParseCentroidKeys accepts for `keys`.
+const char* CentroidKeysName(CentroidKeys keys);
 
 struct MultipoleConfig {
   int sink_tokens = 10;                 // first tokens, always exact
@@ -18,12 +41,10 @@ struct MultipoleConfig {
   float coarse_expansion = 4.0f;
   int token_budget = 128;              // tokens of the clustered region attended exactly
   float token_budget_fraction = 0.0f;  // if > 0, budget = ceil(fraction x clustered length)
-  int lookup_position = 2048;          // position at which the query is rotated to score centroids
-  // false (the design's default): centroids are means of pre-RoPE keys, scored with the query
-  // rotated at lookup_position, for both selection and the approximation term. true: centroids
-  // are means of post-RoPE keys scored with the query at its true position, so a centroid's
-  // logit is exactly the mean logit of its cluster (no assumed distance).
-  bool rotated_centroids = false;
+  // The keys clustered and the centroids scored, for both selection and the approximation term.
+  CentroidKeys centroid_keys = CentroidKeys::kPostRope;
+  // kPreRope only: position at which the query is rotated to score the pre-RoPE centroids.
+  int lookup_position = 2048;
   int prefill_kmeans_iterations = 10;
   int update_kmeans_iterations = 3;
   int block_tokens = 8192;      // frozen block size

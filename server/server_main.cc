@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
+#include "model/config/multipole_flags.h"
 #include "server/decode_scheduler.h"
 #include "server/decode_service.h"
 #include "server/metrics.h"
@@ -50,21 +51,7 @@ ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(10),
           "Idle time after which a session is evicted (0: never)");
 ABSL_FLAG(std::string, attention, "dense",
           "Default attention mode: dense, multipole, exact-only, quest");
-ABSL_FLAG(int, token_budget, 128, "Default token budget of sparse attention modes");
-// Multipole knobs (the same flags as mpa_generate; -1 keeps the design's default).
-ABSL_FLAG(float, token_budget_fraction, 0.0f,
-          "If > 0, the default token budget as a fraction of the clustered region");
-ABSL_FLAG(int, cluster_ratio, -1, "Tokens per centroid (single level; default 16)");
-ABSL_FLAG(int, levels, 1, "Cluster hierarchy levels (1 or 2)");
-ABSL_FLAG(int, cluster_interval, -1, "Decoded tokens between online cluster updates (default 128)");
-ABSL_FLAG(int, sink_tokens, -1, "First tokens always attended exactly (default 10)");
-ABSL_FLAG(int, min_clustered_tokens, -1,
-          "Below this clustered length attention is dense (default 256)");
-ABSL_FLAG(int, block_tokens, -1, "Frozen cluster block size in tokens (default 8192)");
-ABSL_FLAG(int, lookup_position, -1,
-          "Position at which queries are rotated to score pre-RoPE centroids (default 2048)");
-ABSL_FLAG(bool, rotated_centroids, false,
-          "Cluster keys after RoPE and score centroids with the query at its own position");
+// The default attention's knobs (--token_budget, ...) are in model/config/multipole_flags.h.
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
           "Prometheus metrics at http://host:port/metrics, liveness at /healthz (\"\": off; port "
           "0: pick a free one, printed)");
@@ -140,28 +127,6 @@ std::string BoundAddress(const std::string& address, int port) {
   return absl::StrCat(host, ":", port);
 }
 
-// The default attention's multipole knobs; a flag left at -1 keeps the design's default.
-void SetMultipoleFromFlags(mpa::MultipoleConfig& m) {
-  auto set_if_given = [](int flag, int* field) {
-    if (flag != -1) *field = flag;
-  };
-  m.token_budget = absl::GetFlag(FLAGS_token_budget);
-  m.token_budget_fraction = absl::GetFlag(FLAGS_token_budget_fraction);
-  set_if_given(absl::GetFlag(FLAGS_cluster_ratio), &m.tokens_per_centroid);
-  set_if_given(absl::GetFlag(FLAGS_cluster_interval), &m.cluster_interval);
-  set_if_given(absl::GetFlag(FLAGS_sink_tokens), &m.sink_tokens);
-  set_if_given(absl::GetFlag(FLAGS_min_clustered_tokens), &m.min_clustered_tokens);
-  set_if_given(absl::GetFlag(FLAGS_block_tokens), &m.block_tokens);
-  set_if_given(absl::GetFlag(FLAGS_lookup_position), &m.lookup_position);
-  if (absl::GetFlag(FLAGS_block_tokens) != -1) {
-    // The final window's bounds stay proportional to the block size (design: 1/2 .. 3/2 blocks).
-    m.final_window_min = m.block_tokens / 2;
-    m.final_window_max = m.block_tokens * 3 / 2;
-  }
-  m.levels = absl::GetFlag(FLAGS_levels);
-  m.rotated_centroids = absl::GetFlag(FLAGS_rotated_centroids);
-}
-
 // A flag value that makes no sense, refused before anything loads: InvalidArgument naming the
 // flag, its value and what it may be.
 absl::Status CheckFlags() {
@@ -179,9 +144,9 @@ absl::Status CheckFlags() {
       {"kv_block_tokens", absl::GetFlag(FLAGS_kv_block_tokens), 1, 1 << 16, false},
       {"max_prompt_tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 0, kIntMax, false},
       {"max_total_tokens", absl::GetFlag(FLAGS_max_total_tokens), 0, kIntMax, false},
-      {"token_budget", absl::GetFlag(FLAGS_token_budget), 1, kIntMax, false},
+      {"token_budget", absl::GetFlag(FLAGS_token_budget), 1, kIntMax, true},
       {"cluster_ratio", absl::GetFlag(FLAGS_cluster_ratio), 1, kIntMax, true},
-      {"levels", absl::GetFlag(FLAGS_levels), 1, 2, false},
+      {"levels", absl::GetFlag(FLAGS_levels), 1, 2, true},
       {"cluster_interval", absl::GetFlag(FLAGS_cluster_interval), 1, kIntMax, true},
       {"sink_tokens", absl::GetFlag(FLAGS_sink_tokens), 0, kIntMax, true},
       {"min_clustered_tokens", absl::GetFlag(FLAGS_min_clustered_tokens), 0, kIntMax, true},
@@ -266,8 +231,8 @@ int Serve() {
   options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   options.default_attention.mode = *mode;
-  SetMultipoleFromFlags(options.default_attention.multipole);
-  if (absl::Status s = options.default_attention.multipole.Validate(); !s.ok()) {
+  if (absl::Status s = mpa::MultipoleConfigFromFlags(&options.default_attention.multipole);
+      !s.ok()) {
     std::fprintf(stderr, "mpa_server: attention flags: %s\n", s.ToString().c_str());
     return 2;
   }
@@ -365,6 +330,7 @@ int Serve() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Serves a model over gRPC: mpa_server --model=DIR [--address=...]");
+  mpa::ListFlagsInHelp("server/server_main.cc");
   absl::ParseCommandLine(argc, argv);
   // Block the shutdown signals before any thread starts, so only Serve's sigwait receives them.
   sigset_t signals;

@@ -5,7 +5,8 @@
 //                [--attention dense|multipole|exact-only|quest] [--token_budget N] ...
 //
 // Prints the generated ids on one line (--output ids) or streams the generated text (--output
-// text). Any error: a one-line reason on stderr and exit code 1.
+// text). Any error: a one-line reason on stderr and exit code 1. The multipole knobs
+// (--token_budget, --centroid_keys, ...) are defined in model/config/multipole_flags.h.
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "model/config/multipole_flags.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/status_macros.h"
@@ -34,19 +36,6 @@ ABSL_FLAG(uint64_t, seed, 0, "random seed for sampling");
 ABSL_FLAG(std::string, output, "text", "ids: one line of generated ids; text: streamed text");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating after an end-of-sequence token");
 ABSL_FLAG(std::string, attention, "dense", "attention mode: dense, multipole, exact-only, quest");
-ABSL_FLAG(int, token_budget, -1, "tokens of the clustered region attended exactly (default 128)");
-ABSL_FLAG(float, token_budget_fraction, 0.0f,
-          "if > 0, the token budget as a fraction of the clustered region");
-ABSL_FLAG(int, cluster_ratio, -1, "tokens per centroid (single level; default 16)");
-ABSL_FLAG(int, levels, 1, "cluster hierarchy levels (1 or 2)");
-ABSL_FLAG(int, cluster_interval, -1, "decoded tokens between online cluster updates (default 128)");
-ABSL_FLAG(int, sink_tokens, -1, "first tokens always attended exactly (default 10)");
-ABSL_FLAG(int, min_clustered_tokens, -1, "below this clustered length attention is dense");
-ABSL_FLAG(int, block_tokens, -1, "frozen cluster block size in tokens (default 8192)");
-ABSL_FLAG(int, lookup_position, -1,
-          "position at which queries are rotated to score pre-RoPE centroids (default 2048)");
-ABSL_FLAG(bool, rotated_centroids, false,
-          "cluster keys after RoPE and score centroids with the query at its own position");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0 = library default)");
 ABSL_FLAG(bool, reference, false, "use the plain reference matrix products instead of BLAS");
 ABSL_FLAG(bool, stats, false, "print attention statistics to stderr at the end");
@@ -71,26 +60,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
 absl::StatusOr<AttentionOptions> AttentionFromFlags() {
   AttentionOptions options;
   MPA_ASSIGN_OR_RETURN(options.mode, ParseAttentionMode(absl::GetFlag(FLAGS_attention)));
-  MultipoleConfig& m = options.multipole;
-  auto set_if_given = [](int flag, int* field) {
-    if (flag != -1) *field = flag;
-  };
-  set_if_given(absl::GetFlag(FLAGS_token_budget), &m.token_budget);
-  set_if_given(absl::GetFlag(FLAGS_cluster_ratio), &m.tokens_per_centroid);
-  set_if_given(absl::GetFlag(FLAGS_cluster_interval), &m.cluster_interval);
-  set_if_given(absl::GetFlag(FLAGS_sink_tokens), &m.sink_tokens);
-  set_if_given(absl::GetFlag(FLAGS_min_clustered_tokens), &m.min_clustered_tokens);
-  set_if_given(absl::GetFlag(FLAGS_block_tokens), &m.block_tokens);
-  set_if_given(absl::GetFlag(FLAGS_lookup_position), &m.lookup_position);
-  m.rotated_centroids = absl::GetFlag(FLAGS_rotated_centroids);
-  if (absl::GetFlag(FLAGS_block_tokens) != -1) {
-    // Keep the final window's bounds proportional to the block size (design: 1/2 .. 3/2 blocks).
-    m.final_window_min = m.block_tokens / 2;
-    m.final_window_max = m.block_tokens * 3 / 2;
-  }
-  m.levels = absl::GetFlag(FLAGS_levels);
-  m.token_budget_fraction = absl::GetFlag(FLAGS_token_budget_fraction);
-  if (options.mode != AttentionMode::kDense) MPA_RETURN_IF_ERROR(m.Validate());
+  MPA_RETURN_IF_ERROR(MultipoleConfigFromFlags(&options.multipole));
   return options;
 }
 
@@ -209,6 +179,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Generates tokens from a Hugging Face checkpoint on the CPU.\n"
       "  mpa_generate --model DIR --prompt_ids 1 --max_new_tokens 64 --temperature 0 --output ids");
+  mpa::ListFlagsInHelp("tools/mpa_generate.cc");
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = mpa::Run();
   if (!status.ok()) {

@@ -4,7 +4,8 @@ small block-YAML reader that covers what `helm template` prints.
 
 Usage:
   deploy_checks.py dashboard REPO_ROOT
-  deploy_checks.py manifests CASE RENDERED_YAML SERVER_MAIN_CC   (CASE: default | gpu)
+  deploy_checks.py manifests CASE RENDERED_YAML FLAG_SOURCE...   (CASE: default | gpu)
+      FLAG_SOURCE: the source files whose ABSL_FLAGs are mpa_server's flags
   deploy_checks.py queries DASHBOARD_JSON         (prints one PromQL expression per line)
   deploy_checks.py live PROMETHEUS_URL JOB DASHBOARD_JSON
       every dashboard query, as Grafana would send it for job JOB, answers with at least one
@@ -274,7 +275,7 @@ def documents(rendered):
     return docs
 
 
-def check_manifests(case, path, server_main):
+def check_manifests(case, path, flag_sources):
     with open(path) as f:
         docs = documents(f.read())
     by_kind = {}
@@ -291,11 +292,15 @@ def check_manifests(case, path, server_main):
     args = container.get("args", [])
     flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
 
-    # Flags mpa_server takes (ABSL_FLAG in server/server_main.cc); a misspelled one stops it at
-    # start.
-    with open(server_main) as f:
-        known = set(re.findall(r"ABSL_FLAG\(\s*[\w:<>]+\s*,\s*(\w+)\s*,", f.read()))
-    check(len(known) > 10, f"{server_main}: found only {sorted(known)} flags")
+    # Flags mpa_server takes (ABSL_FLAG in server/server_main.cc and the multipole flags of
+    # model/config/multipole_flags.cc); a misspelled one stops it at start.
+    known = set()
+    for source in flag_sources:
+        with open(source) as f:
+            defined = set(re.findall(r"ABSL_FLAG\(\s*[\w:<>]+\s*,\s*(\w+)\s*,", f.read()))
+        check(defined, f"{source}: defines no flags")
+        known |= defined
+    check(len(known) > 10, f"{flag_sources}: found only {sorted(known)} flags")
     for name in flags:
         check(name in known, f"{case}: unknown mpa_server flag --{name}")
     check(flags.get("model") == "/models/stories260K", f"{case}: --model={flags.get('model')}")
@@ -363,7 +368,7 @@ def check_manifests(case, path, server_main):
         check(flags.get("max_kv_tokens") == "1048576", f"{case}: --max_kv_tokens={flags.get('max_kv_tokens')}")
         check(flags.get("cluster_ratio") == "8" and flags.get("block_tokens") == "8192"
               and flags.get("token_budget_fraction") == "0.05"
-              and flags.get("rotated_centroids") == "true",
+              and flags.get("centroid_keys") == "pre_rope_rotated_means",
               f"{case}: multipole knobs {flags}")
         monitors = by_kind.get("ServiceMonitor", [])
         if check(len(monitors) == 1, f"{case}: no ServiceMonitor"):
@@ -417,8 +422,8 @@ def check_live(prometheus_url, job, dashboard_path):
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "dashboard":
         check_dashboard(sys.argv[2])
-    elif len(sys.argv) == 5 and sys.argv[1] == "manifests":
-        check_manifests(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) >= 5 and sys.argv[1] == "manifests":
+        check_manifests(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif len(sys.argv) == 5 and sys.argv[1] == "live":
         check_live(sys.argv[2], sys.argv[3], sys.argv[4])
     elif len(sys.argv) == 3 and sys.argv[1] == "queries":

@@ -95,16 +95,18 @@ server:
     block_tokens: 8192
     lookup_position: 2048
     token_budget_fraction: 0.05
-    rotated_centroids: true
+    centroid_keys: pre_rope_rotated_means
 EOF
 
 "$helm" lint --strict "$chart" >"$work/lint.log" 2>&1 || { cat "$work/lint.log"; fail "helm lint"; }
 "$helm" lint --strict "$chart" -f "$work/gpu.yaml" >"$work/lint.log" 2>&1 ||
   { cat "$work/lint.log"; fail "helm lint (gpu values)"; }
 "$helm" template test-release "$chart" >"$work/default.yaml"
-python3 "$checks" manifests default "$work/default.yaml" "$root/server/server_main.cc"
+python3 "$checks" manifests default "$work/default.yaml" "$root/server/server_main.cc" \
+  "$root/model/config/multipole_flags.cc"
 "$helm" template test-release "$chart" -f "$work/gpu.yaml" >"$work/gpu-rendered.yaml"
-python3 "$checks" manifests gpu "$work/gpu-rendered.yaml" "$root/server/server_main.cc"
+python3 "$checks" manifests gpu "$work/gpu-rendered.yaml" "$root/server/server_main.cc" \
+  "$root/model/config/multipole_flags.cc"
 
 # NOTES.txt renders for each model volume type (helm template does not print NOTES, so a copy of
 # the chart prints them through a wrapper template).

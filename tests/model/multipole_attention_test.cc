@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention.h"
 #include "model/cpu_attention_backend.h"
@@ -77,14 +79,20 @@ Scene MixtureScene(int T, int d, int group, int centres, std::mt19937& rng) {
   return s;
 }
 
-// Runs MultipoleHeadAttention on a scene with the cluster index built over the middle.
+constexpr CentroidKeys kAllCentroidKeys[] = {
+    CentroidKeys::kPostRope, CentroidKeys::kPreRopeRotatedMeans, CentroidKeys::kPreRope};
+
+// Runs MultipoleHeadAttention on a scene with the cluster index built over the middle from the
+// rows `keys` clusters (the scene's keys stand for both pre- and post-RoPE keys).
 std::vector<float> SceneAttention(const Scene& s, const MultipoleConfig& config, int64_t budget,
                                   bool approximate, MultipoleHeadResult* result,
-                                  bool rotated = false) {
+                                  CentroidKeys keys = CentroidKeys::kPostRope) {
   CachePartition part = PartitionCache(s.T, config);
   ClusterIndex index(config, s.d, 7);
-  index.Build({s.k.data(), s.v.data(), s.k.data()}, part.sink_end, part.clustered_end);
-  EXPECT_TRUE(index.CheckInvariants().ok());
+  const HeadRows rows{s.k.data(), s.v.data(),
+                      keys == CentroidKeys::kPreRopeRotatedMeans ? s.k.data() : nullptr};
+  index.Build(rows, part.sink_end, part.clustered_end);
+  EXPECT_TRUE(index.CheckInvariants(&rows).ok());
   std::vector<float> out(size_t(s.group) * s.d);
   MultipoleHeadParams p;
   p.index = &index;
@@ -99,7 +107,7 @@ std::vector<float> SceneAttention(const Scene& s, const MultipoleConfig& config,
   p.token_budget = budget;
   p.coarse_expansion = config.coarse_expansion;
   p.approximate = approximate;
-  p.rotated_centroids = rotated;
+  p.centroid_keys = keys;
   p.out = out.data();
   MultipoleHeadResult r = MultipoleHeadAttention(p);
   if (result != nullptr) *result = r;
@@ -141,7 +149,8 @@ TEST(PartitionCacheTest, RecentWindowHoldsOneToTwoIntervals) {
 }
 
 // The first identity of every backend: a budget covering every clustered token reproduces dense
-// attention to rounding, for both levels, GQA groups 1..8 and awkward sizes.
+// attention to rounding, for both levels, GQA groups 1..8, awkward sizes, every kind of centroid
+// keys, with and without the approximation term.
 TEST(MultipoleHeadAttentionTest, FullBudgetEqualsDense) {
   std::mt19937 rng(std::random_device{}());
   for (int levels : {1, 2}) {
@@ -150,14 +159,16 @@ TEST(MultipoleHeadAttentionTest, FullBudgetEqualsDense) {
         const MultipoleConfig config = SmallConfig(levels);
         const Scene s = MixtureScene(301, d, group, 9, rng);
         const std::vector<float> dense = SceneDense(s);
-        for (int variant = 0; variant < 4; ++variant) {
-          const bool approximate = variant & 1, rotated = variant & 2;
-          MultipoleHeadResult r;
-          const std::vector<float> out =
-              SceneAttention(s, config, 1 << 20, approximate, &r, rotated);
-          EXPECT_LT(RelativeError(out.data(), dense.data(), group * d), 1e-5)
-              << "levels " << levels << " d " << d << " group " << group;
-          EXPECT_EQ(r.tokens_exact, s.T);
+        for (CentroidKeys keys : kAllCentroidKeys) {
+          for (bool approximate : {false, true}) {
+            MultipoleHeadResult r;
+            const std::vector<float> out =
+                SceneAttention(s, config, 1 << 20, approximate, &r, keys);
+            EXPECT_LT(RelativeError(out.data(), dense.data(), group * d), 1e-5)
+                << "levels " << levels << " d " << d << " group " << group << " keys "
+                << CentroidKeysName(keys) << " approximate " << approximate;
+            EXPECT_EQ(r.tokens_exact, s.T);
+          }
         }
       }
     }
@@ -213,11 +224,12 @@ TEST(MultipoleHeadAttentionTest, ErrorFallsWithBudgetAndApproximationBeatsExactO
 }
 
 // Through the engine's types: a SequenceState filled with random rows (keys rotated with the
-// real RoPE), the backend's OnAppend/Decode in multipole mode, one token at a time.
-class EngineMultipoleTest : public ::testing::TestWithParam<int> {};
+// real RoPE), the backend's OnAppend/Decode in multipole mode, one token at a time; for both
+// levels and every kind of centroid keys.
+class EngineMultipoleTest : public ::testing::TestWithParam<std::tuple<int, CentroidKeys>> {};
 
 TEST_P(EngineMultipoleTest, FullBudgetEqualsDenseAndInvariantsHoldAfterEveryUpdate) {
-  const int levels = GetParam();
+  const auto [levels, keys] = GetParam();
   ModelConfig mc;
   mc.num_heads = 8;
   mc.num_kv_heads = 2;
@@ -229,6 +241,7 @@ TEST_P(EngineMultipoleTest, FullBudgetEqualsDenseAndInvariantsHoldAfterEveryUpda
   AttentionOptions options;
   options.mode = AttentionMode::kMultipole;
   options.multipole = SmallConfig(levels);
+  options.multipole.centroid_keys = keys;
   options.multipole.token_budget_fraction = 1.0f;
   options.multipole.lookup_position = 100;
   SequenceState seq(nullptr, mc.num_layers, mc.num_kv_heads, mc.head_dim, options);
@@ -281,10 +294,9 @@ TEST_P(EngineMultipoleTest, FullBudgetEqualsDenseAndInvariantsHoldAfterEveryUpda
   for (int layer = 0; layer < mc.num_layers; ++layer) {
     ASSERT_EQ(state->layers[layer].clustered_end, 4 + 128);
     for (int h = 0; h < mc.num_kv_heads; ++h) {
-      const LayerKv& kv = seq.layer(layer);
-      const HeadRows rows{kv.k_raw.data() + h * kv.head_stride(),
-                          kv.v.data() + h * kv.head_stride()};
-      ASSERT_TRUE(state->layers[layer].heads[h].CheckInvariants(&rows).ok());
+      const HeadRows rows = ClusteringRows(seq.layer(layer), h, keys);
+      const absl::Status s = state->layers[layer].heads[h].CheckInvariants(&rows);
+      ASSERT_TRUE(s.ok()) << s;
     }
   }
   EXPECT_GT(seq.stats().prefill_cluster_seconds, 0.0);
@@ -296,9 +308,7 @@ TEST_P(EngineMultipoleTest, FullBudgetEqualsDenseAndInvariantsHoldAfterEveryUpda
     last_end = state->layers[0].clustered_end;
     for (int layer = 0; layer < mc.num_layers; ++layer) {  // invariants after every update
       for (int h = 0; h < mc.num_kv_heads; ++h) {
-        const LayerKv& kv = seq.layer(layer);
-        const HeadRows rows{kv.k_raw.data() + h * kv.head_stride(),
-                            kv.v.data() + h * kv.head_stride()};
+        const HeadRows rows = ClusteringRows(seq.layer(layer), h, keys);
         const absl::Status s = state->layers[layer].heads[h].CheckInvariants(&rows);
         ASSERT_TRUE(s.ok()) << "T " << seq.num_tokens() << ": " << s;
       }
@@ -323,7 +333,8 @@ TEST_P(EngineMultipoleTest, SmallBudgetReadsAFractionAndExactOnlySharesTheSelect
   CpuAttentionBackend backend(mc, rope);
   AttentionOptions options;
   options.mode = AttentionMode::kMultipole;
-  options.multipole = SmallConfig(GetParam());
+  options.multipole = SmallConfig(std::get<0>(GetParam()));
+  options.multipole.centroid_keys = std::get<1>(GetParam());
   options.multipole.token_budget = 24;
   SequenceState seq(nullptr, 1, mc.num_kv_heads, mc.head_dim, options);
   AttentionOptions exact_options = options;
@@ -359,7 +370,123 @@ TEST_P(EngineMultipoleTest, SmallBudgetReadsAFractionAndExactOnlySharesTheSelect
   EXPECT_GT(RelativeError(a.data(), b.data(), int(q.size())), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Levels, EngineMultipoleTest, ::testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(LevelsAndCentroidKeys, EngineMultipoleTest,
+                         ::testing::Combine(::testing::Values(1, 2),
+                                            ::testing::ValuesIn(kAllCentroidKeys)),
+                         [](const auto& info) {
+                           return absl::StrCat("Levels", std::get<0>(info.param), "_",
+                                               CentroidKeysName(std::get<1>(info.param)));
+                         });
+
+// Which cache rows each kind of centroid keys clusters.
+TEST(ClusteringRowsTest, EachVariantReadsItsKeys) {
+  SequenceState seq(nullptr, 1, 2, 8, AttentionOptions{});
+  ASSERT_TRUE(seq.Reserve(4).ok());
+  LayerKv& kv = seq.layer(0);
+  const HeadRows post = ClusteringRows(kv, 1, CentroidKeys::kPostRope);
+  EXPECT_EQ(post.keys, kv.KeyRow(1, 0));
+  EXPECT_EQ(post.v, kv.ValueRow(1, 0));
+  EXPECT_EQ(post.rotated_keys, nullptr);
+  const HeadRows means = ClusteringRows(kv, 1, CentroidKeys::kPreRopeRotatedMeans);
+  EXPECT_EQ(means.keys, kv.RawKeyRow(1, 0));
+  EXPECT_EQ(means.v, kv.ValueRow(1, 0));
+  EXPECT_EQ(means.rotated_keys, kv.KeyRow(1, 0));
+  const HeadRows pre = ClusteringRows(kv, 1, CentroidKeys::kPreRope);
+  EXPECT_EQ(pre.keys, kv.RawKeyRow(1, 0));
+  EXPECT_EQ(pre.v, kv.ValueRow(1, 0));
+  EXPECT_EQ(pre.rotated_keys, nullptr);
+}
+
+// With post-RoPE centroid keys the index clusters the cached post-RoPE keys, at the end of
+// prefill and at every online update. The scene: post-RoPE keys near 4 centres that are one
+// vector rotated to 4 positions (c_m = RoPE(c_0, 37 m); token t near c_{t % 4}), well apart with
+// a small rope_theta (every frequency turns by radians over 37 positions). A pre-RoPE key is its
+// row rotated back by its position, c_0 rotated to 37 m - t: every centre's pre-RoPE keys lie
+// along one curve, interleaved. Clustering the post-RoPE keys gives clusters that each hold one
+// centre's tokens; clustering the pre-RoPE keys (both other variants) mixes the centres.
+TEST(EngineMultipoleTest, PostRopeClustersTheRotatedKeys) {
+  ModelConfig mc;
+  mc.num_heads = 2;
+  mc.num_kv_heads = 1;
+  mc.head_dim = 16;
+  mc.num_layers = 1;
+  mc.rope_theta = 100.0;
+  const Rope rope(mc);
+  CpuAttentionBackend backend(mc, rope);
+  const int d = mc.head_dim, num_centres = 4, prompt = 300, decoded = 100;
+  std::mt19937 rng(std::random_device{}());
+  std::normal_distribution<float> normal;
+  std::vector<float> centres(size_t(num_centres) * d);  // [num_centres, d]
+  for (int i = 0; i < d; ++i) centres[i] = 2.0f * normal(rng);
+  for (int m = 1; m < num_centres; ++m) {
+    std::copy_n(centres.begin(), d, centres.begin() + m * d);
+    rope.Apply(&centres[m * d], 1, 37 * m);
+  }
+
+  for (CentroidKeys keys : kAllCentroidKeys) {
+    SCOPED_TRACE(CentroidKeysName(keys));
+    AttentionOptions options;
+    options.mode = AttentionMode::kMultipole;
+    options.multipole = SmallConfig(1);
+    options.multipole.centroid_keys = keys;
+    SequenceState seq(nullptr, 1, 1, d, options);
+    auto append = [&](int count) {
+      const int first = seq.num_tokens();
+      ASSERT_TRUE(seq.Reserve(count).ok());
+      std::vector<int32_t> ids(count, 1);
+      seq.CommitTokens(ids.data(), count);
+      for (int t = first; t < first + count; ++t) {
+        float* k_rot = seq.layer(0).KeyRow(0, t);
+        float* k_raw = seq.layer(0).RawKeyRow(0, t);
+        for (int i = 0; i < d; ++i) {
+          k_rot[i] = centres[(t % num_centres) * d + i] + 0.05f * normal(rng);
+          seq.layer(0).ValueRow(0, t)[i] = normal(rng);
+        }
+        std::copy(k_rot, k_rot + d, k_raw);
+        rope.Apply(k_raw, 1, -t);  // the pre-RoPE key that RoPE at t turns into k_rot
+      }
+      backend.OnAppend(0, seq, first);
+    };
+    append(prompt);
+    for (int step = 0; step < decoded; ++step) append(1);
+    if (HasFatalFailure()) return;
+
+    auto* state = dynamic_cast<MultipoleSequenceState*>(seq.backend_state().get());
+    ASSERT_NE(state, nullptr);
+    ASSERT_EQ(state->layers[0].heads.size(), 1u);
+    const ClusterIndex& index = state->layers[0].heads[0];
+    EXPECT_GT(seq.stats().cluster_updates, 0);  // online updates ran too
+    EXPECT_GT(index.region_end(), prompt);
+    const HeadRows rows = ClusteringRows(seq.layer(0), 0, keys);
+    const absl::Status invariants = index.CheckInvariants(&rows);
+    EXPECT_TRUE(invariants.ok()) << invariants;
+
+    // A cluster is pure if all its tokens come from one centre.
+    const ClusterLevel& fine = index.fine();
+    int pure = 0;
+    for (int c = 0; c < fine.num_clusters(); ++c) {
+      bool same = true;
+      for (int s = fine.ranges[c].begin; s < fine.ranges[c].end; ++s) {
+        same = same &&
+               index.slots()[s] % num_centres == index.slots()[fine.ranges[c].begin] % num_centres;
+      }
+      pure += same;
+    }
+    if (keys == CentroidKeys::kPostRope) {
+      EXPECT_EQ(pure, fine.num_clusters());
+      // The key centroids are means of post-RoPE keys: near their centre (8 sigma of one key's
+      // noise).
+      for (int c = 0; c < fine.num_clusters(); ++c) {
+        const int centre = index.slots()[fine.ranges[c].begin] % num_centres;
+        for (int i = 0; i < d; ++i) {
+          EXPECT_NEAR(fine.key_centroids[int64_t{c} * d + i], centres[centre * d + i], 0.4f);
+        }
+      }
+    } else {
+      EXPECT_LT(pure, fine.num_clusters() / 2);
+    }
+  }
+}
 
 // ceil(fraction x clustered tokens) for the fraction the user wrote, not for its fp32 image.
 TEST(TokenBudgetTest, DecimalFractionsRoundAsWritten) {

@@ -67,5 +67,36 @@ TEST(MultipoleConfigTest, ScaledDownKnobsAreValid) {
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
 }
 
+// The design's default clusters the cached post-RoPE keys.
+TEST(CentroidKeysTest, DefaultIsPostRope) {
+  EXPECT_EQ(MultipoleConfig().centroid_keys, CentroidKeys::kPostRope);
+}
+
+TEST(CentroidKeysTest, NamesRoundTrip) {
+  for (CentroidKeys keys :
+       {CentroidKeys::kPostRope, CentroidKeys::kPreRopeRotatedMeans, CentroidKeys::kPreRope}) {
+    const absl::StatusOr<CentroidKeys> parsed = ParseCentroidKeys(CentroidKeysName(keys));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, keys);
+  }
+  EXPECT_STREQ(CentroidKeysName(CentroidKeys::kPostRope), "post_rope");
+  EXPECT_STREQ(CentroidKeysName(CentroidKeys::kPreRopeRotatedMeans), "pre_rope_rotated_means");
+  EXPECT_STREQ(CentroidKeysName(CentroidKeys::kPreRope), "pre_rope");
+}
+
+// Anything else is InvalidArgument naming the field and every allowed value.
+TEST(CentroidKeysTest, RejectsJunk) {
+  for (const char* junk : {"", "junk", "POST_ROPE", "post-rope", "post_rope ", "pre_rope_rotated",
+                           "rotated_centroids", "true"}) {
+    const absl::StatusOr<CentroidKeys> parsed = ParseCentroidKeys(junk);
+    ASSERT_FALSE(parsed.ok()) << "'" << junk << "'";
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    for (const char* part : {"centroid_keys", "post_rope", "pre_rope_rotated_means", "pre_rope"}) {
+      EXPECT_NE(parsed.status().message().find(part), std::string::npos)
+          << "message '" << parsed.status().message() << "' should name " << part;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mpa

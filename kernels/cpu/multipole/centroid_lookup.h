@@ -8,10 +8,11 @@
 namespace mpa::cpu {
 
 struct CentroidLookupParams {
-  // [group_size, head_dim] the query heads that share this KV head, rotated at the lookup
-  // position (centroids are means of keys before RoPE).
+  // [group_size, head_dim] the query heads that share this KV head, rotated to match the
+  // centroids: at their true position for means of post-RoPE keys, at the lookup position for
+  // means of pre-RoPE keys.
   const float* q = nullptr;
-  const float* key_centroids = nullptr;  // [num_clusters, head_dim] means of pre-RoPE keys
+  const float* key_centroids = nullptr;  // [num_clusters, head_dim] means of each cluster's keys
   const int32_t* counts = nullptr;       // [num_clusters] tokens per cluster (0: empty)
   int num_clusters = 0;
   int group_size = 0;
