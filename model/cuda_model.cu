@@ -6,16 +6,20 @@
 #include <cstring>
 #include <map>
 #include <numeric>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/linear.h"
+#include "kernels/cuda/multipole/multipole_decode.h"
 #include "kernels/cuda/norm_rope.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/sampling.h"
+#include "model/cuda_clusters.h"
 #include "model/cuda_model.h"
+#include "model/multipole_attention.h"
 #include "model/rope.h"
 #include "model/status_macros.h"
 
@@ -111,27 +115,72 @@ struct CudaModel::Impl {
   std::vector<int32_t> h_ints;
   std::vector<int64_t> h_slots;
   std::vector<cuda::SamplingRow> h_sampling;
-  // Captured decode steps by (batch, length bucket), with the step each was last used at.
+  // Multipole decode (a batch with a sparse sequence): per-step metadata, staged in one copy.
+  int32_t* mp_ints = nullptr;  // sink_end | clustered_end | budget [max_batch] | num_clusters
+                               // [max_batch, nkv] | slot pages [max_batch, max_pages_per_seq]
+  uint8_t* mp_approximate = nullptr;  // [max_batch]
+  uintptr_t* mp_ptrs = nullptr;       // [3, layers, max_batch, nkv]: key / value centroids, begins
+  unsigned long long* mp_exact = nullptr;       // [max_batch] tokens attended exactly, this step
+  unsigned long long* mp_exact_host = nullptr;  // pinned copy for the statistics
+  void* mp_workspace = nullptr;                 // MultipoleDecodeWorkspaceBytes
+  size_t mp_workspace_bytes = 0;
+  int mp_workspace_clusters = 0;  // the cluster bucket the workspace holds
+  std::vector<int32_t> h_mp_ints;
+  std::vector<uint8_t> h_mp_approximate;
+  std::vector<uintptr_t> h_mp_ptrs;
+  bool step_sparse = false;     // this step runs the multipole decode
+  int step_cluster_bucket = 0;  // its max_clusters (a power of two)
+  // Cluster maintenance timing: a pair of events per sequence updated in the step.
+  struct Timing {
+    CudaSequence* seq;
+    cudaEvent_t start, end;
+    bool prefill;
+  };
+  std::vector<Timing> timings;
+  std::vector<cudaEvent_t> spare_events;
+  // Captured decode steps by (batch, length bucket, cluster bucket or 0 for dense), with the
+  // step each was last used at.
   struct DecodeGraph {
     cudaGraphExec_t exec = nullptr;
     int64_t last_used = 0;
   };
-  std::map<std::pair<int, int>, DecodeGraph> graphs;
+  std::map<std::tuple<int, int, int>, DecodeGraph> graphs;
   int64_t graph_clock = 0;
 
   void ClearGraphs() {
     for (auto& [key, g] : graphs) cudaGraphExecDestroy(g.exec);
     graphs.clear();
   }
+  cudaEvent_t TakeEvent() {
+    cudaEvent_t e = nullptr;
+    if (!spare_events.empty()) {
+      e = spare_events.back();
+      spare_events.pop_back();
+    } else {
+      cudaEventCreate(&e);
+    }
+    return e;
+  }
   ~Impl() {
     ClearGraphs();
+    for (const Timing& t : timings) {
+      cudaEventDestroy(t.start);
+      cudaEventDestroy(t.end);
+    }
+    for (cudaEvent_t e : spare_events) cudaEventDestroy(e);
+    if (mp_exact_host != nullptr) cudaFreeHost(mp_exact_host);
+    if (mp_workspace != nullptr) cudaFree(mp_workspace);
     if (blas != nullptr) cublasDestroy(blas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 };
 
+CudaSequence::CudaSequence(CudaModel* model) : model_(model) {}
+
 CudaSequence::~CudaSequence() {
-  if (model_ != nullptr) model_->ReleasePages(pages_);
+  if (model_ == nullptr) return;
+  model_->DropClusters(*this);
+  model_->ReleasePages(pages_);
 }
 
 CudaModel::CudaModel(const ModelConfig& config, const CudaModelOptions& options)
@@ -228,6 +277,17 @@ absl::Status CudaModel::Init() {
   MPA_ASSIGN_OR_RETURN(char* blas_ws, d.arena.Alloc<char>(kBlasWorkspaceBytes));
   d.blas_workspace = blas_ws;
   MPA_BLAS(cublasSetWorkspace(d.blas, d.blas_workspace, kBlasWorkspaceBytes));
+  const int64_t mp_ints = 3 * int64_t{options_.max_batch} + int64_t{options_.max_batch} * nkv +
+                          int64_t{options_.max_batch} * max_pages_per_seq_;
+  MPA_ASSIGN_OR_RETURN(d.mp_ints, d.arena.Alloc<int32_t>(mp_ints));
+  d.h_mp_ints.assign(mp_ints, 0);
+  MPA_ASSIGN_OR_RETURN(d.mp_approximate, d.arena.Alloc<uint8_t>(options_.max_batch));
+  d.h_mp_approximate.assign(options_.max_batch, 0);
+  const int64_t mp_ptrs = 3 * int64_t{c.num_layers} * options_.max_batch * nkv;
+  MPA_ASSIGN_OR_RETURN(d.mp_ptrs, d.arena.Alloc<uintptr_t>(mp_ptrs));
+  d.h_mp_ptrs.assign(mp_ptrs, 0);
+  MPA_ASSIGN_OR_RETURN(d.mp_exact, d.arena.Alloc<unsigned long long>(options_.max_batch));
+  MPA_CUDA(cudaMallocHost(&d.mp_exact_host, options_.max_batch * sizeof(unsigned long long)));
   d.workspace_bytes =
       cuda::DecodeAttentionWorkspaceBytes(options_.max_batch, c.num_heads, c.head_dim, 256);
   MPA_ASSIGN_OR_RETURN(char* ws, d.arena.Alloc<char>(d.workspace_bytes));
@@ -462,6 +522,9 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
     return absl::OkStatus();
   };
 
+  if (!prefill && d.step_sparse) {
+    MPA_CUDA(cudaMemsetAsync(d.mp_exact, 0, batch * sizeof(unsigned long long), s));
+  }
   MPA_CUDA(cuda::EmbeddingGather(d.embed, d.ids, rows, c.hidden_size, d.x, s));
   for (int layer = 0; layer < c.num_layers; ++layer) {
     const DeviceLayer& l = d.layers[layer];
@@ -500,6 +563,37 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
       p.scale = scale;
       p.out = d.attn;
       MPA_CUDA(cuda::PrefillAttention(p, s));
+    } else if (d.step_sparse) {
+      cuda::MultipoleDecodeParams p;
+      p.q = d.q;
+      p.kv = kv;
+      p.block_table = {d.block_table, max_pages_per_seq_};
+      p.pool_pages = (options_.max_kv_tokens + options_.page_size - 1) / options_.page_size;
+      p.seq_lens = d.seq_lens;
+      const int mb = options_.max_batch;
+      p.sink_end = d.mp_ints;
+      p.clustered_end = d.mp_ints + mb;
+      p.token_budget = d.mp_ints + 2 * mb;
+      p.approximate = d.mp_approximate;
+      p.clusters.pages = {d.mp_ints + 3 * mb + int64_t{mb} * nkv, max_pages_per_seq_};
+      const int64_t table = int64_t{mb} * nkv;
+      const int64_t per_kind = int64_t{c.num_layers} * table;
+      p.clusters.key_centroids = reinterpret_cast<const bf16* const*>(d.mp_ptrs + layer * table);
+      p.clusters.value_centroids =
+          reinterpret_cast<const bf16* const*>(d.mp_ptrs + per_kind + layer * table);
+      p.clusters.cluster_begin =
+          reinterpret_cast<const int32_t* const*>(d.mp_ptrs + 2 * per_kind + layer * table);
+      p.clusters.num_clusters = d.mp_ints + 3 * mb;
+      p.clusters.max_clusters = d.step_cluster_bucket;
+      p.batch = batch;
+      p.num_q_heads = c.num_heads;
+      p.max_seq_len = max_len;
+      p.scale = scale;
+      p.out = d.attn;
+      p.workspace = d.mp_workspace;
+      p.workspace_bytes = d.mp_workspace_bytes;
+      p.exact_tokens = d.mp_exact;
+      MPA_CUDA(cuda::MultipoleDecode(p, s));
     } else {
       cuda::DecodeAttentionParams p;
       p.q = d.q;
@@ -554,7 +648,8 @@ absl::Status CudaModel::DecodeForward(int batch, int length_bucket) {
   if (!options_.decode_graphs) {
     return Forward(batch, /*prefill=*/false, batch, length_bucket, 1, 0, batch);
   }
-  const std::pair<int, int> key(batch, length_bucket);
+  const std::tuple<int, int, int> key(batch, length_bucket,
+                                      d.step_sparse ? d.step_cluster_bucket : 0);
   auto it = d.graphs.find(key);
   if (it == d.graphs.end()) {
     if (d.graphs.size() >= kMaxDecodeGraphs) {
@@ -626,6 +721,9 @@ absl::Status CudaModel::Prefill(CudaSequence& seq, absl::Span<const int32_t> tok
     // The host buffers are rewritten by the next chunk: wait for this chunk's copies.
     MPA_CUDA(cudaStreamSynchronize(d.stream));
   }
+  MPA_RETURN_IF_ERROR(MaintainClusters(seq, /*prefill=*/true));
+  MPA_CUDA(cudaStreamSynchronize(d.stream));
+  CompleteDecode();
   if (logits != nullptr) {
     MPA_CUDA(cudaMemcpyAsync(logits, d.logits, int64_t{config_.vocab_size} * 4,
                              cudaMemcpyDeviceToHost, d.stream));
@@ -682,8 +780,18 @@ absl::Status CudaModel::EnqueueDecode(absl::Span<CudaSequence* const> seqs,
                            cudaMemcpyHostToDevice, d.stream));
   MPA_CUDA(cudaMemcpyAsync(d.slots, d.h_slots.data(), batch * sizeof(int64_t),
                            cudaMemcpyHostToDevice, d.stream));
+  MPA_RETURN_IF_ERROR(StageMultipole(seqs));
   // Graph replay and direct launches see the same length bound, so they compute the same bits.
-  return DecodeForward(batch, LengthBucket(max_len));
+  MPA_RETURN_IF_ERROR(DecodeForward(batch, LengthBucket(max_len)));
+  last_batch_.assign(seqs.begin(), seqs.end());
+  if (d.step_sparse) {
+    MPA_CUDA(cudaMemcpyAsync(d.mp_exact_host, d.mp_exact, batch * sizeof(unsigned long long),
+                             cudaMemcpyDeviceToHost, d.stream));
+  }
+  // The new tokens' keys are in the cache: clusters catch up (after this step's attention, so
+  // a token that completes an interval is attended exactly once more, from the recent window).
+  for (CudaSequence* seq : seqs) MPA_RETURN_IF_ERROR(MaintainClusters(*seq, /*prefill=*/false));
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
@@ -696,6 +804,7 @@ absl::Status CudaModel::Decode(absl::Span<CudaSequence* const> seqs,
                              cudaMemcpyDeviceToHost, impl_->stream));
   }
   MPA_CUDA(cudaStreamSynchronize(impl_->stream));
+  CompleteDecode();
   return absl::OkStatus();
 }
 
@@ -773,6 +882,7 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
   MPA_RETURN_IF_ERROR(EnqueueDecode(seqs, tokens));
   MPA_RETURN_IF_ERROR(EnqueueSample(params, ids.data()));
   MPA_CUDA(cudaStreamSynchronize(impl_->stream));
+  CompleteDecode();
   return ids;
 }
 
@@ -796,6 +906,246 @@ absl::Status CudaModel::FillKvCacheRandom(uint64_t seed) {
 
 absl::Status CudaModel::Synchronize() {
   return CudaStatus(cudaStreamSynchronize(impl_->stream), "sync");
+}
+
+absl::Status CudaModel::SupportsAttention(const AttentionOptions& options) const {
+  if (options.mode == AttentionMode::kDense) return absl::OkStatus();
+  const std::string mode(AttentionModeName(options.mode));
+  if (options.mode == AttentionMode::kQuest) {
+    return absl::InvalidArgumentError("attention quest is not available on the GPU (CPU only)");
+  }
+  MPA_RETURN_IF_ERROR(options.multipole.Validate());
+  const MultipoleConfig& m = options.multipole;
+  if (m.levels != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("attention ", mode, " with levels ", m.levels,
+                                                   " is not available on the GPU (1 only)"));
+  }
+  if (m.centroid_keys != CentroidKeys::kPostRope) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention ", mode, " with centroid_keys ", CentroidKeysName(m.centroid_keys),
+                     " is not available on the GPU (post_rope only: the GPU cache holds the "
+                     "keys after RoPE)"));
+  }
+  const int group = config_.num_heads / config_.num_kv_heads;
+  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 ||
+      (group != 1 && group != 2 && group != 4 && group != 8)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention ", mode,
+                     " on the GPU needs head_dim a multiple of 8 up to 256 and 1, 2, 4 or 8 "
+                     "query heads per KV head (this model: head_dim ",
+                     config_.head_dim, ", group ", group, ")"));
+  }
+  const int max_block_clusters =
+      ClustersForTokens(std::max(m.block_tokens, m.final_window_max), m.tokens_per_centroid);
+  if (max_block_clusters > 16384) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention ", mode, ": blocks of up to ", std::max(m.block_tokens, m.final_window_max),
+        " tokens at one centroid per ", m.tokens_per_centroid,
+        " tokens make more clusters than the GPU lays out at once (16384)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::SetAttention(CudaSequence& seq, const AttentionOptions& options) {
+  MPA_RETURN_IF_ERROR(SupportsAttention(options));
+  const bool sparse = options.mode != AttentionMode::kDense;
+  const MultipoleConfig& old = seq.attention_.multipole;
+  const MultipoleConfig& now = options.multipole;
+  // Knobs that shape the clusters: a change rebuilds them (the budget and mode do not).
+  const bool same_clusters =
+      old.sink_tokens == now.sink_tokens && old.cluster_interval == now.cluster_interval &&
+      old.tokens_per_centroid == now.tokens_per_centroid && old.block_tokens == now.block_tokens &&
+      old.final_window_min == now.final_window_min &&
+      old.final_window_max == now.final_window_max &&
+      old.prefill_kmeans_iterations == now.prefill_kmeans_iterations &&
+      old.update_kmeans_iterations == now.update_kmeans_iterations && old.seed == now.seed &&
+      old.min_clustered_tokens == now.min_clustered_tokens;
+  if (!sparse || !same_clusters) DropClusters(seq);
+  seq.attention_ = options;
+  return absl::OkStatus();
+}
+
+void CudaModel::DropClusters(CudaSequence& seq) {
+  if (seq.clusters_ == nullptr) return;
+  // The cluster state's buffers may still be read by enqueued work.
+  cudaStreamSynchronize(impl_->stream);
+  ReleasePages(seq.clusters_->slot_pages());
+  seq.clusters_.reset();
+}
+
+absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
+  if (seq.attention_.mode == AttentionMode::kDense) return absl::OkStatus();
+  const MultipoleConfig& config = seq.attention_.multipole;
+  const CachePartition part = PartitionCache(seq.num_tokens(), config);
+  CudaClusterState* state = seq.clusters_.get();
+  if (state == nullptr) {
+    if (part.clustered_tokens() < std::max(1, config.min_clustered_tokens)) return absl::OkStatus();
+    if (part.clustered_end <= seq.cluster_retry_after_) return absl::OkStatus();
+  } else if (part.clustered_end <= state->region_end()) {
+    return absl::OkStatus();
+  }
+  Impl& d = *impl_;
+  CudaClusterState::Context ctx;
+  for (const DeviceLayer& l : d.layers) {
+    ctx.layers.push_back(
+        {l.k_cache, l.v_cache, config_.num_kv_heads, config_.head_dim, options_.page_size});
+  }
+  ctx.pages = &seq.pages_;
+  ctx.take_pages = [this](int n, std::vector<int32_t>* slot_pages) -> absl::Status {
+    if (n > static_cast<int>(free_pages_.size())) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "KV cache full: the clustered copy of the region needs ", n, " more pages of ",
+          options_.page_size, " tokens, ", free_pages_.size(), " free"));
+    }
+    for (int i = 0; i < n; ++i) {
+      slot_pages->push_back(free_pages_.back());
+      free_pages_.pop_back();
+    }
+    return absl::OkStatus();
+  };
+  ctx.stream = d.stream;
+  Impl::Timing timing{&seq, d.TakeEvent(), d.TakeEvent(), prefill};
+  MPA_CUDA(cudaEventRecord(timing.start, d.stream));
+  AttentionStats& stats = seq.stats_;
+  absl::Status status;
+  if (state == nullptr) {
+    seq.clusters_ = std::make_unique<CudaClusterState>(config, config_.num_layers,
+                                                       config_.num_kv_heads, config_.head_dim);
+    status.Update(
+        seq.clusters_->Build(ctx, part.sink_end, part.clustered_end, &stats.tokens_reclustered));
+    if (!prefill) stats.cluster_updates += 1;
+  } else {
+    // One interval at a time, as the CPU reference.
+    while (status.ok() && state->region_end() < part.clustered_end) {
+      const int next = std::min(state->region_end() + config.cluster_interval, part.clustered_end);
+      status.Update(state->Extend(ctx, next, &stats.tokens_reclustered));
+      stats.cluster_updates += 1;
+    }
+  }
+  MPA_CUDA(cudaEventRecord(timing.end, d.stream));
+  d.timings.push_back(timing);
+  if (!status.ok()) {
+    // No memory for the clusters (pool or device): this sequence attends densely (exact) until
+    // its region grows by another interval; the others are not disturbed.
+    if (!absl::IsResourceExhausted(status)) return status;
+    DropClusters(seq);
+    seq.cluster_retry_after_ = part.clustered_end;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
+  Impl& d = *impl_;
+  d.step_sparse = false;
+  int max_clusters = 1;
+  for (CudaSequence* seq : seqs) {
+    if (seq->attention_.mode == AttentionMode::kDense) continue;
+    d.step_sparse = true;
+    if (seq->clusters_ != nullptr)
+      max_clusters = std::max(max_clusters, seq->clusters_->num_clusters());
+  }
+  if (!d.step_sparse) return absl::OkStatus();
+  if (max_clusters > cuda::kMaxClustersPerHead) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a sequence has ", max_clusters, " clusters per KV head; the GPU decode ranks at most ",
+        cuda::kMaxClustersPerHead, " (raise tokens_per_centroid or shorten the context)"));
+  }
+  int bucket = 64;
+  while (bucket < max_clusters) bucket *= 2;
+  bucket = std::min(bucket, cuda::kMaxClustersPerHead);
+  d.step_cluster_bucket = bucket;
+  const ModelConfig& c = config_;
+  if (bucket > d.mp_workspace_clusters) {
+    cuda::MultipoleShape shape;
+    shape.batch = options_.max_batch;
+    shape.num_q_heads = c.num_heads;
+    shape.num_kv_heads = c.num_kv_heads;
+    shape.head_dim = c.head_dim;
+    shape.max_clusters = bucket;
+    shape.max_seq_len = static_cast<int>(
+        std::min<int64_t>(c.max_position_embeddings, options_.max_kv_tokens + options_.page_size));
+    const size_t bytes = cuda::MultipoleDecodeWorkspaceBytes(shape);
+    MPA_CUDA(cudaStreamSynchronize(d.stream));
+    d.ClearGraphs();  // captured steps hold the old workspace
+    if (d.mp_workspace != nullptr) MPA_CUDA(cudaFree(d.mp_workspace));
+    d.mp_workspace = nullptr;
+    d.mp_workspace_clusters = 0;
+    MPA_CUDA(cudaMalloc(&d.mp_workspace, bytes));
+    d.mp_workspace_bytes = bytes;
+    d.mp_workspace_clusters = bucket;
+  }
+  const int mb = options_.max_batch, nkv = c.num_kv_heads;
+  int32_t* sink = d.h_mp_ints.data();
+  int32_t* cend = sink + mb;
+  int32_t* budget = cend + mb;
+  int32_t* clusters = budget + mb;
+  int32_t* slot_table = clusters + int64_t{mb} * nkv;
+  const int64_t table = int64_t{mb} * nkv, per_kind = int64_t{c.num_layers} * table;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    const CudaSequence& seq = *seqs[b];
+    const CudaClusterState* state = seq.clusters_.get();
+    const bool sparse = seq.attention_.mode != AttentionMode::kDense && state != nullptr;
+    sink[b] = sparse ? state->region_begin() : 0;
+    cend[b] = sparse ? state->region_end() : 0;
+    budget[b] = sparse ? static_cast<int32_t>(std::min<int64_t>(
+                             TokenBudget(seq.attention_.multipole, cend[b] - sink[b]), INT32_MAX))
+                       : 0;
+    d.h_mp_approximate[b] =
+        seq.attention_.mode == AttentionMode::kMultipole && seq.attention_.multipole.approximate;
+    for (int h = 0; h < nkv; ++h) {
+      clusters[b * nkv + h] = sparse ? state->num_clusters() : 0;
+      for (int l = 0; l < c.num_layers; ++l) {
+        const int64_t at = l * table + int64_t(b) * nkv + h;
+        d.h_mp_ptrs[at] = sparse ? reinterpret_cast<uintptr_t>(state->key_centroids(l, h)) : 0;
+        d.h_mp_ptrs[per_kind + at] =
+            sparse ? reinterpret_cast<uintptr_t>(state->value_centroids(l, h)) : 0;
+        d.h_mp_ptrs[2 * per_kind + at] =
+            sparse ? reinterpret_cast<uintptr_t>(state->cluster_begin(l, h)) : 0;
+      }
+    }
+    if (sparse) {
+      const std::vector<int32_t>& pages = const_cast<CudaClusterState*>(state)->slot_pages();
+      std::copy(pages.begin(), pages.end(), slot_table + int64_t(b) * max_pages_per_seq_);
+    }
+  }
+  MPA_CUDA(cudaMemcpyAsync(d.mp_ints, d.h_mp_ints.data(), d.h_mp_ints.size() * sizeof(int32_t),
+                           cudaMemcpyHostToDevice, d.stream));
+  MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), mb, cudaMemcpyHostToDevice,
+                           d.stream));
+  MPA_CUDA(cudaMemcpyAsync(d.mp_ptrs, d.h_mp_ptrs.data(), d.h_mp_ptrs.size() * sizeof(uintptr_t),
+                           cudaMemcpyHostToDevice, d.stream));
+  return absl::OkStatus();
+}
+
+void CudaModel::CompleteDecode() {
+  Impl& d = *impl_;
+  const ModelConfig& c = config_;
+  if (d.step_sparse) {
+    for (size_t b = 0; b < last_batch_.size(); ++b) {
+      CudaSequence& seq = *last_batch_[b];
+      if (seq.attention_.mode == AttentionMode::kDense) continue;
+      AttentionStats& st = seq.stats_;
+      st.decode_steps += c.num_layers;
+      st.tokens_total += int64_t{seq.num_tokens()} * c.num_kv_heads * c.num_layers;
+      st.tokens_attended_exact += static_cast<int64_t>(d.mp_exact_host[b]);
+      if (seq.clusters_ != nullptr) {
+        st.centroids_scored +=
+            int64_t{seq.clusters_->num_clusters()} * c.num_kv_heads * c.num_layers;
+      }
+    }
+    d.step_sparse = false;
+  }
+  last_batch_.clear();
+  for (const Impl::Timing& t : d.timings) {
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, t.start, t.end) == cudaSuccess) {
+      (t.prefill ? t.seq->stats_.prefill_cluster_seconds : t.seq->stats_.cluster_update_seconds) +=
+          ms * 1e-3;
+    }
+    d.spare_events.push_back(t.start);
+    d.spare_events.push_back(t.end);
+  }
+  d.timings.clear();
 }
 
 }  // namespace mpa

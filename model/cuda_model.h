@@ -11,8 +11,14 @@
 // that are rewritten before each replay. Next-token ids can be sampled on the device (greedy, or
 // seeded temperature / top-k / top-p per sequence).
 //
-// Attention is dense (the multipole path is not on the GPU yet). Not thread-safe: one engine
-// thread drives it, as with Model. A CudaModel must outlive its sequences.
+// Attention per sequence (SetAttention): dense, or Multipole Attention (multipole / exact-only)
+// with the sequence's cluster hierarchy on the device (model/cuda_clusters.h): clustered at the
+// end of a prefill once the clustered region reaches min_clustered_tokens, updated online every
+// cluster_interval tokens, and read by kernels/cuda/multipole's decode. A batch with any sparse
+// sequence runs every sequence through the multipole decode (a dense one as a sequence without
+// clusters, which is exact attention). Quest and two-level hierarchies are CPU-only for now.
+// Not thread-safe: one engine thread drives it, as with Model. A CudaModel must outlive its
+// sequences.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/attention_backend.h"
 #include "model/model_config.h"
 #include "model/sampler.h"
 #include "model/weights.h"
@@ -44,8 +51,10 @@ struct CudaModelOptions {
 };
 
 class CudaModel;
+class CudaClusterState;
 
-// A sequence's pages of the device KV cache and its token ids.
+// A sequence's pages of the device KV cache, its token ids, its attention and, for the sparse
+// modes, its cluster hierarchy.
 class CudaSequence {
  public:
   ~CudaSequence();
@@ -54,13 +63,21 @@ class CudaSequence {
 
   int num_tokens() const { return static_cast<int>(tokens_.size()); }
   const std::vector<int32_t>& tokens() const { return tokens_; }
+  const AttentionOptions& attention() const { return attention_; }
+  const AttentionStats& stats() const { return stats_; }
+  // Null until the clustered region first reaches min_clustered_tokens (and for dense).
+  const CudaClusterState* clusters() const { return clusters_.get(); }
 
  private:
   friend class CudaModel;
-  explicit CudaSequence(CudaModel* model) : model_(model) {}
+  explicit CudaSequence(CudaModel* model);
   CudaModel* model_;
   std::vector<int32_t> pages_;  // page ids in the model's KV pool, in token order
   std::vector<int32_t> tokens_;
+  AttentionOptions attention_;
+  AttentionStats stats_;
+  std::unique_ptr<CudaClusterState> clusters_;
+  int cluster_retry_after_ = 0;  // clustering failed for want of memory at this clustered end
 };
 
 class CudaModel {
@@ -84,6 +101,14 @@ class CudaModel {
   int64_t weight_bytes_per_step() const { return weight_bytes_per_step_; }
 
   std::unique_ptr<CudaSequence> NewSequence();
+
+  // Whether sequences of this model can attend with `options` on the GPU: OK, or
+  // InvalidArgument naming what is not supported here (quest, two levels, pre-RoPE centroids,
+  // an unsupported head_dim or GQA group) or what is invalid in the config.
+  absl::Status SupportsAttention(const AttentionOptions& options) const;
+  // Sets how `seq` attends from its next step on. A change of multipole knobs drops its clusters
+  // (rebuilt at the next step); dense drops them for good.
+  absl::Status SetAttention(CudaSequence& seq, const AttentionOptions& options);
 
   // Appends `tokens` (causal attention, chunked by max_prefill_chunk) and writes the logits of
   // the last new position to logits[vocab] (host; may be null: they stay on the device).
@@ -137,6 +162,15 @@ class CudaModel {
   absl::Status UploadWeights(const Weights& weights);
   absl::Status RandomizeWeights(uint64_t seed);
   absl::Status CheckTokens(const CudaSequence& seq, absl::Span<const int32_t> tokens) const;
+  // Brings seq's clusters in step with its cache (build once the region is long enough, then one
+  // online update per interval); times the work into its stats. `prefill`: a prompt chunk.
+  absl::Status MaintainClusters(CudaSequence& seq, bool prefill);
+  // Drops seq's clusters and returns their pages to the pool.
+  void DropClusters(CudaSequence& seq);
+  // Stages the multipole decode's per-step metadata of a batch (when any sequence is sparse).
+  absl::Status StageMultipole(absl::Span<CudaSequence* const> seqs);
+  // Folds the step's device counters into the sequences' statistics (after the stream synced).
+  void CompleteDecode();
   absl::Status Reserve(CudaSequence& seq, int count);
   void ReleasePages(std::vector<int32_t>& pages);
   // Runs every layer over `rows` new tokens whose ids, positions and cache slots are already on
@@ -158,7 +192,8 @@ class CudaModel {
   std::vector<int32_t> free_pages_;
   int max_pages_per_seq_ = 0;
   int last_logit_rows_ = 0;
-  std::vector<int64_t> last_lengths_;  // per logit row: its sequence's length after the step
+  std::vector<int64_t> last_lengths_;      // per logit row: its sequence's length after the step
+  std::vector<CudaSequence*> last_batch_;  // the sequences of the last decode step
   int64_t weight_bytes_per_step_ = 0;
   std::unique_ptr<Impl> impl_;
 };

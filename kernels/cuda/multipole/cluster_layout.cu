@@ -127,13 +127,14 @@ __global__ void CentroidsKernel(ClusterLayoutParams p, int shift) {
   }
 }
 
-__global__ void LoadKernel(ClusterLayoutParams p, int keep, float* centroids) {
+__global__ void LoadKernel(ClusterLayoutParams p, float* centroids) {
   const ClusterJob job = p.jobs[blockIdx.y];
   const int c = blockIdx.x;
-  if (c >= keep || c >= job.num_clusters) return;
+  if (c >= job.keep_clusters || c >= job.num_clusters) return;
   const int D = p.kv.head_dim;
   const bf16* src =
-      p.key_centroids + (static_cast<int64_t>(job.kv_head) * p.cluster_stride + job.first_cluster + c) * D;
+      p.key_centroids +
+      (static_cast<int64_t>(job.kv_head) * p.cluster_stride + job.first_cluster + c) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     centroids[(job.centroid_begin + c) * D + d] = __bfloat162float(src[d]);
   }
@@ -141,13 +142,13 @@ __global__ void LoadKernel(ClusterLayoutParams p, int keep, float* centroids) {
 
 }  // namespace
 
-cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int keep, float* centroids,
+cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int max_keep, float* centroids,
                              cudaStream_t stream) {
-  if (centroids == nullptr || p.jobs == nullptr || p.key_centroids == nullptr || keep < 0) {
+  if (centroids == nullptr || p.jobs == nullptr || p.key_centroids == nullptr || max_keep < 0) {
     return cudaErrorInvalidValue;
   }
-  if (p.num_jobs == 0 || keep == 0) return cudaSuccess;
-  LoadKernel<<<dim3(keep, p.num_jobs), 128, 0, stream>>>(p, keep, centroids);
+  if (p.num_jobs == 0 || max_keep == 0) return cudaSuccess;
+  LoadKernel<<<dim3(max_keep, p.num_jobs), 128, 0, stream>>>(p, centroids);
   return cudaGetLastError();
 }
 

@@ -24,6 +24,7 @@ struct ClusterJob {
   int first_cluster = 0;       // the head's clusters [first_cluster, first_cluster + num_clusters)
   int num_clusters = 0;        // >= 1
   int64_t centroid_begin = 0;  // rows of the k-means centroids and counts
+  int keep_clusters = 0;       // LoadKeyCentroids: clusters whose key centroids start k-means
 };
 
 // Everything of one sequence and one layer the jobs read and write. Per-head outputs are strided
@@ -54,9 +55,10 @@ cudaError_t GatherKeys(const ClusterLayoutParams& p, bf16* points, cudaStream_t 
 
 cudaError_t BuildClusterLayout(const ClusterLayoutParams& p, cudaStream_t stream);
 
-// The starting centroids of an online update: for every job, its first `keep` clusters' key
-// centroids (bf16, as the layout holds them) into rows [centroid_begin, + keep) of `centroids`.
-cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int keep, float* centroids,
+// The starting centroids of an online update: for every job, its first keep_clusters clusters'
+// key centroids (bf16, as the layout holds them) into rows [centroid_begin, + keep_clusters) of
+// `centroids`. max_keep: host bound of keep_clusters.
+cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int max_keep, float* centroids,
                              cudaStream_t stream);
 
 }  // namespace mpa::cuda

@@ -315,7 +315,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a, i
     a.row_counts[hb] = exact_positions + selected_total;
     a.selected_tokens[hb] = selected_total;
     if (a.exact_tokens != nullptr) {
-      atomicAdd(&a.exact_tokens[b], static_cast<unsigned long long>(exact_positions) + selected_total);
+      atomicAdd(&a.exact_tokens[b],
+                static_cast<unsigned long long>(exact_positions) + selected_total);
     }
   }
 }
