@@ -866,7 +866,7 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::Sample(absl::Span<const Sampling
 
 absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
     absl::Span<CudaSequence* const> seqs, absl::Span<const int32_t> tokens,
-    absl::Span<const SamplingParams> params) {
+    absl::Span<const SamplingParams> params, float* logits) {
   if (params.size() != seqs.size()) {
     return absl::InvalidArgumentError(absl::StrCat("decode got ", seqs.size(), " sequences but ",
                                                    params.size(), " sampling parameter sets"));
@@ -881,6 +881,11 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
   if (ids.empty()) return ids;
   MPA_RETURN_IF_ERROR(EnqueueDecode(seqs, tokens));
   MPA_RETURN_IF_ERROR(EnqueueSample(params, ids.data()));
+  if (logits != nullptr) {
+    MPA_CUDA(cudaMemcpyAsync(logits, impl_->logits,
+                             static_cast<int64_t>(seqs.size()) * config_.vocab_size * 4,
+                             cudaMemcpyDeviceToHost, impl_->stream));
+  }
   MPA_CUDA(cudaStreamSynchronize(impl_->stream));
   CompleteDecode();
   return ids;

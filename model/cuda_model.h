@@ -132,10 +132,12 @@ class CudaModel {
   // InvalidArgument for invalid params or a count other than the rows of the last step.
   absl::StatusOr<std::vector<int32_t>> Sample(absl::Span<const SamplingParams> params);
 
-  // Decode (logits stay on the device) followed by Sample: one host round trip per step.
+  // Decode followed by Sample: one host round trip per step. The logits stay on the device
+  // unless `logits` ([batch, vocab] host) asks for a copy.
   absl::StatusOr<std::vector<int32_t>> DecodeAndSample(absl::Span<CudaSequence* const> seqs,
                                                        absl::Span<const int32_t> tokens,
-                                                       absl::Span<const SamplingParams> params);
+                                                       absl::Span<const SamplingParams> params,
+                                                       float* logits = nullptr);
 
   // Turns graph replay of decode steps on or off (benchmarks and tests compare the two).
   void set_decode_graphs(bool enabled) { options_.decode_graphs = enabled; }

@@ -15,16 +15,21 @@ namespace {
 
 class CudaEngineSequence : public EngineSequence {
  public:
-  explicit CudaEngineSequence(std::unique_ptr<CudaSequence> seq) : seq_(std::move(seq)) {}
+  CudaEngineSequence(CudaModel* model, std::unique_ptr<CudaSequence> seq)
+      : model_(model), seq_(std::move(seq)) {}
   int num_tokens() const override { return seq_->num_tokens(); }
-  // Dense attention reads every cached token: no sparse-attention statistics to report.
-  AttentionStats stats() const override { return AttentionStats(); }
-  // Only dense reaches here (the scheduler checks SupportsAttention first), and dense is what
-  // CudaModel always does.
-  void set_attention(const AttentionOptions& options) override {}
+  AttentionStats stats() const override { return seq_->stats(); }
+  // The scheduler admits only options CheckAttention accepts; should one still be refused, the
+  // sequence keeps attending exactly (dense) rather than fail mid-session.
+  void set_attention(const AttentionOptions& options) override {
+    if (!model_->SetAttention(*seq_, options).ok()) {
+      (void)model_->SetAttention(*seq_, AttentionOptions{});
+    }
+  }
   CudaSequence& sequence() { return *seq_; }
 
  private:
+  CudaModel* model_;
   std::unique_ptr<CudaSequence> seq_;
 };
 
@@ -60,7 +65,9 @@ absl::StatusOr<std::unique_ptr<CudaModelEngine>> CudaModelEngine::Load(
 }
 
 std::unique_ptr<EngineSequence> CudaModelEngine::NewSequence(const AttentionOptions& options) {
-  return std::make_unique<CudaEngineSequence>(model_->NewSequence());
+  auto seq = std::make_unique<CudaEngineSequence>(model_.get(), model_->NewSequence());
+  seq->set_attention(options);
+  return seq;
 }
 
 absl::Status CudaModelEngine::Prefill(EngineSequence& seq, absl::Span<const int32_t> tokens,
@@ -76,6 +83,31 @@ absl::Status CudaModelEngine::Decode(absl::Span<EngineSequence* const> seqs,
     sequences.push_back(&static_cast<CudaEngineSequence*>(s)->sequence());
   }
   return model_->Decode(sequences, tokens, logits);
+}
+
+absl::Status CudaModelEngine::PrefillAndSample(EngineSequence& seq,
+                                               absl::Span<const int32_t> tokens,
+                                               const SamplingParams& params, int32_t* id) {
+  MPA_RETURN_IF_ERROR(
+      model_->Prefill(static_cast<CudaEngineSequence&>(seq).sequence(), tokens, nullptr));
+  MPA_ASSIGN_OR_RETURN(std::vector<int32_t> ids, model_->Sample({params}));
+  *id = ids.at(0);
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelEngine::DecodeAndSample(absl::Span<EngineSequence* const> seqs,
+                                              absl::Span<const int32_t> tokens,
+                                              absl::Span<const SamplingParams> params, int32_t* ids,
+                                              float* logits) {
+  std::vector<CudaSequence*> sequences;
+  sequences.reserve(seqs.size());
+  for (EngineSequence* s : seqs) {
+    sequences.push_back(&static_cast<CudaEngineSequence*>(s)->sequence());
+  }
+  MPA_ASSIGN_OR_RETURN(std::vector<int32_t> out,
+                       model_->DecodeAndSample(sequences, tokens, params, logits));
+  std::copy(out.begin(), out.end(), ids);
+  return absl::OkStatus();
 }
 
 }  // namespace mpa::server

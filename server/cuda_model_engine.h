@@ -32,8 +32,18 @@ class CudaModelEngine : public TokenizedEngine {
     return model_->free_kv_tokens() / info_.kv_block_tokens;
   }
   bool SupportsAttention(AttentionMode mode) const override {
-    return mode == AttentionMode::kDense;
+    return mode != AttentionMode::kQuest;
   }
+  absl::Status CheckAttention(const AttentionOptions& options) const override {
+    return model_->SupportsAttention(options);
+  }
+  bool SamplesOnDevice() const override { return true; }
+  absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                                const SamplingParams& params, int32_t* id) override;
+  absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,
+                               absl::Span<const int32_t> tokens,
+                               absl::Span<const SamplingParams> params, int32_t* ids,
+                               float* logits) override;
 
  private:
   CudaModelEngine(std::unique_ptr<CudaModel> model, EngineText text)

@@ -302,11 +302,14 @@ SessionInfo DecodeScheduler::Describe(const Session& s) const {
 // ---- Engine thread ---------------------------------------------------------------------------
 
 absl::Status DecodeScheduler::CheckAttentionSupported(AttentionMode mode) const {
-  if (engine_->SupportsAttention(mode)) return absl::OkStatus();
+  AttentionOptions options = options_.default_attention;
+  options.mode = mode;
+  const absl::Status supported = engine_->CheckAttention(options);
+  if (supported.ok()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrFormat(
-      "attention.mode: %s attention is not available on this server's device (%s): it serves "
-      "dense attention only; ask for dense, or use a server started with --device=cpu",
-      AttentionModeName(mode), engine_->info().device));
+      "attention.mode: %s attention is not available on this server's device (%s): %s; ask for "
+      "dense, or use a server started with --device=cpu",
+      AttentionModeName(mode), engine_->info().device, supported.message()));
 }
 
 int64_t DecodeScheduler::ReservedGrowthBlocks() const {
@@ -462,9 +465,14 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
   const size_t n =
       std::min<size_t>(options_.prefill_chunk_tokens, gen.input.size() - gen.prefilled);
   const absl::Time start = absl::Now();
-  absl::Status status =
-      engine_->Prefill(*gen.session->sequence,
-                       absl::MakeConstSpan(gen.input).subspan(gen.prefilled, n), logits_.data());
+  const bool last = gen.prefilled + n == gen.input.size() && gen.max_new_tokens > 0;
+  // The last chunk of a generation that wants no logprobs samples on the device where it can.
+  const bool on_device = last && SamplesOnDevice(gen);
+  int32_t device_token = 0;
+  const auto chunk = absl::MakeConstSpan(gen.input).subspan(gen.prefilled, n);
+  absl::Status status = on_device ? engine_->PrefillAndSample(*gen.session->sequence, chunk,
+                                                              gen.params.sampling, &device_token)
+                                  : engine_->Prefill(*gen.session->sequence, chunk, logits_.data());
   if (!status.ok()) return FailGeneration(gen, status);
   if (observer_ != nullptr) {
     observer_->OnPrefillChunk(static_cast<int64_t>(n), Seconds(absl::Now() - start));
@@ -474,10 +482,16 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
   if (gen.prefilled < gen.input.size()) return;
   if (gen.max_new_tokens == 0) return FinishGeneration(gen, FinishReason::kLength);
   float logprob = 0.0f;
-  const int32_t token = gen.sampler.Sample(logits_.data(), engine_->info().vocab_size,
-                                           gen.params.return_logprobs ? &logprob : nullptr);
+  const int32_t token = on_device
+                            ? device_token
+                            : gen.sampler.Sample(logits_.data(), engine_->info().vocab_size,
+                                                 gen.params.return_logprobs ? &logprob : nullptr);
   gen.decoding = true;
   Emit(gen, token, logprob);
+}
+
+bool DecodeScheduler::SamplesOnDevice(const Generation& gen) const {
+  return engine_->SamplesOnDevice() && !gen.params.return_logprobs;
 }
 
 void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
@@ -488,8 +502,23 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
     tokens.push_back(gen->next_token);
   }
   snap_batch_ = static_cast<int64_t>(batch.size());
+  // Each generation samples the same way throughout: on the device where the engine can and it
+  // asks for no logprobs (those need its logits on the host, and the host sampler).
+  std::vector<uint8_t> on_device(batch.size());
+  bool any_device = false, any_host = false;
+  std::vector<SamplingParams> params;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    on_device[i] = SamplesOnDevice(*batch[i]);
+    any_device = any_device || on_device[i];
+    any_host = any_host || !on_device[i];
+    params.push_back(batch[i]->params.sampling);
+  }
+  std::vector<int32_t> device_ids(batch.size());
   const absl::Time start = absl::Now();
-  absl::Status status = engine_->Decode(seqs, tokens, logits_.data());
+  absl::Status status = any_device
+                            ? engine_->DecodeAndSample(seqs, tokens, params, device_ids.data(),
+                                                       any_host ? logits_.data() : nullptr)
+                            : engine_->Decode(seqs, tokens, logits_.data());
   if (!status.ok()) {
     // The sequences' caches may be half-written: their sessions cannot continue.
     for (Generation* gen : batch) {
@@ -507,8 +536,10 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
   for (size_t i = 0; i < batch.size(); ++i) {
     Generation& gen = *batch[i];
     float logprob = 0.0f;
-    const int32_t token = gen.sampler.Sample(logits_.data() + i * vocab, vocab,
-                                             gen.params.return_logprobs ? &logprob : nullptr);
+    const int32_t token = on_device[i]
+                              ? device_ids[i]
+                              : gen.sampler.Sample(logits_.data() + i * vocab, vocab,
+                                                   gen.params.return_logprobs ? &logprob : nullptr);
     Emit(gen, token, logprob);
   }
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "model/attention_backend.h"
+#include "model/sampler.h"
 
 namespace mpa::server {
 
@@ -70,10 +71,31 @@ class Engine {
   virtual absl::Status Decode(absl::Span<EngineSequence* const> seqs,
                               absl::Span<const int32_t> tokens, float* logits) = 0;
   virtual int64_t free_kv_blocks() const = 0;
+  // Engines that draw the next ids where the logits are (the GPU): Prefill / Decode followed by
+  // sampling with each row's params, returning ids instead of copying batch x vocab logits to
+  // the host. The scheduler samples there for generations that ask for no logprobs; when a
+  // batch also holds such a generation, DecodeAndSample copies the logits too (logits non-null).
+  virtual bool SamplesOnDevice() const { return false; }
+  virtual absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                                        const SamplingParams& params, int32_t* id) {
+    return absl::UnimplementedError("this engine samples on the host");
+  }
+  virtual absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,
+                                       absl::Span<const int32_t> tokens,
+                                       absl::Span<const SamplingParams> params, int32_t* ids,
+                                       float* logits) {
+    return absl::UnimplementedError("this engine samples on the host");
+  }
   // Whether sequences of this engine can attend in `mode` (the GPU engine: dense only). The
   // scheduler refuses other modes at admission, so NewSequence and set_attention only ever see
   // supported ones.
   virtual bool SupportsAttention(AttentionMode mode) const { return true; }
+  // Whether sequences can attend with these options (mode and knobs): OK, or InvalidArgument
+  // saying what this engine does not run.
+  virtual absl::Status CheckAttention(const AttentionOptions& options) const {
+    if (SupportsAttention(options.mode)) return absl::OkStatus();
+    return absl::InvalidArgumentError("not available on this device");
+  }
   // KV blocks a context of `tokens` tokens holds.
   int64_t KvBlocksFor(int64_t tokens) const {
     const int b = info().kv_block_tokens;

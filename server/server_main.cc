@@ -37,7 +37,8 @@
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, *.safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, device, "cpu",
-          "Where the model runs: cpu, or cuda / cuda:N (one NVIDIA GPU; dense attention only; "
+          "Where the model runs: cpu, or cuda / cuda:N (one NVIDIA GPU; dense, multipole and "
+          "exact-only attention; "
           "needs a build with MPA_WITH_CUDA)");
 ABSL_FLAG(std::string, address, "0.0.0.0:50051",
           "Listening address host:port (port 0: pick a free one; the bound port is printed)");
@@ -213,15 +214,6 @@ int Serve() {
                  engine.status().ToString().c_str());
     return 1;
   }
-  if (!(*engine)->SupportsAttention(*mode)) {
-    std::fprintf(stderr,
-                 "mpa_server: --attention: %s attention is not available on device %s (dense "
-                 "only there); use --attention=dense or --device=cpu\n",
-                 std::string(mpa::AttentionModeName(*mode)).c_str(),
-                 (*engine)->info().device.c_str());
-    return 2;
-  }
-
   mpa::server::SchedulerOptions options;
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
@@ -234,6 +226,14 @@ int Serve() {
   if (absl::Status s = mpa::MultipoleConfigFromFlags(&options.default_attention.multipole);
       !s.ok()) {
     std::fprintf(stderr, "mpa_server: attention flags: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  if (absl::Status s = (*engine)->CheckAttention(options.default_attention); !s.ok()) {
+    std::fprintf(stderr,
+                 "mpa_server: --attention: %s attention is not available on device %s: %s; use "
+                 "other knobs, --attention=dense or --device=cpu\n",
+                 std::string(mpa::AttentionModeName(*mode)).c_str(),
+                 (*engine)->info().device.c_str(), std::string(s.message()).c_str());
     return 2;
   }
   const mpa::server::EngineInfo& info = (*engine)->info();

@@ -184,13 +184,49 @@ TEST_F(ServerGpuE2eTest, EightConcurrentStreamsEqualRunningAlone) {
   }
 }
 
-TEST_F(ServerGpuE2eTest, MultipoleIsRefusedNamingModeAndDevice) {
+TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
+  START_SERVER_OR_SKIP();
+  // A natural 400-token context (the dense continuation of BOS), long enough for the default
+  // knobs to cluster (sink 10, interval 128, min_clustered_tokens 256), then 100 more tokens.
+  StreamResult context = Generate(*stub_, IdsRequest({1}, 399));
+  ASSERT_TRUE(context.status.ok()) << context.status.error_message();
+  std::vector<int32_t> prompt = {1};
+  prompt.insert(prompt.end(), context.ids.begin(), context.ids.end());
+  StreamResult dense = Generate(*stub_, IdsRequest(prompt, 100));
+  ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
+  ASSERT_TRUE(dense.result.has_value());
+  EXPECT_DOUBLE_EQ(dense.result->stats().mean_sparsity(), 1.0);
+
+  // A budget covering the whole clustered region is exact attention: the dense ids.
+  v1::GenerateRequest full = IdsRequest(prompt, 100);
+  full.mutable_attention()->set_mode(v1::ATTENTION_MODE_MULTIPOLE);
+  full.mutable_attention()->set_token_budget_fraction(1.0f);
+  StreamResult all = Generate(*stub_, full);
+  ASSERT_TRUE(all.status.ok()) << all.status.error_message();
+  EXPECT_EQ(all.ids, dense.ids);
+  ASSERT_TRUE(all.result.has_value());
+  EXPECT_DOUBLE_EQ(all.result->stats().mean_sparsity(), 1.0);
+
+  // The default budget (128 tokens of a ~256-token region) reads less than the whole cache.
+  for (auto mode : {v1::ATTENTION_MODE_MULTIPOLE, v1::ATTENTION_MODE_EXACT_ONLY}) {
+    v1::GenerateRequest sparse = IdsRequest(prompt, 100);
+    sparse.mutable_attention()->set_mode(mode);
+    StreamResult r = Generate(*stub_, sparse);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.ids.size(), 100u);
+    ASSERT_TRUE(r.result.has_value());
+    EXPECT_LT(r.result->stats().mean_sparsity(), 0.9) << v1::AttentionMode_Name(mode);
+    EXPECT_GT(r.result->stats().mean_sparsity(), 0.3) << v1::AttentionMode_Name(mode);
+  }
+}
+
+TEST_F(ServerGpuE2eTest, QuestIsRefusedNamingModeAndDevice) {
   START_SERVER_OR_SKIP();
   v1::GenerateRequest request = IdsRequest({1}, 8);
-  request.mutable_attention()->set_mode(v1::ATTENTION_MODE_MULTIPOLE);
+  request.mutable_attention()->set_mode(v1::ATTENTION_MODE_QUEST);
   StreamResult r = Generate(*stub_, request);
   EXPECT_EQ(r.status.error_code(), grpc::INVALID_ARGUMENT);
-  EXPECT_THAT(r.status.error_message(), HasSubstr("multipole attention"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("quest attention"));
   EXPECT_THAT(r.status.error_message(), HasSubstr("cuda:0"));
   EXPECT_TRUE(r.ids.empty());
 
@@ -210,8 +246,9 @@ TEST_F(ServerGpuE2eTest, MultipoleIsRefusedNamingModeAndDevice) {
   EXPECT_EQ(dense.ids, std::vector<int32_t>(reference.begin(), reference.begin() + 8));
 }
 
-TEST_F(ServerGpuE2eTest, MultipoleDefaultIsRefusedAtStartUp) {
-  server_ = std::make_unique<GpuServer>(std::vector<std::string>{"--attention=multipole"});
+TEST_F(ServerGpuE2eTest, KnobsTheGpuDoesNotRunAreRefusedAtStartUp) {
+  server_ =
+      std::make_unique<GpuServer>(std::vector<std::string>{"--attention=multipole", "--levels=2"});
   if (std::string skip = NoGpuReason(*server_); !skip.empty()) {
     GTEST_SKIP() << "no usable GPU; the server said:\n" << skip;
   }
@@ -219,6 +256,7 @@ TEST_F(ServerGpuE2eTest, MultipoleDefaultIsRefusedAtStartUp) {
   EXPECT_EQ(*server_->exit_code(), 2);
   EXPECT_THAT(server_->output(),
               HasSubstr("multipole attention is not available on device cuda:0"));
+  EXPECT_THAT(server_->output(), HasSubstr("levels 2"));
 }
 
 }  // namespace
