@@ -154,7 +154,7 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
   }
   if (max_clusters > cuda::kMaxClustersPerJob) {
     return absl::InvalidArgumentError(
-        absl::StrCat("a block of ", max_points, " tokens makes ", max_clusters,
+        absl::StrCat("a block of up to ", max_points, " tokens makes ", max_clusters,
                      " clusters; the GPU lays out at most ", cuda::kMaxClustersPerJob));
   }
   Scratch scratch(ctx.stream);

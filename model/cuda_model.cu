@@ -1069,7 +1069,12 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
     shape.max_clusters = bucket;
     shape.max_seq_len = static_cast<int>(
         std::min<int64_t>(c.max_position_embeddings, options_.max_kv_tokens + options_.page_size));
-    const size_t bytes = cuda::MultipoleDecodeWorkspaceBytes(shape);
+    // The splits depend on the step's batch: the largest need over every batch size.
+    size_t bytes = 0;
+    for (int b = 1; b <= options_.max_batch; ++b) {
+      shape.batch = b;
+      bytes = std::max(bytes, cuda::MultipoleDecodeWorkspaceBytes(shape));
+    }
     MPA_CUDA(cudaStreamSynchronize(d.stream));
     d.ClearGraphs();  // captured steps hold the old workspace
     if (d.mp_workspace != nullptr) MPA_CUDA(cudaFree(d.mp_workspace));

@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kAssignThreads) AssignKernel(KMeansParams p, W
   float* cs = smem + D * kStride;  // [D][kStride]
   const KMeansProblem pr = p.problems[blockIdx.y];
   const int first = blockIdx.x * kTile;
-  if (first >= pr.num_points) return;
+  if (first >= pr.num_points || pr.num_clusters <= 0) return;  // no cluster: nothing to assign
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
   for (int i = tid; i < kTile * D; i += kAssignThreads) {
     const int pt = i / D, d = i % D;
@@ -156,7 +156,7 @@ __global__ void AccumulateKernel(KMeansParams p, Workspace ws) {
   const KMeansProblem pr = p.problems[blockIdx.y];
   const int point = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
-  if (point >= pr.num_points) return;
+  if (point >= pr.num_points || pr.num_clusters <= 0) return;
   const int64_t row = pr.point_begin + point;
   const int64_t cluster = pr.cluster_begin + p.labels[row];
   for (int d = lane; d < p.head_dim; d += 32) {
