@@ -174,11 +174,14 @@ std::vector<std::string> GemvTable(double bw) {
 int main(int argc, char** argv) {
   std::string out_path, commit = "unknown";
   std::vector<int> prefill_only;  // prompt lengths: time their prefill only, print, exit
+  bool multipole_only = false;    // time multipole against dense decode steps only, exit
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
       out_path = argv[++i];
     } else if (!std::strcmp(argv[i], "--commit") && i + 1 < argc) {
       commit = argv[++i];
+    } else if (!std::strcmp(argv[i], "--multipole_only")) {
+      multipole_only = true;
     } else if (!std::strcmp(argv[i], "--prefill_only") && i + 1 < argc) {
       for (const char* s = argv[++i]; *s;) {
         prefill_only.push_back(std::atoi(s));
@@ -186,7 +189,9 @@ int main(int argc, char** argv) {
         if (*s == ',') ++s;
       }
     } else {
-      std::fprintf(stderr, "usage: %s [--out result.md] [--commit SHA] [--prefill_only N,N,...]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--out result.md] [--commit SHA] [--prefill_only N,N,...] "
+                   "[--multipole_only]\n",
                    argv[0]);
       return 2;
     }
@@ -244,6 +249,61 @@ int main(int argc, char** argv) {
   }
   mpa::CudaModel& m = **model_or;
   CHECK_OK(m.FillKvCacheRandom(5));
+  if (multipole_only) {
+    // Decode steps with every sequence in multipole (5% budget, default knobs) against dense, on
+    // random cached keys and values clustered as a prefill would; then the online update's share
+    // of the time over 384 steps (three updates of the default 128-token interval).
+    mpa::AttentionOptions mp;
+    mp.mode = mpa::AttentionMode::kMultipole;
+    mp.multipole.token_budget_fraction = 0.05f;
+    auto steps = [&](int batch, int context, bool sparse, int n, double* update_s) -> double {
+      std::vector<std::unique_ptr<mpa::CudaSequence>> seqs;
+      std::vector<mpa::CudaSequence*> ptrs;
+      for (int b = 0; b < batch; ++b) {
+        seqs.push_back(m.NewSequence());
+        CHECK_OK(m.AppendUncomputedContext(*seqs.back(), context));
+        if (sparse) {
+          CHECK_OK(m.SetAttention(*seqs.back(), mp));
+          CHECK_OK(m.RefreshClusters(*seqs.back()));
+        }
+        ptrs.push_back(seqs.back().get());
+      }
+      const std::vector<int32_t> tokens(batch, 42);
+      for (int i = 0; i < 3; ++i) CHECK_OK(m.Decode(ptrs, tokens, nullptr));
+      std::vector<double> times;
+      double before = 0;
+      for (auto* s : ptrs) before += s->stats().cluster_update_seconds;
+      for (int i = 0; i < n; ++i) {
+        const double t0 = Seconds();
+        CHECK_OK(m.Decode(ptrs, tokens, nullptr));
+        times.push_back(Seconds() - t0);
+      }
+      double after = 0;
+      for (auto* s : ptrs) after += s->stats().cluster_update_seconds;
+      if (update_s != nullptr) *update_s = after - before;
+      if (n > 20) {  // the total, updates included
+        double total = 0;
+        for (double t : times) total += t;
+        return total;
+      }
+      std::sort(times.begin(), times.end());
+      return times[times.size() / 2];
+    };
+    std::printf("| context | batch | dense ms | multipole ms | tokens/s ratio |\n");
+    const std::pair<int, int> shapes[] = {{32768, 1}, {32768, 4}, {131072, 1}};
+    for (const auto& [context, batch] : shapes) {
+      const double dense = steps(batch, context, false, 20, nullptr);
+      const double sparse = steps(batch, context, true, 20, nullptr);
+      std::printf("| %d | %d | %.3f | %.3f | %.2fx |\n", context, batch, dense * 1e3, sparse * 1e3,
+                  dense / sparse);
+      std::fflush(stdout);
+    }
+    double update_s = 0;
+    const double total = steps(1, 32768, true, 384, &update_s);
+    std::printf("online update at 32K, batch 1: %.1f ms of %.1f ms over 384 steps (%.2f%%)\n",
+                update_s * 1e3, total * 1e3, 100.0 * update_s / total);
+    return 0;
+  }
   std::printf(
       "device %s, copy bandwidth %.0f GB/s; random Qwen3-8B weights in %.1f s, %.2f GB read per "
       "step\n",

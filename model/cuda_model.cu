@@ -899,6 +899,13 @@ absl::Status CudaModel::AppendUncomputedContext(CudaSequence& seq, int count) {
   return absl::OkStatus();
 }
 
+absl::Status CudaModel::RefreshClusters(CudaSequence& seq) {
+  MPA_RETURN_IF_ERROR(MaintainClusters(seq, /*prefill=*/true));
+  MPA_CUDA(cudaStreamSynchronize(impl_->stream));
+  CompleteDecode();
+  return absl::OkStatus();
+}
+
 absl::Status CudaModel::FillKvCacheRandom(uint64_t seed) {
   const int64_t num_pages = (options_.max_kv_tokens + options_.page_size - 1) / options_.page_size;
   const int64_t n = num_pages * config_.num_kv_heads * options_.page_size * config_.head_dim;

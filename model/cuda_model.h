@@ -150,6 +150,8 @@ class CudaModel {
   // pool holds (random after FillKvCacheRandom), without running the model, so decode can be
   // timed at long contexts without a long prefill first.
   absl::Status AppendUncomputedContext(CudaSequence& seq, int count);
+  // Benchmarks only: clusters what AppendUncomputedContext appended (as a prefill would), now.
+  absl::Status RefreshClusters(CudaSequence& seq);
   // Fills the whole KV pool with seeded N(0, 1) values.
   absl::Status FillKvCacheRandom(uint64_t seed);
 
