@@ -12,7 +12,7 @@ namespace mpa::cuda::multipole {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kClustersPerBlock = kLookupClustersPerBlock;
+constexpr int kClustersPerBlock = 256;
 constexpr int kUnroll = 4;
 
 template <int HD, int G>
@@ -28,25 +28,11 @@ __global__ void __launch_bounds__(kThreads) CentroidLookupKernel(StepArgs a) {
   const int first = blockIdx.x * kClustersPerBlock;
   const int last = min(first + kClustersPerBlock, a.max_clusters);
   float* out = a.logits2 + static_cast<int64_t>(hb) * G * a.max_clusters;
-  // This block's (max, count-weighted sum) per query head: [G][lookup_blocks][2].
-  float* norms = a.norms + static_cast<int64_t>(hb) * G * a.lookup_blocks * 2;
   if (first >= num_clusters) {  // nothing here: every slot still gets a defined -inf
     for (int i = threadIdx.x; i < (last - first) * G; i += kThreads) {
       out[(i / (last - first)) * a.max_clusters + first + i % (last - first)] = -INFINITY;
     }
-    if (threadIdx.x < G) {
-      norms[(threadIdx.x * a.lookup_blocks + blockIdx.x) * 2] = -INFINITY;
-      norms[(threadIdx.x * a.lookup_blocks + blockIdx.x) * 2 + 1] = 0.0f;
-    }
     return;
-  }
-  __shared__ float block_m[kSlots][G];
-  __shared__ float block_z[kSlots][G];
-  float run_m[G], run_z[G];  // this slot's clusters (lane 0 keeps them)
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    run_m[g] = -INFINITY;
-    run_z[g] = 0.0f;
   }
   const bf16* centroids = a.key_centroids[hb];
   const int32_t* begin = a.cluster_begin[hb];
@@ -77,9 +63,8 @@ __global__ void __launch_bounds__(kThreads) CentroidLookupKernel(StepArgs a) {
       const int c = base + u * kSlots + slot;
       float k[8];
       detail::Bf16x8ToFloat(raw[u], k);
-      int count = 0;
-      if (lane == 0 && c < num_clusters) count = begin[c + 1] - begin[c];
-      const bool live = count > 0;
+      bool live = false;
+      if (lane == 0 && c < num_clusters) live = begin[c + 1] > begin[c];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
@@ -88,36 +73,9 @@ __global__ void __launch_bounds__(kThreads) CentroidLookupKernel(StepArgs a) {
 #pragma unroll
         for (int off = kLanes / 2; off > 0; off >>= 1)
           dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        if (lane == 0 && c < last) {
-          const float s2 = live ? dot * a.scale2 : -INFINITY;
-          out[g * a.max_clusters + c] = s2;
-          if (live) {
-            const float m_new = fmaxf(run_m[g], s2);
-            run_z[g] = run_z[g] * exp2f(run_m[g] - m_new) + count * exp2f(s2 - m_new);
-            run_m[g] = m_new;
-          }
-        }
+        if (lane == 0 && c < last) out[g * a.max_clusters + c] = live ? dot * a.scale2 : -INFINITY;
       }
     }
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      block_m[slot][g] = run_m[g];
-      block_z[slot][g] = run_z[g];
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x < G) {
-    const int g = threadIdx.x;
-    float m = -INFINITY;
-    for (int s = 0; s < kSlots; ++s) m = fmaxf(m, block_m[s][g]);
-    float z = 0.0f;
-    if (m != -INFINITY) {
-      for (int s = 0; s < kSlots; ++s) z += block_z[s][g] * exp2f(block_m[s][g] - m);
-    }
-    norms[(g * a.lookup_blocks + blockIdx.x) * 2] = m;
-    norms[(g * a.lookup_blocks + blockIdx.x) * 2 + 1] = z;
   }
 }
 

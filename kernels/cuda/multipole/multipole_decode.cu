@@ -28,7 +28,7 @@ bool SupportedHeadDim(int d) {
 }
 
 struct Sizes {
-  size_t logits2, norms, scores, selected, rows, counts, partials;
+  size_t logits2, scores, selected, rows, counts, partials;
 };
 
 Sizes SizesOf(const MultipoleShape& s) {
@@ -36,7 +36,6 @@ Sizes SizesOf(const MultipoleShape& s) {
   const int group = s.num_kv_heads > 0 ? s.num_q_heads / s.num_kv_heads : 0;
   Sizes z;
   z.logits2 = AlignUp(heads * group * s.max_clusters * sizeof(float));
-  z.norms = AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * 2 * sizeof(float));
   z.scores = AlignUp(heads * s.max_clusters * sizeof(float));
   z.selected = AlignUp(heads * s.max_clusters);
   z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
@@ -56,10 +55,9 @@ MultipoleShape ChooseMultipoleSplits(MultipoleShape shape) {
     shape.exact_splits = std::clamp(sms / heads, 1, 32);
   }
   if (shape.approx_splits <= 0) {
-    // Eight 256-thread blocks per multiprocessor (a block's loads are few and independent, so
-    // many blocks keep enough in flight), never fewer than 128 clusters per block.
-    const int useful = std::max((shape.max_clusters + 127) / 128, 1);
-    shape.approx_splits = std::clamp(8 * sms / heads, 1, useful);
+    // Two 256-thread blocks per multiprocessor, never fewer than 256 clusters per block.
+    const int useful = std::max((shape.max_clusters + 255) / 256, 1);
+    shape.approx_splits = std::clamp(2 * sms / heads, 1, useful);
   }
   return shape;
 }
@@ -67,7 +65,7 @@ MultipoleShape ChooseMultipoleSplits(MultipoleShape shape) {
 size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape) {
   const MultipoleShape s = ChooseMultipoleSplits(shape);
   const Sizes z = SizesOf(s);
-  return z.logits2 + z.norms + z.scores + z.selected + z.rows + 2 * z.counts + z.partials;
+  return z.logits2 + z.scores + z.selected + z.rows + 2 * z.counts + z.partials;
 }
 
 MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape) {
@@ -77,8 +75,6 @@ MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShap
   MultipoleWorkspace w;
   w.logits2 = reinterpret_cast<float*>(p);
   p += z.logits2;
-  w.norms = reinterpret_cast<float*>(p);
-  p += z.norms;
   w.scores = reinterpret_cast<float*>(p);
   p += z.scores;
   w.selected = p;
@@ -155,8 +151,6 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.max_seq_len = std::max(p.max_seq_len, 1);
   a.scale2 = p.scale * kLog2e;
   a.logits2 = w.logits2;
-  a.norms = w.norms;
-  a.lookup_blocks = multipole::LookupBlocks(c.max_clusters);
   a.scores = w.scores;
   a.selected = w.selected;
   a.rows = w.rows;

@@ -79,11 +79,8 @@ struct MultipoleDecodeParams {
 
 // Where the intermediate results sit inside the workspace (tests and statistics read them).
 struct MultipoleWorkspace {
-  float* logits2 = nullptr;  // [batch, num_kv_heads, group, max_clusters] base-2 logits
-                             // (-inf: empty or absent cluster)
-  // [batch, num_kv_heads, group, lookup blocks, 2]: each lookup block's (max, sum N 2^(s - max))
-  // of its clusters' logits, merged by the selection into the softmax normalisers.
-  float* norms = nullptr;
+  float* logits2 = nullptr;            // [batch, num_kv_heads, group, max_clusters] base-2 logits
+                                       // (-inf: empty or absent cluster)
   float* scores = nullptr;             // [batch, num_kv_heads, max_clusters] GQA-summed scores
   uint8_t* selected = nullptr;         // [batch, num_kv_heads, max_clusters] 1: attended exactly
   int32_t* rows = nullptr;             // [batch, num_kv_heads, max_seq_len] pool rows read exactly

@@ -35,8 +35,6 @@ struct StepArgs {
   float scale2;     // softmax scale * log2(e)
   // Workspace (multipole_decode.h, MultipoleWorkspace).
   float* logits2;
-  float* norms;       // [batch, num_kv_heads, group, lookup_blocks, 2] (max, sum) per lookup block
-  int lookup_blocks;  // LookupBlocks(max_clusters)
   float* scores;
   uint8_t* selected;
   int32_t* rows;
@@ -50,12 +48,6 @@ struct StepArgs {
   int exact_splits;
   int approx_splits;
 };
-
-// Clusters per lookup block, and the lookup's blocks per (sequence, KV head).
-inline constexpr int kLookupClustersPerBlock = 256;
-inline int LookupBlocks(int max_clusters) {
-  return (max_clusters + kLookupClustersPerBlock - 1) / kLookupClustersPerBlock;
-}
 
 cudaError_t LaunchCentroidLookup(const StepArgs& a, cudaStream_t stream);
 cudaError_t LaunchClusterSelection(const StepArgs& a, cudaStream_t stream);
