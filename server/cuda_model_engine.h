@@ -1,7 +1,9 @@
 // The GPU engine: an mpa::CudaModel (BF16 weights, paged BF16 KV cache on one NVIDIA GPU) with
-// the model folder's tokenizer. Logits are copied to the host buffer the scheduler passes, so
-// sampling stays the scheduler's (same code and same draws as on the CPU engine). Attention is
-// dense only: SupportsAttention says so and the scheduler refuses the other modes at admission.
+// the model folder's tokenizer. Generations that ask for no logprobs draw their tokens on the
+// device (seeded by the session's seed and its length, not the host sampler's stream); the others
+// get their logits copied to the host and the scheduler's sampler. Attention: dense, multipole
+// and exact-only (CheckAttention names what the GPU does not run: quest, two levels, pre-RoPE
+// centroids), refused at admission and, for the server's default, at start-up.
 // Built only with MPA_WITH_CUDA.
 #pragma once
 

@@ -86,7 +86,7 @@ class Engine {
                                        float* logits) {
     return absl::UnimplementedError("this engine samples on the host");
   }
-  // Whether sequences of this engine can attend in `mode` (the GPU engine: dense only). The
+  // Whether sequences of this engine can attend in `mode` (the GPU engine: not quest). The
   // scheduler refuses other modes at admission, so NewSequence and set_attention only ever see
   // supported ones.
   virtual bool SupportsAttention(AttentionMode mode) const { return true; }

@@ -134,5 +134,12 @@ refuse "server.attention must be one of" --set server.attention=sparse
 refuse "model.volume.hostPath must name" --set model.volume.type=hostPath
 refuse "model.volume.type must be one of" --set model.volume.type=nfs
 refuse "server.multipole.clusterRatio is not a flag" --set server.multipole.clusterRatio=8
-refuse "is not available with gpu.enabled" --set gpu.enabled=true --set server.attention=multipole
+refuse "is not available with gpu.enabled" --set gpu.enabled=true --set server.attention=quest
+refuse "server.multipole.levels is not available with gpu.enabled" --set gpu.enabled=true \
+  --set server.attention=multipole --set server.multipole.levels=2
+refuse "server.multipole.centroid_keys is not available with gpu.enabled" --set gpu.enabled=true \
+  --set server.attention=exact-only --set server.multipole.centroid_keys=pre_rope
+"$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=multipole \
+  >"$work/gpu-multipole.yaml" 2>&1 || { cat "$work/gpu-multipole.yaml"; fail "gpu + multipole"; }
+grep -q -- '--attention=multipole' "$work/gpu-multipole.yaml" || fail "gpu + multipole flag"
 echo "chart: PASS"
