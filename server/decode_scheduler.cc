@@ -316,8 +316,10 @@ int64_t DecodeScheduler::ReservedGrowthBlocks() const {
   int64_t blocks = 0;
   for (const auto& gen : generations_) {
     if (gen->done) continue;
-    blocks += std::max<int64_t>(0, engine_->KvBlocksFor(gen->final_kv_tokens) -
-                                       engine_->KvBlocksFor(gen->session->sequence->num_tokens()));
+    const AttentionMode mode = gen->session->attention.mode;
+    blocks += std::max<int64_t>(
+        0, engine_->KvBlocksForContext(gen->final_kv_tokens, mode) -
+               engine_->KvBlocksForContext(gen->session->sequence->num_tokens(), mode));
   }
   return blocks;
 }
@@ -383,17 +385,20 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   const int64_t final_kv = context + input_tokens + std::max<int64_t>(0, max_new - 1);
   // More than the whole cache can never be admitted: waiting would not help, so the request is
   // over a limit rather than "retry later".
+  // This turn's mode: the request's, else the session's.
+  const AttentionMode mode = params.attention.mode.value_or(session->attention.mode);
   const int64_t capacity_blocks = engine_->KvBlocksFor(engine_->info().kv_capacity_tokens);
-  if (engine_->KvBlocksFor(final_kv) > capacity_blocks) {
+  if (engine_->KvBlocksForContext(final_kv, mode) > capacity_blocks) {
     return refuse(absl::InvalidArgumentError(absl::StrFormat(
         "sampling.max_new_tokens: the context's %d tokens + %d input tokens + max_new_tokens %d "
-        "need %d tokens of KV cache, more than the whole cache holds (%d tokens, "
+        "need %d tokens of KV cache in %s attention, more than the whole cache holds (%d tokens, "
         "--max_kv_tokens); lower max_new_tokens or start a new session",
-        context, input_tokens, max_new, final_kv,
-        capacity_blocks * engine_->info().kv_block_tokens)));
+        context, input_tokens, max_new,
+        engine_->KvBlocksForContext(final_kv, mode) * engine_->info().kv_block_tokens,
+        AttentionModeName(mode), capacity_blocks * engine_->info().kv_block_tokens)));
   }
-  const int64_t need =
-      engine_->KvBlocksFor(final_kv) - engine_->KvBlocksFor(session->sequence->num_tokens());
+  const int64_t need = engine_->KvBlocksForContext(final_kv, mode) -
+                       engine_->KvBlocksForContext(session->sequence->num_tokens(), mode);
   const int64_t available = engine_->free_kv_blocks() - ReservedGrowthBlocks();
   if (need > available) {
     return refuse(absl::ResourceExhaustedError(absl::StrFormat(

@@ -97,6 +97,11 @@ class Engine {
     return absl::InvalidArgumentError("not available on this device");
   }
   // KV blocks a context of `tokens` tokens holds.
+  // KV blocks a context of `tokens` tokens takes in `mode`: more than KvBlocksFor where the engine
+  // keeps a second copy of the clustered region (the GPU engine's cluster-major pages).
+  virtual int64_t KvBlocksForContext(int64_t tokens, AttentionMode mode) const {
+    return KvBlocksFor(tokens);
+  }
   int64_t KvBlocksFor(int64_t tokens) const {
     const int b = info().kv_block_tokens;
     return (tokens + b - 1) / b;

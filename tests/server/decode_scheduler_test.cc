@@ -263,6 +263,31 @@ TEST_F(SchedulerTest, RequestLargerThanTheWholeKvCacheIsInvalidNotRetryable) {
   EXPECT_EQ(fits->ids().size(), 89u);
 }
 
+// An engine that keeps a second copy of the clustered region (the GPU engine) needs twice the
+// blocks for a sparse turn: admission counts them, so a request that fits densely may not fit in
+// multipole, and says how many tokens the mode needs.
+TEST_F(SchedulerTest, SparseModesAreAdmittedForTheBlocksTheyTake) {
+  SchedulerOptions options;
+  options.max_total_tokens = 400;
+  Make(options, /*kv_tokens=*/256);  // 16 blocks of 16 tokens
+  engine_->set_sparse_block_factor(2);
+  // 40 input + 89 fed = 129 tokens: 9 blocks dense, 18 in multipole.
+  auto dense = Run(Params(RandomIds(rng_, 40), 90));
+  ASSERT_TRUE(dense->status().ok()) << dense->status();
+  GenerateParams sparse = Params(RandomIds(rng_, 40), 90);
+  sparse.attention.mode = AttentionMode::kMultipole;
+  auto refused = Run(sparse);
+  EXPECT_EQ(refused->status().code(), absl::StatusCode::kInvalidArgument) << refused->status();
+  EXPECT_THAT(refused->status().message(), HasSubstr("multipole attention"));
+  EXPECT_THAT(refused->status().message(), HasSubstr("288 tokens"));  // 18 blocks
+  // 40 + 39 = 79 tokens: 5 blocks, 10 in multipole: admitted.
+  GenerateParams fits = Params(RandomIds(rng_, 40), 40);
+  fits.attention.mode = AttentionMode::kMultipole;
+  auto ok = Run(fits);
+  ASSERT_TRUE(ok->status().ok()) << ok->status();
+  EXPECT_EQ(ok->ids().size(), 40u);
+}
+
 // An engine that attends densely only (the GPU engine): every way of asking for another mode is
 // refused at admission with InvalidArgument naming the mode and the device, before a sequence
 // exists; dense requests on the same scheduler still run.

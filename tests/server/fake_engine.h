@@ -139,6 +139,13 @@ class FakeEngine : public Engine {
   bool SupportsAttention(AttentionMode mode) const override {
     return !dense_only_ || mode == AttentionMode::kDense;
   }
+  // With set_sparse_block_factor(2) sparse modes take twice the blocks of dense (as the GPU
+  // engine's cluster-major copy of the clustered region does).
+  int64_t KvBlocksForContext(int64_t tokens, AttentionMode mode) const override {
+    return mode == AttentionMode::kDense ? KvBlocksFor(tokens)
+                                         : sparse_block_factor_ * KvBlocksFor(tokens);
+  }
+  void set_sparse_block_factor(int factor) { sparse_block_factor_ = factor; }
   void set_dense_only(bool dense_only) {
     dense_only_ = dense_only;
     info_.device = dense_only ? "cuda:0" : "cpu";
@@ -186,7 +193,8 @@ class FakeEngine : public Engine {
   std::atomic<int64_t> used_blocks_{0};
   std::atomic<int64_t> delay_us_{0};
   std::atomic<int64_t> sequences_created_{0};
-  bool dense_only_ = false;  // set before the scheduler starts
+  bool dense_only_ = false;
+  int sparse_block_factor_ = 1;  // set before the scheduler starts
   std::mutex mu_;
   std::vector<std::string> log_;
   int64_t max_batch_ = 0;
