@@ -358,8 +358,13 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   }
 
   const bool first = session->context_tokens() == 0;
-  const std::vector<int32_t>& new_input =
-      first && !params.input_if_first.empty() ? params.input_if_first : params.input;
+  std::vector<int32_t> first_input;  // a first text input with its special ids
+  if (first && (!params.first_prefix.empty() || !params.first_suffix.empty())) {
+    first_input = params.first_prefix;
+    first_input.insert(first_input.end(), params.input.begin(), params.input.end());
+    first_input.insert(first_input.end(), params.first_suffix.begin(), params.first_suffix.end());
+  }
+  const std::vector<int32_t>& new_input = first_input.empty() ? params.input : first_input;
   const int64_t limit = max_total_tokens();
   const int64_t context = session->context_tokens();
   const int64_t input_tokens = static_cast<int64_t>(new_input.size());

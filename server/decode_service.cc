@@ -1,5 +1,6 @@
 #include "server/decode_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <memory>
@@ -230,6 +231,14 @@ class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 
 }  // namespace
 
+DecodeService::DecodeService(DecodeScheduler* scheduler, ServerObserver* observer,
+                             int64_t max_text_bytes)
+    : scheduler_(scheduler), observer_(observer) {
+  limits_.max_prompt_tokens = scheduler_->max_prompt_tokens();
+  limits_.max_text_bytes =
+      max_text_bytes > 0 ? max_text_bytes : DefaultMaxTextBytes(limits_.max_prompt_tokens);
+}
+
 void OpenStreams::Add() {
   std::lock_guard<std::mutex> lock(mu_);
   ++count_;
@@ -302,29 +311,48 @@ absl::StatusOr<AttentionOverride> ParseAttentionConfig(const v1::AttentionConfig
   return o;
 }
 
+int64_t DefaultMaxTextBytes(int64_t max_prompt_tokens) {
+  constexpr int64_t kBytesPerToken = 16;
+  constexpr int64_t kMaxDefault = int64_t{1} << 20;
+  return std::clamp<int64_t>(kBytesPerToken * max_prompt_tokens, 1, kMaxDefault);
+}
+
+int64_t MaxRequestBytes(const RequestLimits& limits) {
+  // A packed id takes at most 5 bytes (ids are below 2^31); unpacked, one more for its tag.
+  constexpr int64_t kBytesPerId = 6;
+  // session_id, 16 stop strings of 256 bytes, 64 stop ids and the scalars need under 8 KiB.
+  constexpr int64_t kOtherFields = 64 << 10;
+  return std::max(limits.max_text_bytes, kBytesPerId * limits.max_prompt_tokens) + kOtherFields;
+}
+
 absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& request,
                                                     const Engine& engine,
-                                                    int64_t max_prompt_tokens) {
+                                                    const RequestLimits& limits) {
   GenerateParams p;
   p.arrival = absl::Now();
   p.session_id = request.session_id();
   const EngineInfo& info = engine.info();
+  // Sizes first: the text is tokenized only once every cheap check has passed.
   switch (request.input_case()) {
-    case v1::GenerateRequest::kText: {
+    case v1::GenerateRequest::kText:
       if (request.text().empty()) {
         return absl::InvalidArgumentError("text: empty input; send some text or token_ids");
       }
-      absl::StatusOr<std::vector<int32_t>> ids = engine.Encode(request.text(), false);
-      if (!ids.ok()) return ids.status();
-      absl::StatusOr<std::vector<int32_t>> first = engine.Encode(request.text(), true);
-      if (!first.ok()) return first.status();
-      p.input = std::move(*ids);
-      p.input_if_first = std::move(*first);
+      if (static_cast<int64_t>(request.text().size()) > limits.max_text_bytes) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "text: %d bytes exceed the limit of %d bytes (--max_request_text_bytes)",
+            request.text().size(), limits.max_text_bytes));
+      }
       break;
-    }
     case v1::GenerateRequest::kTokenIds: {
       if (request.token_ids().ids().empty()) {
         return absl::InvalidArgumentError("token_ids.ids: empty input; send at least one token");
+      }
+      if (request.token_ids().ids_size() > limits.max_prompt_tokens) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("token_ids.ids: %d input tokens exceed the limit of %d "
+                            "(--max_prompt_tokens)",
+                            request.token_ids().ids_size(), limits.max_prompt_tokens));
       }
       p.input.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
       if (absl::Status s = CheckIds(p.input, info.vocab_size, "token_ids.ids"); !s.ok()) return s;
@@ -332,14 +360,6 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
     }
     default:
       return absl::InvalidArgumentError("input: neither text nor token_ids is set");
-  }
-  const int64_t input_tokens =
-      static_cast<int64_t>(std::max(p.input.size(), p.input_if_first.size()));
-  if (input_tokens > max_prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: %d input tokens exceed the limit of %d (--max_prompt_tokens)",
-        request.input_case() == v1::GenerateRequest::kText ? "text" : "token_ids.ids", input_tokens,
-        max_prompt_tokens));
   }
 
   const v1::SamplingParams& s = request.sampling();
@@ -404,6 +424,23 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
       ParseAttentionConfig(request.attention(), "attention");
   if (!attention.ok()) return attention.status();
   p.attention = *attention;
+
+  if (request.input_case() == v1::GenerateRequest::kText) {
+    absl::StatusOr<std::vector<int32_t>> ids = engine.Encode(request.text(), false);
+    if (!ids.ok()) return ids.status();
+    p.input = std::move(*ids);
+    Tokenizer::SpecialIds special = engine.special_ids();
+    p.first_prefix = std::move(special.prefix);
+    p.first_suffix = std::move(special.suffix);
+    // Counted as on a context's first input, the longer form.
+    const int64_t input_tokens =
+        static_cast<int64_t>(p.input.size() + p.first_prefix.size() + p.first_suffix.size());
+    if (input_tokens > limits.max_prompt_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("text: %d input tokens exceed the limit of %d (--max_prompt_tokens)",
+                          input_tokens, limits.max_prompt_tokens));
+    }
+  }
   return p;
 }
 
@@ -437,7 +474,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
         &open_streams_);
   }
   absl::StatusOr<GenerateParams> params =
-      ParseGenerateRequest(*request, scheduler_->engine(), scheduler_->max_prompt_tokens());
+      ParseGenerateRequest(*request, scheduler_->engine(), limits_);
   if (!params.ok()) {
     return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true),
                              &open_streams_);
@@ -511,6 +548,7 @@ grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContex
   response->set_max_sessions(scheduler_->options().max_sessions);
   response->set_max_prompt_tokens(scheduler_->max_prompt_tokens());
   response->set_max_total_tokens(scheduler_->max_total_tokens());
+  response->set_max_request_text_bytes(limits_.max_text_bytes);
   response->set_kv_capacity_tokens(info.kv_capacity_tokens);
   response->set_kv_free_tokens(scheduler_->snapshot().kv_free_tokens);
   AttentionToProto(scheduler_->options().default_attention, response->mutable_default_attention());
