@@ -267,6 +267,17 @@ void DecodeScheduler::GetSession(std::string session_id,
       [done] { done(absl::UnavailableError("the server is shutting down")); });
 }
 
+void DecodeScheduler::StreamClosed(std::string session_id) {
+  Post(
+      [this, session_id] {
+        absl::StatusOr<Session*> s = sessions_.Find(session_id);
+        if (!s.ok()) return;  // closed, evicted or ephemeral: nothing ages
+        (*s)->open_streams = std::max(0, (*s)->open_streams - 1);
+        (*s)->last_used = absl::Now();
+      },
+      [] {});
+}
+
 void DecodeScheduler::BeginDrain() { draining_ = true; }
 
 bool DecodeScheduler::WaitForIdle(absl::Time deadline) {
@@ -293,7 +304,8 @@ SessionInfo DecodeScheduler::Describe(const Session& s) const {
   info.session_id = s.id;
   info.context_tokens = s.context_tokens();
   info.generating = s.active != nullptr;
-  info.idle_seconds = s.active != nullptr ? 0.0 : Seconds(absl::Now() - s.last_used);
+  info.idle_seconds =
+      s.active != nullptr || s.open_streams > 0 ? 0.0 : Seconds(absl::Now() - s.last_used);
   info.ttl_seconds = sessions_.has_ttl() ? Seconds(sessions_.ttl()) : 0.0;
   info.attention = s.attention;
   return info;
@@ -434,6 +446,7 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   gen->stats_at_start = session->sequence->stats();
   session->active = gen.get();
   session->last_used = now;
+  if (sink->reports_close() && !session->ephemeral) ++session->open_streams;
   sink->Start(session->id);
   generations_.push_back(std::move(gen));
 }

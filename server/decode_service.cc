@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -94,6 +95,7 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     void OnCancel() override { stream_->OnCancel(); }
     void OnDone() override {
       stream_->Detach();
+      stream_->ReportClosed();
       OpenStreams* open = open_;
       delete this;
       open->Remove();
@@ -104,7 +106,10 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     OpenStreams* open_;
   };
 
-  explicit GenerateStream(ServerObserver* observer) : observer_(observer) {}
+  // closed: called once, on a gRPC thread, with the session id when a stream the scheduler
+  // admitted (Start) is done: its final status sent, or its client gone.
+  GenerateStream(ServerObserver* observer, std::function<void(std::string)> closed)
+      : observer_(observer), closed_(std::move(closed)) {}
 
   void Attach(Reactor* reactor) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -112,10 +117,16 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   }
 
   void Start(const std::string& session_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    pending_.set_session_id(session_id);
-    has_pending_ = true;
-    MaybeWriteLocked();
+    bool closed_already;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      started_session_ = session_id;
+      closed_already = closed_reported_;
+      pending_.set_session_id(session_id);
+      has_pending_ = true;
+      MaybeWriteLocked();
+    }
+    if (closed_already) closed_(session_id);
   }
   void Tokens(std::vector<GeneratedToken> tokens) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -151,6 +162,7 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     MaybeWriteLocked();
   }
   bool cancelled() const override { return cancelled_.load(); }
+  bool reports_close() const override { return true; }
 
   void set_return_logprobs(bool v) { return_logprobs_ = v; }
 
@@ -177,6 +189,17 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   void Detach() {
     std::lock_guard<std::mutex> lock(mu_);
     reactor_ = nullptr;
+  }
+  // After Detach (gRPC is done with the call). If gRPC ends the call (a client gone) before the
+  // scheduler admits the generation, Start reports the close instead.
+  void ReportClosed() {
+    std::string session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_reported_ = true;
+      session = started_session_;
+    }
+    if (!session.empty()) closed_(session);
   }
   void FinishLocked(const grpc::Status& status) {
     if (finish_called_ || reactor_ == nullptr) return;
@@ -209,7 +232,10 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   std::optional<grpc::Status> finish_status_;
   std::atomic<bool> cancelled_{false};
   bool return_logprobs_ = false;
+  std::string started_session_;  // set by Start: the scheduler admitted the generation
+  bool closed_reported_ = false;
   ServerObserver* const observer_;  // may be null
+  const std::function<void(std::string)> closed_;
 };
 
 // A write reactor that only finishes with an error (requests refused before admission).
@@ -479,7 +505,10 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
     return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true),
                              &open_streams_);
   }
-  auto stream = std::make_shared<GenerateStream>(observer_);
+  auto stream =
+      std::make_shared<GenerateStream>(observer_, [scheduler = scheduler_](std::string session_id) {
+        scheduler->StreamClosed(std::move(session_id));
+      });
   stream->set_return_logprobs(params->return_logprobs);
   auto* reactor = new GenerateStream::Reactor(stream, &open_streams_);
   stream->Attach(reactor);

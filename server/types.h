@@ -92,6 +92,11 @@ class GenerationSink {
   virtual void Fail(const absl::Status& status) = 0;
   // True once the client cancelled the call or went away.
   virtual bool cancelled() const = 0;
+  // Whether the sink tells the scheduler when its client has the whole stream
+  // (DecodeScheduler::StreamClosed): until then the session does not age, so its time to live
+  // counts from the end of the client's stream, not from the engine's finish (a slow reader
+  // keeps its session). A sink that does not report it leaves the engine's finish as the mark.
+  virtual bool reports_close() const { return false; }
 };
 
 }  // namespace mpa::server
