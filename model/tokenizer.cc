@@ -376,6 +376,7 @@ class BpeTokenizer final : public Tokenizer {
                                                               std::string_view generation_json);
 
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const override;
+  SpecialIds special_ids() const override { return {prefix_ids_, suffix_ids_}; }
   std::string Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const override;
   int vocab_size() const override { return static_cast<int>(tokens_.size()); }
   std::optional<int32_t> bos_id() const override { return bos_; }

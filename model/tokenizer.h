@@ -31,6 +31,13 @@ class Tokenizer {
   // tokenizer(text) does). Special/added tokens written in the text are recognised. Invalid
   // UTF-8 in text is first replaced by U+FFFD (HF only ever sees valid strings). Thread-safe.
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const = 0;
+  // What add_special_tokens adds: Encode(text, true) is prefix + Encode(text, false) + suffix,
+  // so a caller that needs both forms tokenizes once.
+  struct SpecialIds {
+    std::vector<int32_t> prefix;
+    std::vector<int32_t> suffix;
+  };
+  virtual SpecialIds special_ids() const = 0;
   // The text of the ids, as HF's decode(ids, skip_special_tokens) gives it.
   virtual std::string Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const = 0;
 

@@ -267,6 +267,17 @@ void DecodeScheduler::GetSession(std::string session_id,
       [done] { done(absl::UnavailableError("the server is shutting down")); });
 }
 
+void DecodeScheduler::StreamClosed(std::string session_id) {
+  Post(
+      [this, session_id] {
+        absl::StatusOr<Session*> s = sessions_.Find(session_id);
+        if (!s.ok()) return;  // closed, evicted or ephemeral: nothing ages
+        (*s)->open_streams = std::max(0, (*s)->open_streams - 1);
+        (*s)->last_used = absl::Now();
+      },
+      [] {});
+}
+
 void DecodeScheduler::BeginDrain() { draining_ = true; }
 
 bool DecodeScheduler::WaitForIdle(absl::Time deadline) {
@@ -293,7 +304,8 @@ SessionInfo DecodeScheduler::Describe(const Session& s) const {
   info.session_id = s.id;
   info.context_tokens = s.context_tokens();
   info.generating = s.active != nullptr;
-  info.idle_seconds = s.active != nullptr ? 0.0 : Seconds(absl::Now() - s.last_used);
+  info.idle_seconds =
+      s.active != nullptr || s.open_streams > 0 ? 0.0 : Seconds(absl::Now() - s.last_used);
   info.ttl_seconds = sessions_.has_ttl() ? Seconds(sessions_.ttl()) : 0.0;
   info.attention = s.attention;
   return info;
@@ -360,8 +372,13 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   }
 
   const bool first = session->context_tokens() == 0;
-  const std::vector<int32_t>& new_input =
-      first && !params.input_if_first.empty() ? params.input_if_first : params.input;
+  std::vector<int32_t> first_input;  // a first text input with its special ids
+  if (first && (!params.first_prefix.empty() || !params.first_suffix.empty())) {
+    first_input = params.first_prefix;
+    first_input.insert(first_input.end(), params.input.begin(), params.input.end());
+    first_input.insert(first_input.end(), params.first_suffix.begin(), params.first_suffix.end());
+  }
+  const std::vector<int32_t>& new_input = first_input.empty() ? params.input : first_input;
   const int64_t limit = max_total_tokens();
   const int64_t context = session->context_tokens();
   const int64_t input_tokens = static_cast<int64_t>(new_input.size());
@@ -434,6 +451,7 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   gen->stats_at_start = session->sequence->stats();
   session->active = gen.get();
   session->last_used = now;
+  if (sink->reports_close() && !session->ephemeral) ++session->open_streams;
   sink->Start(session->id);
   generations_.push_back(std::move(gen));
 }

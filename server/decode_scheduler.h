@@ -79,6 +79,9 @@ class DecodeScheduler {
   void CancelGeneration(std::string session_id, std::function<void(absl::StatusOr<bool>)> done);
   void CloseSession(std::string session_id, std::function<void(absl::Status)> done);
   void GetSession(std::string session_id, std::function<void(absl::StatusOr<SessionInfo>)> done);
+  // A sink that reports_close() delivered its whole stream (or its client went away): the
+  // session's idle time starts now.
+  void StreamClosed(std::string session_id);
 
   // Drain: from now on CreateSession and Generate are refused with UNAVAILABLE; running
   // generations continue.

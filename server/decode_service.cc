@@ -1,7 +1,9 @@
 #include "server/decode_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -93,6 +95,7 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     void OnCancel() override { stream_->OnCancel(); }
     void OnDone() override {
       stream_->Detach();
+      stream_->ReportClosed();
       OpenStreams* open = open_;
       delete this;
       open->Remove();
@@ -103,7 +106,10 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     OpenStreams* open_;
   };
 
-  explicit GenerateStream(ServerObserver* observer) : observer_(observer) {}
+  // closed: called once, on a gRPC thread, with the session id when a stream the scheduler
+  // admitted (Start) is done: its final status sent, or its client gone.
+  GenerateStream(ServerObserver* observer, std::function<void(std::string)> closed)
+      : observer_(observer), closed_(std::move(closed)) {}
 
   void Attach(Reactor* reactor) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -111,10 +117,16 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   }
 
   void Start(const std::string& session_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    pending_.set_session_id(session_id);
-    has_pending_ = true;
-    MaybeWriteLocked();
+    bool closed_already;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      started_session_ = session_id;
+      closed_already = closed_reported_;
+      pending_.set_session_id(session_id);
+      has_pending_ = true;
+      MaybeWriteLocked();
+    }
+    if (closed_already) closed_(session_id);
   }
   void Tokens(std::vector<GeneratedToken> tokens) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -150,6 +162,7 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
     MaybeWriteLocked();
   }
   bool cancelled() const override { return cancelled_.load(); }
+  bool reports_close() const override { return true; }
 
   void set_return_logprobs(bool v) { return_logprobs_ = v; }
 
@@ -176,6 +189,17 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   void Detach() {
     std::lock_guard<std::mutex> lock(mu_);
     reactor_ = nullptr;
+  }
+  // After Detach (gRPC is done with the call). If gRPC ends the call (a client gone) before the
+  // scheduler admits the generation, Start reports the close instead.
+  void ReportClosed() {
+    std::string session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_reported_ = true;
+      session = started_session_;
+    }
+    if (!session.empty()) closed_(session);
   }
   void FinishLocked(const grpc::Status& status) {
     if (finish_called_ || reactor_ == nullptr) return;
@@ -208,7 +232,10 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   std::optional<grpc::Status> finish_status_;
   std::atomic<bool> cancelled_{false};
   bool return_logprobs_ = false;
+  std::string started_session_;  // set by Start: the scheduler admitted the generation
+  bool closed_reported_ = false;
   ServerObserver* const observer_;  // may be null
+  const std::function<void(std::string)> closed_;
 };
 
 // A write reactor that only finishes with an error (requests refused before admission).
@@ -229,6 +256,14 @@ class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 };
 
 }  // namespace
+
+DecodeService::DecodeService(DecodeScheduler* scheduler, ServerObserver* observer,
+                             int64_t max_text_bytes)
+    : scheduler_(scheduler), observer_(observer) {
+  limits_.max_prompt_tokens = scheduler_->max_prompt_tokens();
+  limits_.max_text_bytes =
+      max_text_bytes > 0 ? max_text_bytes : DefaultMaxTextBytes(limits_.max_prompt_tokens);
+}
 
 void OpenStreams::Add() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -302,29 +337,48 @@ absl::StatusOr<AttentionOverride> ParseAttentionConfig(const v1::AttentionConfig
   return o;
 }
 
+int64_t DefaultMaxTextBytes(int64_t max_prompt_tokens) {
+  constexpr int64_t kBytesPerToken = 16;
+  constexpr int64_t kMaxDefault = int64_t{1} << 20;
+  return std::clamp<int64_t>(kBytesPerToken * max_prompt_tokens, 1, kMaxDefault);
+}
+
+int64_t MaxRequestBytes(const RequestLimits& limits) {
+  // A packed id takes at most 5 bytes (ids are below 2^31); unpacked, one more for its tag.
+  constexpr int64_t kBytesPerId = 6;
+  // session_id, 16 stop strings of 256 bytes, 64 stop ids and the scalars need under 8 KiB.
+  constexpr int64_t kOtherFields = 64 << 10;
+  return std::max(limits.max_text_bytes, kBytesPerId * limits.max_prompt_tokens) + kOtherFields;
+}
+
 absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& request,
                                                     const Engine& engine,
-                                                    int64_t max_prompt_tokens) {
+                                                    const RequestLimits& limits) {
   GenerateParams p;
   p.arrival = absl::Now();
   p.session_id = request.session_id();
   const EngineInfo& info = engine.info();
+  // Sizes first: the text is tokenized only once every cheap check has passed.
   switch (request.input_case()) {
-    case v1::GenerateRequest::kText: {
+    case v1::GenerateRequest::kText:
       if (request.text().empty()) {
         return absl::InvalidArgumentError("text: empty input; send some text or token_ids");
       }
-      absl::StatusOr<std::vector<int32_t>> ids = engine.Encode(request.text(), false);
-      if (!ids.ok()) return ids.status();
-      absl::StatusOr<std::vector<int32_t>> first = engine.Encode(request.text(), true);
-      if (!first.ok()) return first.status();
-      p.input = std::move(*ids);
-      p.input_if_first = std::move(*first);
+      if (static_cast<int64_t>(request.text().size()) > limits.max_text_bytes) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "text: %d bytes exceed the limit of %d bytes (--max_request_text_bytes)",
+            request.text().size(), limits.max_text_bytes));
+      }
       break;
-    }
     case v1::GenerateRequest::kTokenIds: {
       if (request.token_ids().ids().empty()) {
         return absl::InvalidArgumentError("token_ids.ids: empty input; send at least one token");
+      }
+      if (request.token_ids().ids_size() > limits.max_prompt_tokens) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("token_ids.ids: %d input tokens exceed the limit of %d "
+                            "(--max_prompt_tokens)",
+                            request.token_ids().ids_size(), limits.max_prompt_tokens));
       }
       p.input.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
       if (absl::Status s = CheckIds(p.input, info.vocab_size, "token_ids.ids"); !s.ok()) return s;
@@ -332,14 +386,6 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
     }
     default:
       return absl::InvalidArgumentError("input: neither text nor token_ids is set");
-  }
-  const int64_t input_tokens =
-      static_cast<int64_t>(std::max(p.input.size(), p.input_if_first.size()));
-  if (input_tokens > max_prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: %d input tokens exceed the limit of %d (--max_prompt_tokens)",
-        request.input_case() == v1::GenerateRequest::kText ? "text" : "token_ids.ids", input_tokens,
-        max_prompt_tokens));
   }
 
   const v1::SamplingParams& s = request.sampling();
@@ -404,6 +450,23 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
       ParseAttentionConfig(request.attention(), "attention");
   if (!attention.ok()) return attention.status();
   p.attention = *attention;
+
+  if (request.input_case() == v1::GenerateRequest::kText) {
+    absl::StatusOr<std::vector<int32_t>> ids = engine.Encode(request.text(), false);
+    if (!ids.ok()) return ids.status();
+    p.input = std::move(*ids);
+    Tokenizer::SpecialIds special = engine.special_ids();
+    p.first_prefix = std::move(special.prefix);
+    p.first_suffix = std::move(special.suffix);
+    // Counted as on a context's first input, the longer form.
+    const int64_t input_tokens =
+        static_cast<int64_t>(p.input.size() + p.first_prefix.size() + p.first_suffix.size());
+    if (input_tokens > limits.max_prompt_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("text: %d input tokens exceed the limit of %d (--max_prompt_tokens)",
+                          input_tokens, limits.max_prompt_tokens));
+    }
+  }
   return p;
 }
 
@@ -437,12 +500,15 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
         &open_streams_);
   }
   absl::StatusOr<GenerateParams> params =
-      ParseGenerateRequest(*request, scheduler_->engine(), scheduler_->max_prompt_tokens());
+      ParseGenerateRequest(*request, scheduler_->engine(), limits_);
   if (!params.ok()) {
     return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true),
                              &open_streams_);
   }
-  auto stream = std::make_shared<GenerateStream>(observer_);
+  auto stream =
+      std::make_shared<GenerateStream>(observer_, [scheduler = scheduler_](std::string session_id) {
+        scheduler->StreamClosed(std::move(session_id));
+      });
   stream->set_return_logprobs(params->return_logprobs);
   auto* reactor = new GenerateStream::Reactor(stream, &open_streams_);
   stream->Attach(reactor);
@@ -511,6 +577,7 @@ grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContex
   response->set_max_sessions(scheduler_->options().max_sessions);
   response->set_max_prompt_tokens(scheduler_->max_prompt_tokens());
   response->set_max_total_tokens(scheduler_->max_total_tokens());
+  response->set_max_request_text_bytes(limits_.max_text_bytes);
   response->set_kv_capacity_tokens(info.kv_capacity_tokens);
   response->set_kv_free_tokens(scheduler_->snapshot().kv_free_tokens);
   AttentionToProto(scheduler_->options().default_attention, response->mutable_default_attention());

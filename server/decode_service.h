@@ -33,12 +33,30 @@ class OpenStreams {
   int count_ = 0;
 };
 
-// Validates a GenerateRequest against the model and limits and converts it (tokenizing text).
-// InvalidArgument naming the field and the limit; FailedPrecondition for text without a
-// tokenizer.
+// Limits a request meets before any work is done for it.
+struct RequestLimits {
+  int64_t max_prompt_tokens = 0;  // input tokens of one request
+  int64_t max_text_bytes = 0;     // bytes of GenerateRequest.text
+};
+
+// --max_request_text_bytes when the flag is 0: 16 bytes per prompt token (natural text of any
+// language and tokenizer stays well under it, so the token limit is what a client meets), at
+// most 1 MiB: texts are tokenized on gRPC's threads, and this bounds the time one takes there
+// (about a quarter of a second per MiB on one core).
+int64_t DefaultMaxTextBytes(int64_t max_prompt_tokens);
+
+// The largest request message the limits allow: the larger input form (text bytes, or token
+// ids at up to 6 bytes each) plus room for every other field (at most 16 stop strings of 256
+// bytes, 64 stop ids, a session id and scalars). The server sets gRPC's receive limit to it,
+// so gRPC refuses anything larger with RESOURCE_EXHAUSTED before it is parsed.
+int64_t MaxRequestBytes(const RequestLimits& limits);
+
+// Validates a GenerateRequest against the model and limits and converts it, tokenizing text
+// once, last, after every cheap check. InvalidArgument naming the field and the limit;
+// FailedPrecondition for text without a tokenizer.
 absl::StatusOr<GenerateParams> ParseGenerateRequest(const multipole::v1::GenerateRequest& request,
                                                     const Engine& engine,
-                                                    int64_t max_prompt_tokens);
+                                                    const RequestLimits& limits);
 absl::StatusOr<AttentionOverride> ParseAttentionConfig(const multipole::v1::AttentionConfig& config,
                                                        absl::string_view field);
 void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionConfig* out);
@@ -46,8 +64,11 @@ void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionC
 class DecodeService final : public multipole::v1::DecodeService::CallbackService {
  public:
   // observer (may be null; outlives the service) hears of every refused or failed RPC.
-  explicit DecodeService(DecodeScheduler* scheduler, ServerObserver* observer = nullptr)
-      : scheduler_(scheduler), observer_(observer) {}
+  // max_text_bytes: GenerateRequest.text's limit (0: DefaultMaxTextBytes).
+  explicit DecodeService(DecodeScheduler* scheduler, ServerObserver* observer = nullptr,
+                         int64_t max_text_bytes = 0);
+
+  const RequestLimits& limits() const { return limits_; }
 
   // Generate streams still open. On drain, once the scheduler is idle, wait for these to end
   // before shutting the gRPC server down: then every stream has sent its last message and
@@ -75,6 +96,7 @@ class DecodeService final : public multipole::v1::DecodeService::CallbackService
  private:
   DecodeScheduler* scheduler_;
   ServerObserver* observer_;
+  RequestLimits limits_;
   OpenStreams open_streams_;
 };
 

@@ -16,6 +16,7 @@
 #include "absl/types/span.h"
 #include "model/attention_backend.h"
 #include "model/sampler.h"
+#include "model/tokenizer.h"
 
 namespace mpa::server {
 
@@ -59,6 +60,10 @@ class Engine {
   // FailedPrecondition when the model has no tokenizer.
   virtual absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
                                                       bool add_special_tokens) const = 0;
+  // What add_special_tokens adds around a text's ids (BOS where the tokenizer asks): the edge
+  // tokenizes a text once, without them, and the scheduler adds them on a context's first
+  // input. Empty without a tokenizer.
+  virtual Tokenizer::SpecialIds special_ids() const = 0;
   // nullptr when the model has no tokenizer.
   virtual std::unique_ptr<TextStream> NewTextStream() const = 0;
 

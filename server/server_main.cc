@@ -46,6 +46,10 @@ ABSL_FLAG(int, max_sessions, 64, "Sessions open at once");
 ABSL_FLAG(int64_t, max_kv_tokens, 65536, "KV cache capacity over all sessions, in tokens");
 ABSL_FLAG(int, kv_block_tokens, 16, "Tokens per KV cache block (the admission unit)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Input tokens per request (0: the model's context)");
+ABSL_FLAG(int64_t, max_request_text_bytes, 0,
+          "Bytes of a request's text, refused before it is tokenized (0: 16 per token of "
+          "--max_prompt_tokens, at most 1 MiB). gRPC's receive limit is set from it and "
+          "--max_prompt_tokens");
 ABSL_FLAG(int64_t, max_total_tokens, 0,
           "Tokens per context: history + input + max_new_tokens (0: the model's context)");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(10),
@@ -145,6 +149,7 @@ absl::Status CheckFlags() {
       {"kv_block_tokens", absl::GetFlag(FLAGS_kv_block_tokens), 1, 1 << 16, false},
       {"max_prompt_tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 0, kIntMax, false},
       {"max_total_tokens", absl::GetFlag(FLAGS_max_total_tokens), 0, kIntMax, false},
+      {"max_request_text_bytes", absl::GetFlag(FLAGS_max_request_text_bytes), 0, 1 << 30, false},
       {"token_budget", absl::GetFlag(FLAGS_token_budget), 1, kIntMax, true},
       {"cluster_ratio", absl::GetFlag(FLAGS_cluster_ratio), 1, kIntMax, true},
       {"levels", absl::GetFlag(FLAGS_levels), 1, 2, true},
@@ -254,7 +259,8 @@ int Serve() {
     metrics_endpoint = std::move(endpoint).value();
   }
   DecodeScheduler scheduler(engine->get(), options, &metrics);
-  mpa::server::DecodeService service(&scheduler, &metrics);
+  mpa::server::DecodeService service(&scheduler, &metrics,
+                                     absl::GetFlag(FLAGS_max_request_text_bytes));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -263,6 +269,10 @@ int Serve() {
   int port = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
+  // Deliberately from the request limits (not gRPC's 4 MiB default): a message that no valid
+  // request can need is refused by gRPC before it is parsed, let alone tokenized.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
+      mpa::server::MaxRequestBytes(service.limits()), std::numeric_limits<int>::max())));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "mpa_server: cannot listen on %s\n", address.c_str());

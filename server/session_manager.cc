@@ -72,7 +72,10 @@ std::vector<std::string> SessionManager::Expired(absl::Time now) const {
   std::vector<std::string> ids;
   if (!has_ttl()) return ids;
   for (const auto& [id, s] : sessions_) {
-    if (!s->ephemeral && s->active == nullptr && now - s->last_used > ttl_) ids.push_back(id);
+    if (!s->ephemeral && s->active == nullptr && s->open_streams == 0 &&
+        now - s->last_used > ttl_) {
+      ids.push_back(id);
+    }
   }
   return ids;
 }
@@ -81,7 +84,9 @@ absl::Time SessionManager::NextExpiry() const {
   absl::Time next = absl::InfiniteFuture();
   if (!has_ttl()) return next;
   for (const auto& [id, s] : sessions_) {
-    if (!s->ephemeral && s->active == nullptr) next = std::min(next, s->last_used + ttl_);
+    if (!s->ephemeral && s->active == nullptr && s->open_streams == 0) {
+      next = std::min(next, s->last_used + ttl_);
+    }
   }
   return next;
 }

@@ -31,6 +31,9 @@ struct Session {
   AttentionOptions attention;
   absl::Time last_used;
   Generation* active = nullptr;  // the running generation, if any
+  // Streams of this session's generations still being delivered to their clients (see
+  // GenerationSink::reports_close): a session does not expire while one is open.
+  int open_streams = 0;
 
   int64_t context_tokens() const {
     return sequence->num_tokens() + static_cast<int64_t>(pending.size());
@@ -50,7 +53,8 @@ class SessionManager {
   // NotFound naming the id.
   absl::StatusOr<Session*> Find(absl::string_view id);
   void Remove(absl::string_view id);
-  // Ids of explicit sessions idle (no generation running) for longer than the TTL.
+  // Ids of explicit sessions idle (no generation running, no stream open) for longer than the
+  // TTL.
   std::vector<std::string> Expired(absl::Time now) const;
   // The earliest time a session can expire (InfiniteFuture if none).
   absl::Time NextExpiry() const;

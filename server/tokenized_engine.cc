@@ -59,6 +59,11 @@ absl::StatusOr<std::vector<int32_t>> TokenizedEngine::Encode(absl::string_view t
   return tokenizer_->Encode(std::string_view(text.data(), text.size()), add_special_tokens);
 }
 
+Tokenizer::SpecialIds TokenizedEngine::special_ids() const {
+  if (tokenizer_ == nullptr) return {};
+  return tokenizer_->special_ids();
+}
+
 std::unique_ptr<TextStream> TokenizedEngine::NewTextStream() const {
   if (tokenizer_ == nullptr) return nullptr;
   return std::make_unique<TokenizerTextStream>(*tokenizer_);

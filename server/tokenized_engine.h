@@ -30,6 +30,7 @@ class TokenizedEngine : public Engine {
   const EngineInfo& info() const override { return info_; }
   absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
                                               bool add_special_tokens) const override;
+  Tokenizer::SpecialIds special_ids() const override;
   std::unique_ptr<TextStream> NewTextStream() const override;
 
  protected:

@@ -35,11 +35,12 @@ struct AttentionOverride {
 
 struct GenerateParams {
   std::string session_id;  // empty: one-shot on a private context
-  // The new input. Text input arrives tokenized twice: without special tokens (`input`) and
-  // as the tokenizer encodes a conversation's first text (`input_if_first`, BOS added where the
-  // tokenizer asks); token-id input leaves input_if_first empty.
+  // The new input. Text input arrives tokenized once, without special tokens; on a context's
+  // first input the scheduler puts first_prefix before it and first_suffix after it (what the
+  // tokenizer adds to a conversation's first text, e.g. BOS). Token-id input leaves both empty.
   std::vector<int32_t> input;
-  std::vector<int32_t> input_if_first;
+  std::vector<int32_t> first_prefix;
+  std::vector<int32_t> first_suffix;
   SamplingParams sampling;
   std::optional<int> max_new_tokens;  // unset: the server default, cut to the room left
   std::vector<std::string> stop;
@@ -91,6 +92,11 @@ class GenerationSink {
   virtual void Fail(const absl::Status& status) = 0;
   // True once the client cancelled the call or went away.
   virtual bool cancelled() const = 0;
+  // Whether the sink tells the scheduler when its client has the whole stream
+  // (DecodeScheduler::StreamClosed): until then the session does not age, so its time to live
+  // counts from the end of the client's stream, not from the engine's finish (a slow reader
+  // keeps its session). A sink that does not report it leaves the engine's finish as the mark.
+  virtual bool reports_close() const { return false; }
 };
 
 }  // namespace mpa::server

@@ -134,6 +134,19 @@ TEST_F(StoriesTokenizerTest, KnownEncodings) {
   EXPECT_THAT(tokenizer_->Encode("Once</s>", false), ElementsAre(403, 2));
 }
 
+TEST_F(StoriesTokenizerTest, SpecialIdsAreWhatAddSpecialTokensAdds) {
+  const Tokenizer::SpecialIds special = tokenizer_->special_ids();
+  EXPECT_THAT(special.prefix, ElementsAre(1));
+  EXPECT_TRUE(special.suffix.empty());
+  for (const std::string text : {"", "Once upon a time", "<s>Once", "中 x</s>"}) {
+    std::vector<int32_t> joined = special.prefix;
+    const std::vector<int32_t> plain = tokenizer_->Encode(text, false);
+    joined.insert(joined.end(), plain.begin(), plain.end());
+    joined.insert(joined.end(), special.suffix.begin(), special.suffix.end());
+    EXPECT_EQ(tokenizer_->Encode(text, true), joined) << text;
+  }
+}
+
 TEST_F(StoriesTokenizerTest, DecodeMatchesHuggingFaceConventions) {
   // Leading "▁" of the first token is stripped, only at the very start.
   EXPECT_EQ(tokenizer_->Decode({403, 407}, true), "Once upon");

@@ -23,9 +23,12 @@ using testing::FakeEngine;
 class DecodeServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    engine_ = std::make_unique<FakeEngine>(/*kv_tokens=*/1 << 16, /*max_context=*/40000);
     SchedulerOptions options;
     options.max_prompt_tokens = 1000;
+    StartService(options);
+  }
+  void StartService(const SchedulerOptions& options) {
+    engine_ = std::make_unique<FakeEngine>(/*kv_tokens=*/1 << 16, /*max_context=*/40000);
     scheduler_ = std::make_unique<DecodeScheduler>(engine_.get(), options);
     scheduler_->Start();
     service_ = std::make_unique<DecodeService>(scheduler_.get());
@@ -35,6 +38,7 @@ class DecodeServiceTest : public ::testing::Test {
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(port, 0);
+    port_ = port;
     stub_ = v1::DecodeService::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                                            grpc::InsecureChannelCredentials()));
     rng_.seed(std::random_device{}());
@@ -59,6 +63,7 @@ class DecodeServiceTest : public ::testing::Test {
   }
 
   std::mt19937 rng_;
+  int port_ = 0;
   std::unique_ptr<FakeEngine> engine_;
   std::unique_ptr<DecodeScheduler> scheduler_;
   std::unique_ptr<DecodeService> service_;
@@ -107,6 +112,72 @@ TEST_F(DecodeServiceTest, SlowReaderNeitherBlocksTheEngineNorLosesTokens) {
   ASSERT_TRUE(result.has_value());
   EXPECT_EQ(result->usage().generated_tokens(), kTokens);
   EXPECT_LT(messages, kTokens) << "tokens were not merged while the reader was slow";
+}
+
+TEST_F(DecodeServiceTest, SessionTtlCountsFromTheEndOfTheClientsStream) {
+  TearDown();  // the fixture's service, restarted with a short TTL
+  server_.reset();
+  service_.reset();
+  scheduler_.reset();
+  SchedulerOptions options;
+  options.max_prompt_tokens = 1000;
+  const absl::Duration ttl = absl::Milliseconds(300);
+  options.session_ttl = ttl;
+  StartService(options);
+  auto get_session = [&](const std::string& id) {
+    grpc::ClientContext context;
+    v1::GetSessionRequest request;
+    request.set_session_id(id);
+    v1::GetSessionResponse response;
+    return stub_->GetSession(&context, request, &response);
+  };
+  std::string session;
+  {
+    grpc::ClientContext context;
+    v1::CreateSessionResponse created;
+    ASSERT_TRUE(stub_->CreateSession(&context, v1::CreateSessionRequest(), &created).ok());
+    session = created.session_id();
+  }
+  // A reader with a small flow-control window (no BDP probing to grow it) and more tokens than
+  // it holds: the server cannot finish the stream until the client reads.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
+  auto slow_stub = v1::DecodeService::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials(), args));
+  constexpr int kTokens = 30000;
+  const std::vector<int32_t> prompt = RandomIds(7);
+  grpc::ClientContext context;
+  auto reader = slow_stub->Generate(&context, Request(prompt, kTokens, session));
+  v1::GenerateResponse message;
+  ASSERT_TRUE(reader->Read(&message));
+  std::vector<int32_t> ids;
+  for (const auto& t : message.tokens()) ids.push_back(t.id());
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (scheduler_->snapshot().active_generations > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(scheduler_->snapshot().active_generations, 0);
+  // The engine is done; the reader is slow: three TTLs pass before it reads on.
+  absl::SleepFor(3 * ttl);
+  grpc::Status kept = get_session(session);
+  EXPECT_TRUE(kept.ok()) << "evicted while its stream was being read: " << kept.error_message();
+  while (reader->Read(&message)) {
+    for (const auto& t : message.tokens()) ids.push_back(t.id());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  const absl::Time stream_end = absl::Now();
+  EXPECT_EQ(ids, FakeEngine::Greedy(prompt, kTokens));
+  // Now idle: it expires one TTL after the stream's end (the eviction runs on the engine
+  // thread's next wake-up, so give it a little more).
+  EXPECT_TRUE(get_session(session).ok());
+  while (get_session(session).ok() && absl::Now() < stream_end + 10 * ttl) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const absl::Duration lived = absl::Now() - stream_end;
+  EXPECT_EQ(get_session(session).error_code(), grpc::NOT_FOUND);
+  EXPECT_GE(lived, ttl - absl::Milliseconds(50));
+  EXPECT_LT(lived, 5 * ttl);
 }
 
 TEST_F(DecodeServiceTest, ClientCancelFreesTheSession) {

@@ -93,6 +93,7 @@ class FakeEngine : public Engine {
     for (char c : text) ids.push_back(3 + static_cast<unsigned char>(c) % (kVocab - 3));
     return ids;
   }
+  Tokenizer::SpecialIds special_ids() const override { return {{kBos}, {}}; }
   std::unique_ptr<TextStream> NewTextStream() const override {
     return std::make_unique<FakeTextStream>();
   }

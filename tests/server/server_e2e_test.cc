@@ -338,6 +338,89 @@ TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
   }
 }
 
+// A request's text is held to --max_request_text_bytes before it is tokenized, and gRPC's
+// receive limit follows from the request limits: a 3.9 MB text is refused by gRPC itself in
+// milliseconds, and four of them at once leave a running stream's time alone.
+TEST_F(ServerE2eTest, OversizedTextIsRefusedFastWithoutDelayingOtherStreams) {
+  constexpr int kTextLimit = 1500;
+  StartServer({"--threads=1", absl::StrCat("--max_request_text_bytes=", kTextLimit)});
+  // stories260K: 512 prompt tokens, so gRPC's limit is max(1500, 6 * 512) + 64 KiB.
+  const std::string receive_limit = absl::StrCat(6 * 512 + (64 << 10));
+  {
+    grpc::ClientContext context;
+    v1::GetModelInfoResponse info;
+    ASSERT_TRUE(stub_->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_EQ(info.max_request_text_bytes(), kTextLimit);
+  }
+  auto text_request = [](std::string text, int max_new) {
+    v1::GenerateRequest r;
+    r.set_text(std::move(text));
+    r.mutable_sampling()->set_max_new_tokens(max_new);
+    return r;
+  };
+  const v1::GenerateRequest small = IdsRequest(RandomPrompt(8), 400);
+  absl::Time start = absl::Now();
+  StreamResult alone = Generate(*stub_, small);
+  const absl::Duration alone_time = absl::Now() - start;
+  ASSERT_TRUE(alone.status.ok()) << alone.status.error_message();
+
+  const v1::GenerateRequest huge = text_request(std::string(3'900'000, 'a'), 4);
+  std::atomic<int> small_started{0};
+  StreamResult together;
+  absl::Duration together_time;
+  std::thread small_thread([&] {
+    const absl::Time t0 = absl::Now();
+    together = Generate(*stub_, small, &small_started);
+    together_time = absl::Now() - t0;
+  });
+  while (small_started == 0) absl::SleepFor(absl::Milliseconds(1));
+  constexpr int kHuge = 4;
+  std::vector<StreamResult> refused(kHuge);
+  std::vector<absl::Duration> refuse_times(kHuge);
+  std::vector<std::thread> huge_threads;
+  for (int i = 0; i < kHuge; ++i) {
+    huge_threads.emplace_back([&, i] {
+      const absl::Time t0 = absl::Now();
+      refused[i] = Generate(*stub_, huge);
+      refuse_times[i] = absl::Now() - t0;
+    });
+  }
+  for (auto& t : huge_threads) t.join();
+  small_thread.join();
+  for (int i = 0; i < kHuge; ++i) {
+    EXPECT_EQ(refused[i].status.error_code(), grpc::RESOURCE_EXHAUSTED)
+        << refused[i].status.error_message();
+    EXPECT_THAT(refused[i].status.error_message(), HasSubstr(receive_limit));
+    EXPECT_LT(refuse_times[i], absl::Milliseconds(100)) << "huge text " << i;
+    RecordProperty(absl::StrCat("refuse_us_", i), absl::ToInt64Microseconds(refuse_times[i]));
+  }
+  ASSERT_TRUE(together.status.ok()) << together.status.error_message();
+  EXPECT_EQ(together.ids, alone.ids);
+  EXPECT_LT(together_time, 2 * alone_time + absl::Milliseconds(200))
+      << "alone " << alone_time << ", beside the huge texts " << together_time;
+  RecordProperty("small_alone_ms", absl::ToInt64Milliseconds(alone_time));
+  RecordProperty("small_together_ms", absl::ToInt64Milliseconds(together_time));
+
+  // Over the text limit but under gRPC's: refused by the service, before tokenization.
+  start = absl::Now();
+  StreamResult over = Generate(*stub_, text_request(std::string(kTextLimit + 1, 'a'), 4));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(100));
+  EXPECT_EQ(over.status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(over.status.error_message(), HasSubstr("max_request_text_bytes"));
+  EXPECT_THAT(over.status.error_message(), HasSubstr(absl::StrCat(kTextLimit + 1, " bytes")));
+
+  // Exactly at the limit (about 350 tokens of stories260K's vocabulary): generates.
+  std::string at_limit;
+  while (at_limit.size() < kTextLimit) at_limit += "Once upon a time there was a girl. ";
+  at_limit.resize(kTextLimit);
+  StreamResult ok = Generate(*stub_, text_request(at_limit, 8));
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.ids.size(), 8u);
+  ASSERT_TRUE(ok.result.has_value());
+  EXPECT_GT(ok.result->usage().prompt_tokens(), 100);
+  EXPECT_LE(ok.result->usage().prompt_tokens(), 512 - 8);
+}
+
 TEST_F(ServerE2eTest, SessionLimitAndKvAdmission) {
   StartServer({"--max_sessions=2", "--max_kv_tokens=512"});
   const std::string a = CreateSession();
