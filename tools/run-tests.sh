@@ -10,4 +10,6 @@ jobs=${MPA_JOBS:-$(nproc)}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j "$jobs"
 bash tools/check-format.sh
+# Coverage-guided fuzzing (clang, ASan + UBSan) of the file parsers, bounded and seeded.
+MPA_FUZZ_RUNS=${MPA_FUZZ_RUNS:-100000} bash tools/run-fuzz.sh
 ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout 600
