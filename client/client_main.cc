@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -50,6 +51,9 @@ ABSL_FLAG(std::string, output, "text",
           "message)");
 ABSL_FLAG(bool, stats, true, "generate/chat: print the finish reason and timings to stderr");
 ABSL_FLAG(double, timeout, 600, "Per-call deadline in seconds");
+ABSL_FLAG(std::string, api_key, "",
+          "API key sent as \"authorization: Bearer <key>\" (default: the MPA_API_KEY "
+          "environment variable; none: send no key)");
 // bench
 ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams");
 ABSL_FLAG(int, prompt_tokens, 64, "bench: prompt length in tokens (random ids)");
@@ -68,10 +72,24 @@ std::unique_ptr<v1::DecodeService::Stub> Connect() {
   return v1::DecodeService::NewStub(channel);
 }
 
-void SetDeadline(grpc::ClientContext& context) {
+// --api_key, else MPA_API_KEY (an environment variable keeps the key out of the process
+// list), else none.
+const std::string& ApiKey() {
+  static const std::string* const key = [] {
+    std::string flag = absl::GetFlag(FLAGS_api_key);
+    if (!flag.empty()) return new std::string(std::move(flag));
+    const char* env = std::getenv("MPA_API_KEY");
+    return new std::string(env != nullptr ? env : "");
+  }();
+  return *key;
+}
+
+// Every call's deadline and credentials.
+void PrepareContext(grpc::ClientContext& context) {
   context.set_deadline(
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1000)));
+  if (!ApiKey().empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", ApiKey()));
 }
 
 int Fail(const std::string& what, const grpc::Status& status) {
@@ -143,7 +161,7 @@ const char* FinishName(v1::FinishReason r) {
 // Streams one Generate call to stdout in the --output format. Returns the exit code.
 int StreamGenerate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareContext(context);
   const std::string format = absl::GetFlag(FLAGS_output);
   const absl::Time start = absl::Now();
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -221,7 +239,7 @@ int RunChat() {
   v1::CreateSessionResponse session;
   {
     grpc::ClientContext context;
-    SetDeadline(context);
+    PrepareContext(context);
     v1::CreateSessionRequest request;
     grpc::Status status = stub->CreateSession(&context, request, &session);
     if (!status.ok()) return Fail("CreateSession", status);
@@ -250,7 +268,7 @@ int RunChat() {
     if (rc != 0) break;
   }
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareContext(context);
   v1::CloseSessionRequest close;
   close.set_session_id(session.session_id());
   v1::CloseSessionResponse closed;
@@ -273,7 +291,7 @@ int RunBench() {
   v1::GetModelInfoResponse info;
   {
     grpc::ClientContext context;
-    SetDeadline(context);
+    PrepareContext(context);
     grpc::Status status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
     if (!status.ok()) return Fail("GetModelInfo", status);
   }
@@ -313,7 +331,7 @@ int RunBench() {
         request.mutable_sampling()->set_max_new_tokens(output_tokens);
         request.mutable_sampling()->set_ignore_eos(true);
         grpc::ClientContext context;
-        SetDeadline(context);
+        PrepareContext(context);
         RequestSample sample;
         const absl::Time sent = absl::Now();
         absl::Time last = sent;

@@ -67,7 +67,7 @@ DecodeScheduler::DecodeScheduler(Engine* engine, SchedulerOptions options, Serve
     : engine_(engine),
       options_(std::move(options)),
       observer_(observer),
-      sessions_(options_.max_sessions, options_.session_ttl) {
+      sessions_(options_.max_sessions, options_.session_ttl, options_.max_sessions_per_owner) {
   options_.max_batch_size = std::max(1, options_.max_batch_size);
   options_.prefill_chunk_tokens = std::max(1, options_.prefill_chunk_tokens);
   logits_.resize(static_cast<size_t>(options_.max_batch_size) * engine_->info().vocab_size);
@@ -204,17 +204,17 @@ SchedulerSnapshot DecodeScheduler::snapshot() const {
 
 // ---- Commands ------------------------------------------------------------------------------
 
-void DecodeScheduler::CreateSession(AttentionOverride attention,
+void DecodeScheduler::CreateSession(std::string owner, AttentionOverride attention,
                                     std::function<void(absl::StatusOr<SessionInfo>)> done) {
   auto refuse = [done] { done(absl::UnavailableError("the server is shutting down")); };
   if (draining()) return refuse();
   Post(
-      [this, attention, done] {
+      [this, owner = std::move(owner), attention, done] {
         if (draining()) return done(absl::UnavailableError("the server is shutting down"));
         const AttentionOptions options = attention.ApplyTo(options_.default_attention);
         if (absl::Status st = CheckAttentionSupported(options.mode); !st.ok()) return done(st);
         absl::StatusOr<Session*> s = sessions_.Create(engine_->NewSequence(options), options,
-                                                      /*ephemeral=*/false, absl::Now());
+                                                      /*ephemeral=*/false, absl::Now(), owner);
         if (!s.ok()) return done(s.status());
         done(Describe(**s));
       },
@@ -231,11 +231,11 @@ void DecodeScheduler::Generate(GenerateParams params, std::shared_ptr<Generation
        [sink] { sink->Fail(absl::UnavailableError("the server is shutting down")); });
 }
 
-void DecodeScheduler::CancelGeneration(std::string session_id,
+void DecodeScheduler::CancelGeneration(std::string owner, std::string session_id,
                                        std::function<void(absl::StatusOr<bool>)> done) {
   Post(
-      [this, session_id, done] {
-        absl::StatusOr<Session*> s = sessions_.Find(session_id);
+      [this, owner = std::move(owner), session_id, done] {
+        absl::StatusOr<Session*> s = sessions_.FindOwned(session_id, owner);
         if (!s.ok()) return done(s.status());
         if ((*s)->active == nullptr) return done(false);
         (*s)->active->cancel_requested = true;
@@ -244,10 +244,11 @@ void DecodeScheduler::CancelGeneration(std::string session_id,
       [done] { done(absl::UnavailableError("the server is shutting down")); });
 }
 
-void DecodeScheduler::CloseSession(std::string session_id, std::function<void(absl::Status)> done) {
+void DecodeScheduler::CloseSession(std::string owner, std::string session_id,
+                                   std::function<void(absl::Status)> done) {
   Post(
-      [this, session_id, done] {
-        absl::StatusOr<Session*> s = sessions_.Find(session_id);
+      [this, owner = std::move(owner), session_id, done] {
+        absl::StatusOr<Session*> s = sessions_.FindOwned(session_id, owner);
         if (!s.ok()) return done(s.status());
         if ((*s)->active != nullptr) FinishGeneration(*(*s)->active, FinishReason::kCancelled);
         sessions_.Remove(session_id);
@@ -256,11 +257,11 @@ void DecodeScheduler::CloseSession(std::string session_id, std::function<void(ab
       [done] { done(absl::UnavailableError("the server is shutting down")); });
 }
 
-void DecodeScheduler::GetSession(std::string session_id,
+void DecodeScheduler::GetSession(std::string owner, std::string session_id,
                                  std::function<void(absl::StatusOr<SessionInfo>)> done) {
   Post(
-      [this, session_id, done] {
-        absl::StatusOr<Session*> s = sessions_.Find(session_id);
+      [this, owner = std::move(owner), session_id, done] {
+        absl::StatusOr<Session*> s = sessions_.FindOwned(session_id, owner);
         if (!s.ok()) return done(s.status());
         done(Describe(**s));
       },
@@ -351,7 +352,7 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
     if (!s.ok()) return sink->Fail(s.status());
     session = *s;
   } else {
-    absl::StatusOr<Session*> s = sessions_.Find(params.session_id);
+    absl::StatusOr<Session*> s = sessions_.FindOwned(params.session_id, params.owner);
     if (!s.ok()) return sink->Fail(s.status());
     session = *s;
     if (session->active != nullptr) {

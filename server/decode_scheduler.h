@@ -28,6 +28,8 @@ namespace mpa::server {
 
 struct SchedulerOptions {
   int max_sessions = 64;
+  // Explicit sessions one owner (API key) may hold at once (0: no limit of its own).
+  int max_sessions_per_owner = 0;
   // Tokens of one request's input (0: the model's context length).
   int64_t max_prompt_tokens = 0;
   // Tokens of a whole context: earlier turns + input + max_new_tokens (0: the model's context
@@ -70,15 +72,20 @@ class DecodeScheduler {
   int64_t max_total_tokens() const;
 
   // Commands: the callbacks run on the engine thread (or on the caller's, when refused at once)
-  // and must not block.
-  void CreateSession(AttentionOverride attention,
+  // and must not block. `owner` is who asks (an API key's owner string, empty without keys):
+  // a session is bound to its creator, and a command naming another owner's session fails
+  // with NotFound exactly as for an unknown id.
+  void CreateSession(std::string owner, AttentionOverride attention,
                      std::function<void(absl::StatusOr<SessionInfo>)> done);
   // Errors (unknown session, limits, busy session, drain) go to sink->Fail.
   void Generate(GenerateParams params, std::shared_ptr<GenerationSink> sink);
   // done(true) if a generation was running and will stop.
-  void CancelGeneration(std::string session_id, std::function<void(absl::StatusOr<bool>)> done);
-  void CloseSession(std::string session_id, std::function<void(absl::Status)> done);
-  void GetSession(std::string session_id, std::function<void(absl::StatusOr<SessionInfo>)> done);
+  void CancelGeneration(std::string owner, std::string session_id,
+                        std::function<void(absl::StatusOr<bool>)> done);
+  void CloseSession(std::string owner, std::string session_id,
+                    std::function<void(absl::Status)> done);
+  void GetSession(std::string owner, std::string session_id,
+                  std::function<void(absl::StatusOr<SessionInfo>)> done);
   // A sink that reports_close() delivered its whole stream (or its client went away): the
   // session's idle time starts now.
   void StreamClosed(std::string session_id);

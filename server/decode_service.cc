@@ -258,11 +258,24 @@ class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 }  // namespace
 
 DecodeService::DecodeService(DecodeScheduler* scheduler, ServerObserver* observer,
-                             int64_t max_text_bytes)
-    : scheduler_(scheduler), observer_(observer) {
+                             int64_t max_text_bytes, const ApiKeys* api_keys)
+    : scheduler_(scheduler), observer_(observer), api_keys_(api_keys) {
   limits_.max_prompt_tokens = scheduler_->max_prompt_tokens();
   limits_.max_text_bytes =
       max_text_bytes > 0 ? max_text_bytes : DefaultMaxTextBytes(limits_.max_prompt_tokens);
+}
+
+absl::StatusOr<std::string> DecodeService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (api_keys_ == nullptr) return std::string();
+  const auto& metadata = context.client_metadata();
+  std::optional<absl::string_view> authorization;
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<const ApiKey*> key = api_keys_->Authenticate(authorization);
+  if (!key.ok()) return key.status();
+  return (*key)->owner;
 }
 
 void OpenStreams::Add() {
@@ -474,6 +487,11 @@ grpc::ServerUnaryReactor* DecodeService::CreateSession(grpc::CallbackServerConte
                                                        const v1::CreateSessionRequest* request,
                                                        v1::CreateSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> owner = Authenticate(*context);
+  if (!owner.ok()) {
+    reactor->Finish(Translate(owner.status(), observer_));
+    return reactor;
+  }
   absl::StatusOr<AttentionOverride> attention =
       ParseAttentionConfig(request->attention(), "attention");
   if (!attention.ok()) {
@@ -481,7 +499,8 @@ grpc::ServerUnaryReactor* DecodeService::CreateSession(grpc::CallbackServerConte
     return reactor;
   }
   scheduler_->CreateSession(
-      *attention, [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
+      *std::move(owner), *attention,
+      [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
         if (info.ok()) {
           response->set_session_id(info->session_id);
           response->set_ttl_seconds(info->ttl_seconds);
@@ -499,12 +518,18 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
                   observer_, /*generate=*/true),
         &open_streams_);
   }
+  absl::StatusOr<std::string> owner = Authenticate(*context);
+  if (!owner.ok()) {
+    return new RefusedStream(Translate(owner.status(), observer_, /*generate=*/true),
+                             &open_streams_);
+  }
   absl::StatusOr<GenerateParams> params =
       ParseGenerateRequest(*request, scheduler_->engine(), limits_);
   if (!params.ok()) {
     return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true),
                              &open_streams_);
   }
+  params->owner = *std::move(owner);
   auto stream =
       std::make_shared<GenerateStream>(observer_, [scheduler = scheduler_](std::string session_id) {
         scheduler->StreamClosed(std::move(session_id));
@@ -520,15 +545,21 @@ grpc::ServerUnaryReactor* DecodeService::CancelGeneration(
     grpc::CallbackServerContext* context, const v1::CancelGenerationRequest* request,
     v1::CancelGenerationResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> owner = Authenticate(*context);
+  if (!owner.ok()) {
+    reactor->Finish(Translate(owner.status(), observer_));
+    return reactor;
+  }
   if (request->session_id().empty()) {
     reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
     return reactor;
   }
-  scheduler_->CancelGeneration(request->session_id(), [reactor, response, observer = observer_](
-                                                          absl::StatusOr<bool> cancelled) {
-    if (cancelled.ok()) response->set_cancelled(*cancelled);
-    reactor->Finish(Translate(cancelled.status(), observer));
-  });
+  scheduler_->CancelGeneration(
+      *std::move(owner), request->session_id(),
+      [reactor, response, observer = observer_](absl::StatusOr<bool> cancelled) {
+        if (cancelled.ok()) response->set_cancelled(*cancelled);
+        reactor->Finish(Translate(cancelled.status(), observer));
+      });
   return reactor;
 }
 
@@ -536,11 +567,16 @@ grpc::ServerUnaryReactor* DecodeService::CloseSession(grpc::CallbackServerContex
                                                       const v1::CloseSessionRequest* request,
                                                       v1::CloseSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> owner = Authenticate(*context);
+  if (!owner.ok()) {
+    reactor->Finish(Translate(owner.status(), observer_));
+    return reactor;
+  }
   if (request->session_id().empty()) {
     reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
     return reactor;
   }
-  scheduler_->CloseSession(request->session_id(),
+  scheduler_->CloseSession(*std::move(owner), request->session_id(),
                            [reactor, observer = observer_](absl::Status status) {
                              reactor->Finish(Translate(status, observer));
                            });
@@ -551,21 +587,32 @@ grpc::ServerUnaryReactor* DecodeService::GetSession(grpc::CallbackServerContext*
                                                     const v1::GetSessionRequest* request,
                                                     v1::GetSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> owner = Authenticate(*context);
+  if (!owner.ok()) {
+    reactor->Finish(Translate(owner.status(), observer_));
+    return reactor;
+  }
   if (request->session_id().empty()) {
     reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
     return reactor;
   }
-  scheduler_->GetSession(request->session_id(), [reactor, response, observer = observer_](
-                                                    absl::StatusOr<SessionInfo> info) {
-    if (info.ok()) SessionInfoToProto(*info, response);
-    reactor->Finish(Translate(info.status(), observer));
-  });
+  scheduler_->GetSession(
+      *std::move(owner), request->session_id(),
+      [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
+        if (info.ok()) SessionInfoToProto(*info, response);
+        reactor->Finish(Translate(info.status(), observer));
+      });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContext* context,
                                                       const v1::GetModelInfoRequest* request,
                                                       v1::GetModelInfoResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::StatusOr<std::string> owner = Authenticate(*context); !owner.ok()) {
+    reactor->Finish(Translate(owner.status(), observer_));
+    return reactor;
+  }
   const EngineInfo& info = scheduler_->engine().info();
   response->set_model_name(info.model_name);
   response->set_architecture(info.architecture);
@@ -581,7 +628,6 @@ grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContex
   response->set_kv_capacity_tokens(info.kv_capacity_tokens);
   response->set_kv_free_tokens(scheduler_->snapshot().kv_free_tokens);
   AttentionToProto(scheduler_->options().default_attention, response->mutable_default_attention());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "multipole/v1/decode.grpc.pb.h"
+#include "server/api_keys.h"
 #include "server/decode_scheduler.h"
 #include "server/server_observer.h"
 #include "server/types.h"
@@ -64,9 +65,12 @@ void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionC
 class DecodeService final : public multipole::v1::DecodeService::CallbackService {
  public:
   // observer (may be null; outlives the service) hears of every refused or failed RPC.
-  // max_text_bytes: GenerateRequest.text's limit (0: DefaultMaxTextBytes).
+  // max_text_bytes: GenerateRequest.text's limit (0: DefaultMaxTextBytes). api_keys (may be
+  // null: every call is let in, as the same anonymous owner; outlives the service): every RPC
+  // must carry "authorization: Bearer <key>" with one of them, else UNAUTHENTICATED, and a
+  // session belongs to the key that created it.
   explicit DecodeService(DecodeScheduler* scheduler, ServerObserver* observer = nullptr,
-                         int64_t max_text_bytes = 0);
+                         int64_t max_text_bytes = 0, const ApiKeys* api_keys = nullptr);
 
   const RequestLimits& limits() const { return limits_; }
 
@@ -94,8 +98,13 @@ class DecodeService final : public multipole::v1::DecodeService::CallbackService
                                          multipole::v1::GetModelInfoResponse* response) override;
 
  private:
+  // The caller's owner string ("" without keys); Unauthenticated when keys are required and
+  // the call carries none that matches.
+  absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext& context) const;
+
   DecodeScheduler* scheduler_;
   ServerObserver* observer_;
+  const ApiKeys* api_keys_;  // may be null
   RequestLimits limits_;
   OpenStreams open_streams_;
 };

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
 #include "model/config/multipole_flags.h"
+#include "server/api_keys.h"
 #include "server/decode_scheduler.h"
 #include "server/decode_service.h"
 #include "server/metrics.h"
@@ -60,6 +62,14 @@ ABSL_FLAG(std::string, attention, "dense",
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
           "Prometheus metrics at http://host:port/metrics, liveness at /healthz (\"\": off; port "
           "0: pick a free one, printed)");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "File of API keys, one a line (\"name:key\" names it for logs; blank lines and # "
+          "comments ignored; keys of at least 16 characters). Set: every DecodeService call must "
+          "send \"authorization: Bearer <key>\", and a session belongs to the key that created "
+          "it. Empty: no authentication (health and reflection are always open)");
+ABSL_FLAG(int, max_sessions_per_key, -1,
+          "Sessions one API key may hold open at once (-1: max_sessions / 4 rounded up; only "
+          "with --api_keys_file)");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
 ABSL_FLAG(int, prefill_chunk_tokens, 64,
           "Input tokens prefilled per engine step (bounds how long running streams wait)");
@@ -145,6 +155,7 @@ absl::Status CheckFlags() {
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   const IntRange ranges[] = {
       {"max_sessions", absl::GetFlag(FLAGS_max_sessions), 1, 1 << 20, false},
+      {"max_sessions_per_key", absl::GetFlag(FLAGS_max_sessions_per_key), 1, 1 << 20, true},
       {"max_kv_tokens", absl::GetFlag(FLAGS_max_kv_tokens), 1, int64_t{1} << 32, false},
       {"kv_block_tokens", absl::GetFlag(FLAGS_kv_block_tokens), 1, 1 << 16, false},
       {"max_prompt_tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 0, kIntMax, false},
@@ -203,6 +214,17 @@ int Serve() {
     std::fprintf(stderr, "mpa_server: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  // Read before the model loads, so a bad keys file is refused at once.
+  std::unique_ptr<mpa::server::ApiKeys> api_keys;
+  if (const std::string path = absl::GetFlag(FLAGS_api_keys_file); !path.empty()) {
+    absl::StatusOr<mpa::server::ApiKeys> keys = mpa::server::ApiKeys::Load(path);
+    if (!keys.ok()) {
+      std::fprintf(stderr, "mpa_server: --api_keys_file: %s\n",
+                   std::string(keys.status().message()).c_str());
+      return 2;
+    }
+    api_keys = std::make_unique<mpa::server::ApiKeys>(*std::move(keys));
+  }
   absl::StatusOr<mpa::AttentionMode> mode = mpa::ParseAttentionMode(absl::GetFlag(FLAGS_attention));
   if (!mode.ok()) {
     std::fprintf(stderr, "mpa_server: --attention: %s\n", mode.status().ToString().c_str());
@@ -221,6 +243,11 @@ int Serve() {
   }
   mpa::server::SchedulerOptions options;
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  if (api_keys != nullptr) {
+    const int per_key = absl::GetFlag(FLAGS_max_sessions_per_key);
+    options.max_sessions_per_owner =
+        per_key > 0 ? per_key : std::max(1, (options.max_sessions + 3) / 4);
+  }
   options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   options.max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
   options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
@@ -260,7 +287,7 @@ int Serve() {
   }
   DecodeScheduler scheduler(engine->get(), options, &metrics);
   mpa::server::DecodeService service(&scheduler, &metrics,
-                                     absl::GetFlag(FLAGS_max_request_text_bytes));
+                                     absl::GetFlag(FLAGS_max_request_text_bytes), api_keys.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -288,6 +315,16 @@ int Serve() {
       info.has_tokenizer ? "yes" : "no", std::string(mpa::AttentionModeName(*mode)).c_str(),
       info.device.c_str());
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
+  if (api_keys != nullptr) {
+    std::string names;
+    for (const mpa::server::ApiKey& key : api_keys->keys()) {
+      absl::StrAppend(&names, names.empty() ? "" : ", ", key.name);
+    }
+    std::printf("mpa_server: API keys required (%zu: %s), at most %d sessions per key\n",
+                api_keys->keys().size(), names.c_str(), options.max_sessions_per_owner);
+  } else {
+    std::printf("mpa_server: no --api_keys_file: the DecodeService is open to every client\n");
+  }
   if (metrics_endpoint != nullptr) {
     std::printf("mpa_server metrics on %s\n",
                 BoundAddress(metrics_address, metrics_endpoint->port()).c_str());

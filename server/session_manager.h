@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -21,6 +20,9 @@ struct Generation;  // defined by the scheduler
 
 struct Session {
   std::string id;
+  // Who created it (an API key's owner string; empty on a server without keys). Requests from
+  // anyone else find no such session.
+  std::string owner;
   // One-shot generations run on a private session: it does not count toward the session
   // limit, never expires, and is dropped when its generation ends.
   bool ephemeral = false;
@@ -42,15 +44,22 @@ struct Session {
 
 class SessionManager {
  public:
-  // max_sessions: explicit sessions at once; ttl: idle time after which a session is evicted
-  // (zero or infinite: never).
-  SessionManager(int max_sessions, absl::Duration ttl) : max_sessions_(max_sessions), ttl_(ttl) {}
+  // max_sessions: explicit sessions at once; max_sessions_per_owner: explicit sessions one
+  // owner may hold at once (0: no limit of its own); ttl: idle time after which a session is
+  // evicted (zero or infinite: never).
+  SessionManager(int max_sessions, absl::Duration ttl, int max_sessions_per_owner = 0)
+      : max_sessions_(max_sessions), max_sessions_per_owner_(max_sessions_per_owner), ttl_(ttl) {}
 
-  // ResourceExhausted at the session limit (ephemeral sessions are not limited here).
+  // ResourceExhausted at the session limit or the owner's limit (ephemeral sessions are not
+  // limited here). Internal if the system's random source fails.
   absl::StatusOr<Session*> Create(std::unique_ptr<EngineSequence> sequence,
-                                  const AttentionOptions& attention, bool ephemeral,
-                                  absl::Time now);
-  // NotFound naming the id.
+                                  const AttentionOptions& attention, bool ephemeral, absl::Time now,
+                                  absl::string_view owner = "");
+  // A client's request for session `id`: NotFound naming the id when there is none or it
+  // belongs to another owner (the same message either way, so a client cannot tell whether
+  // someone else's session exists).
+  absl::StatusOr<Session*> FindOwned(absl::string_view id, absl::string_view owner);
+  // The session `id` whoever owns it (the server's own bookkeeping); NotFound naming the id.
   absl::StatusOr<Session*> Find(absl::string_view id);
   void Remove(absl::string_view id);
   // Ids of explicit sessions idle (no generation running, no stream open) for longer than the
@@ -61,17 +70,19 @@ class SessionManager {
 
   int explicit_sessions() const { return explicit_count_; }
   int max_sessions() const { return max_sessions_; }
+  int max_sessions_per_owner() const { return max_sessions_per_owner_; }
   absl::Duration ttl() const { return ttl_; }
   bool has_ttl() const { return ttl_ > absl::ZeroDuration() && ttl_ != absl::InfiniteDuration(); }
 
  private:
-  std::string NewId(bool ephemeral);
+  absl::StatusOr<std::string> NewId(bool ephemeral);
 
   int max_sessions_;
+  int max_sessions_per_owner_;
   absl::Duration ttl_;
   int explicit_count_ = 0;
+  absl::flat_hash_map<std::string, int> explicit_per_owner_;  // owners with at least one
   absl::flat_hash_map<std::string, std::unique_ptr<Session>> sessions_;
-  absl::BitGen bitgen_;
 };
 
 }  // namespace mpa::server

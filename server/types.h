@@ -35,6 +35,7 @@ struct AttentionOverride {
 
 struct GenerateParams {
   std::string session_id;  // empty: one-shot on a private context
+  std::string owner;       // who asks (see DecodeScheduler::CreateSession)
   // The new input. Text input arrives tokenized once, without special tokens; on a context's
   // first input the scheduler puts first_prefix before it and first_suffix after it (what the
   // tokenizer adds to a conversation's first text, e.g. BOS). Token-id input leaves both empty.

@@ -10,7 +10,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates \
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libabsl-dev prometheus-cpp-dev libopenblas-dev libre2-dev libicu-dev nlohmann-json3-dev \
-  libgtest-dev libgmock-dev clang-format python3 python3-grpcio python3-grpc-tools \
+  libssl-dev libgtest-dev libgmock-dev clang-format python3 python3-grpcio python3-grpc-tools \
   curl prometheus clang libclang-rt-14-dev >/dev/null
 # prometheus: a real Prometheus server scrapes mpa_server in the metrics end-to-end test.
 # Node.js and npm come with the machine image; Debian's own nodejs conflicts with that build.

@@ -65,22 +65,22 @@ class SchedulerTest : public ::testing::Test {
   }
   absl::StatusOr<SessionInfo> CreateSession() {
     std::promise<absl::StatusOr<SessionInfo>> done;
-    scheduler_->CreateSession({}, [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
+    scheduler_->CreateSession("", {}, [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
     return done.get_future().get();
   }
   absl::StatusOr<SessionInfo> GetSession(const std::string& id) {
     std::promise<absl::StatusOr<SessionInfo>> done;
-    scheduler_->GetSession(id, [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
+    scheduler_->GetSession("", id, [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
     return done.get_future().get();
   }
   absl::StatusOr<bool> Cancel(const std::string& id) {
     std::promise<absl::StatusOr<bool>> done;
-    scheduler_->CancelGeneration(id, [&](absl::StatusOr<bool> r) { done.set_value(r); });
+    scheduler_->CancelGeneration("", id, [&](absl::StatusOr<bool> r) { done.set_value(r); });
     return done.get_future().get();
   }
   absl::Status Close(const std::string& id) {
     std::promise<absl::Status> done;
-    scheduler_->CloseSession(id, [&](absl::Status r) { done.set_value(r); });
+    scheduler_->CloseSession("", id, [&](absl::Status r) { done.set_value(r); });
     return done.get_future().get();
   }
 
@@ -311,7 +311,7 @@ TEST_F(SchedulerTest, ModesTheEngineCannotRunAreRefusedNamingModeAndDevice) {
     override_mode.mode = refused.mode;
     // CreateSession with the mode.
     std::promise<absl::StatusOr<SessionInfo>> done;
-    scheduler_->CreateSession(override_mode,
+    scheduler_->CreateSession("", override_mode,
                               [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
     absl::StatusOr<SessionInfo> created = done.get_future().get();
     EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument);

@@ -33,13 +33,15 @@ inline ::multipole::v1::GenerateRequest IdsRequest(const std::vector<int32_t>& i
 }
 
 // Streams one generation to the end (60 s deadline). If first_token is given, it is incremented
-// when the first token arrives.
+// when the first token arrives. A non-empty api_key is sent as "authorization: Bearer <key>".
 inline StreamResult Generate(::multipole::v1::DecodeService::Stub& stub,
                              const ::multipole::v1::GenerateRequest& request,
-                             std::atomic<int>* first_token = nullptr) {
+                             std::atomic<int>* first_token = nullptr,
+                             const std::string& api_key = "") {
   StreamResult out;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
   auto reader = stub.Generate(&context, request);
   ::multipole::v1::GenerateResponse message;
   while (reader->Read(&message)) {

@@ -29,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "multipole/v1/decode.grpc.pb.h"
 #include "tests/server/generate_stream.h"
+#include "tests/server/health_check.h"
 #include "tests/server/server_process.h"
 
 namespace mpa::server {
@@ -37,6 +38,7 @@ namespace {
 namespace v1 = ::multipole::v1;
 using testing::Generate;
 using ::testing::HasSubstr;
+using testing::HealthStatus;
 using testing::IdsRequest;
 using testing::StreamResult;
 
@@ -83,39 +85,6 @@ std::vector<int32_t> ParseIds(absl::string_view text) {
     if (absl::SimpleAtoi(piece, &id)) ids.push_back(id);
   }
   return ids;
-}
-
-// grpc.health.v1.Health/Check of DecodeService through the generic stub (the response is one
-// enum field: bytes 0x08 <status>, or nothing for UNKNOWN). Returns the status (1 SERVING,
-// 2 NOT_SERVING), or -1 on an RPC error.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub generic(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  // HealthCheckRequest{service: "multipole.v1.DecodeService"}: field 1, length-delimited.
-  const std::string service = "multipole.v1.DecodeService";
-  const std::string encoded = std::string("\x0a") + static_cast<char>(service.size()) + service;
-  grpc::Slice slice(encoded);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  auto call = generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &cq);
-  call->StartCall();
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag;
-  bool ok;
-  cq.Next(&tag, &ok);
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  if (!status.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  if (bytes.empty()) return 0;
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
 }
 
 class ServerE2eTest : public ::testing::Test {
