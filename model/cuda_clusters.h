@@ -59,6 +59,7 @@ class CudaClusterState {
   const std::vector<CudaClusterBlock>& blocks() const { return blocks_; }
   // The pool pages that hold the region's slots (released by the owner with its other pages).
   std::vector<int32_t>& slot_pages() { return slot_pages_; }
+  const std::vector<int32_t>& slot_pages() const { return slot_pages_; }
 
   // Per (layer, head) device arrays, for the decode step's pointer tables.
   const cuda::bf16* key_centroids(int layer, int head) const;    // [num_clusters, head_dim]

@@ -128,8 +128,9 @@ struct CudaModel::Impl {
   std::vector<int32_t> h_mp_ints;
   std::vector<uint8_t> h_mp_approximate;
   std::vector<uintptr_t> h_mp_ptrs;
-  bool step_sparse = false;     // this step runs the multipole decode
-  int step_cluster_bucket = 0;  // its max_clusters (a power of two)
+  std::vector<uintptr_t> uploaded_mp_ptrs;  // what d.mp_ptrs holds
+  bool step_sparse = false;                 // this step runs the multipole decode
+  int step_cluster_bucket = 0;              // its max_clusters (a power of two)
   // Cluster maintenance timing: a pair of events per sequence updated in the step.
   struct Timing {
     CudaSequence* seq;
@@ -1121,16 +1122,22 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
       }
     }
     if (sparse) {
-      const std::vector<int32_t>& pages = const_cast<CudaClusterState*>(state)->slot_pages();
+      const std::vector<int32_t>& pages = state->slot_pages();
       std::copy(pages.begin(), pages.end(), slot_table + int64_t(b) * max_pages_per_seq_);
     }
   }
-  MPA_CUDA(cudaMemcpyAsync(d.mp_ints, d.h_mp_ints.data(), d.h_mp_ints.size() * sizeof(int32_t),
+  // The slot table comes last: only the batch's rows of it travel.
+  const int64_t staged_ints = (slot_table - sink) + int64_t(seqs.size()) * max_pages_per_seq_;
+  MPA_CUDA(cudaMemcpyAsync(d.mp_ints, d.h_mp_ints.data(), staged_ints * sizeof(int32_t),
                            cudaMemcpyHostToDevice, d.stream));
   MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), mb, cudaMemcpyHostToDevice,
                            d.stream));
-  MPA_CUDA(cudaMemcpyAsync(d.mp_ptrs, d.h_mp_ptrs.data(), d.h_mp_ptrs.size() * sizeof(uintptr_t),
-                           cudaMemcpyHostToDevice, d.stream));
+  // The pointer tables change only when a batch's sequences or their cluster buffers do.
+  if (d.h_mp_ptrs != d.uploaded_mp_ptrs) {
+    MPA_CUDA(cudaMemcpyAsync(d.mp_ptrs, d.h_mp_ptrs.data(), d.h_mp_ptrs.size() * sizeof(uintptr_t),
+                             cudaMemcpyHostToDevice, d.stream));
+    d.uploaded_mp_ptrs = d.h_mp_ptrs;
+  }
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/multipole/dispatch.cuh"
 #include "kernels/cuda/multipole/multipole_kernels.h"
 
 namespace mpa::cuda::multipole {
@@ -111,51 +112,14 @@ __global__ void __launch_bounds__(kThreads) CentroidApproximationKernel(StepArgs
   }
 }
 
-template <int HD>
-cudaError_t LaunchForGroup(const StepArgs& a, dim3 grid, cudaStream_t stream) {
-  switch (a.num_q_heads / a.num_kv_heads) {
-    case 1:
-      CentroidApproximationKernel<HD, 1><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    case 2:
-      CentroidApproximationKernel<HD, 2><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    case 4:
-      CentroidApproximationKernel<HD, 4><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    case 8:
-      CentroidApproximationKernel<HD, 8><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t LaunchCentroidApproximation(const StepArgs& a, cudaStream_t stream) {
   const dim3 grid(a.approx_splits, a.num_kv_heads, a.batch);
-  switch (a.head_dim) {
-    case 8:
-      return LaunchForGroup<8>(a, grid, stream);
-    case 16:
-      return LaunchForGroup<16>(a, grid, stream);
-    case 24:
-      return LaunchForGroup<24>(a, grid, stream);
-    case 32:
-      return LaunchForGroup<32>(a, grid, stream);
-    case 64:
-      return LaunchForGroup<64>(a, grid, stream);
-    case 96:
-      return LaunchForGroup<96>(a, grid, stream);
-    case 128:
-      return LaunchForGroup<128>(a, grid, stream);
-    case 256:
-      return LaunchForGroup<256>(a, grid, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return DispatchHeadDimAndGroup(a.head_dim, a.num_q_heads / a.num_kv_heads, [&](auto hd, auto g) {
+    CentroidApproximationKernel<hd(), g()><<<grid, kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace mpa::cuda::multipole

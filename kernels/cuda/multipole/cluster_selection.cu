@@ -17,6 +17,7 @@
 #include <cmath>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/multipole/dispatch.cuh"
 #include "kernels/cuda/multipole/multipole_decode.h"
 #include "kernels/cuda/multipole/multipole_kernels.h"
 
@@ -349,18 +350,8 @@ size_t SelectionSharedBytes(int max_clusters) {
 }
 
 cudaError_t LaunchClusterSelection(const StepArgs& a, cudaStream_t stream) {
-  switch (a.num_q_heads / a.num_kv_heads) {
-    case 1:
-      return LaunchForGroup<1>(a, stream);
-    case 2:
-      return LaunchForGroup<2>(a, stream);
-    case 4:
-      return LaunchForGroup<4>(a, stream);
-    case 8:
-      return LaunchForGroup<8>(a, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return DispatchGroup(a.num_q_heads / a.num_kv_heads,
+                       [&](auto g) { return LaunchForGroup<g()>(a, stream); });
 }
 
 }  // namespace mpa::cuda::multipole
