@@ -17,11 +17,16 @@ namespace mpa::server {
 
 class MetricsEndpoint {
  public:
-  // Worker threads: at most this many HTTP requests are served at once (a scrape takes
-  // milliseconds; the others wait in civetweb's connection queue).
-  static constexpr int kWorkerThreads = 4;
+  // Worker threads: at most this many HTTP connections are served at once (a scrape takes
+  // milliseconds; the others wait in civetweb's connection queue). A worker stays with a
+  // connection until its request head is complete or the timeout below passes, so idle
+  // connections hold workers: with 4 workers and 5 s, four idle connections stopped scraping.
+  // More workers and a shorter timeout raise what that takes (the threads' stacks are reserved,
+  // not committed); a client that keeps that many connections open can still delay scrapes,
+  // which is why the endpoint should not face untrusted networks (README, threat model).
+  static constexpr int kWorkerThreads = 16;
   // A connection that has not sent a complete request head in this time is closed.
-  static constexpr int kRequestTimeoutMs = 5000;
+  static constexpr int kRequestTimeoutMs = 2000;
   // Request head (request line and headers) in bytes; a larger one is refused with 413.
   static constexpr int kMaxRequestHeadBytes = 16384;
 

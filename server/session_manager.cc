@@ -63,12 +63,14 @@ namespace {
 // A client's id as quoted in an error: ids are at most a few dozen bytes, but a request may send
 // megabytes, and the status message travels in a trailer that clients cap (8 KiB by default in
 // gRPC), so a long id is cut, at a UTF-8 character boundary.
+// The client's id as C escapes (control bytes and non-ASCII as \xNN, so a message never carries
+// raw bytes a client chose into logs), at most its first 64 bytes.
 std::string QuoteId(absl::string_view id) {
   constexpr size_t kMaxQuoted = 64;
-  if (id.size() <= kMaxQuoted) return absl::StrCat("\"", id, "\"");
+  if (id.size() <= kMaxQuoted) return absl::StrCat("\"", absl::CHexEscape(id), "\"");
   size_t cut = kMaxQuoted;
   while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
-  return absl::StrCat("\"", id.substr(0, cut), "...\" (", id.size(), " bytes)");
+  return absl::StrCat("\"", absl::CHexEscape(id.substr(0, cut)), "...\" (", id.size(), " bytes)");
 }
 
 absl::Status NoSuchSession(absl::string_view id) {

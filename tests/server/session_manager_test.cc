@@ -44,6 +44,16 @@ TEST(SessionManagerTest, AnotherOwnersSessionIsNotFoundLikeAnUnknownOne) {
   EXPECT_EQ(sessions.FindOwned(id, "owner-a").status(), by_b.status());
 }
 
+TEST(SessionManagerTest, UnknownIdsAreQuotedEscaped) {
+  SessionManager sessions(8, absl::ZeroDuration());
+  const std::string id("a\x00\x01\x7f\n", 5);
+  absl::StatusOr<Session*> s = sessions.Find(id);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(s.status().message(), HasSubstr(R"("a\x00\x01\x7f\n")"));
+  for (char c : s.status().message()) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << int(c);
+}
+
 TEST(SessionManagerTest, PerOwnerLimit) {
   SessionManager sessions(8, absl::ZeroDuration(), /*max_sessions_per_owner=*/2);
   absl::StatusOr<Session*> first = CreateFor(sessions, "a");
