@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -12,6 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/descriptor.h"
+#include "server/request_parser.h"
 #include "server/status_translation.h"
 
 namespace mpa::server {
@@ -238,6 +242,21 @@ class GenerateStream : public GenerationSink, public std::enable_shared_from_thi
   const std::function<void(std::string)> closed_;
 };
 
+// The index of the DecodeService's method `name` among the generated Service's methods, which
+// are registered in their order in decode.proto.
+int MethodIndex(absl::string_view name) {
+  const google::protobuf::ServiceDescriptor* service =
+      v1::GenerateRequest::descriptor()->file()->FindServiceByName("DecodeService");
+  const google::protobuf::MethodDescriptor* method =
+      service == nullptr ? nullptr : service->FindMethodByName(std::string(name));
+  if (method == nullptr) {
+    std::fprintf(stderr, "decode_service: decode.proto has no method DecodeService.%.*s\n",
+                 static_cast<int>(name.size()), name.data());
+    std::abort();
+  }
+  return method->index();
+}
+
 // A write reactor that only finishes with an error (requests refused before admission).
 class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
@@ -263,6 +282,43 @@ DecodeService::DecodeService(DecodeScheduler* scheduler, ServerObserver* observe
   limits_.max_prompt_tokens = scheduler_->max_prompt_tokens();
   limits_.max_text_bytes =
       max_text_bytes > 0 ? max_text_bytes : DefaultMaxTextBytes(limits_.max_prompt_tokens);
+  // The handlers are the callback API's own (the generated WithRawCallbackMethod_* classes use
+  // them too), with the request as raw bytes and the response typed: only the request's parsing
+  // moves here, responses are still serialized by gRPC.
+  RegisterUnary("CreateSession", &DecodeService::HandleCreateSession);
+  MarkMethodRawCallback(
+      MethodIndex("Generate"),
+      new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, v1::GenerateResponse>(
+          [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+            return HandleGenerate(context, *request);
+          }));
+  RegisterUnary("CancelGeneration", &DecodeService::HandleCancelGeneration);
+  RegisterUnary("CloseSession", &DecodeService::HandleCloseSession);
+  RegisterUnary("GetSession", &DecodeService::HandleGetSession);
+  RegisterUnary("GetModelInfo", &DecodeService::HandleGetModelInfo);
+}
+
+template <typename Request, typename Response>
+void DecodeService::RegisterUnary(absl::string_view name, UnaryMethod<Request, Response> method) {
+  auto handler = [this, method](grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
+                                Response* response) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    absl::StatusOr<std::string> owner = Authenticate(*context);
+    if (!owner.ok()) {
+      reactor->Finish(Translate(owner.status(), observer_));
+      return reactor;
+    }
+    Request request;
+    if (absl::Status s = ParseRequest(*bytes, &request); !s.ok()) {
+      reactor->Finish(Translate(s, observer_));
+      return reactor;
+    }
+    (this->*method)(reactor, *std::move(owner), request, response);
+    return reactor;
+  };
+  MarkMethodRawCallback(
+      MethodIndex(name),
+      new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, Response>(std::move(handler)));
 }
 
 absl::StatusOr<std::string> DecodeService::Authenticate(
@@ -483,23 +539,26 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   return p;
 }
 
-grpc::ServerUnaryReactor* DecodeService::CreateSession(grpc::CallbackServerContext* context,
-                                                       const v1::CreateSessionRequest* request,
-                                                       v1::CreateSessionResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> owner = Authenticate(*context);
-  if (!owner.ok()) {
-    reactor->Finish(Translate(owner.status(), observer_));
-    return reactor;
-  }
-  absl::StatusOr<AttentionOverride> attention =
-      ParseAttentionConfig(request->attention(), "attention");
+absl::StatusOr<AttentionOverride> ParseCreateSessionRequest(
+    const v1::CreateSessionRequest& request) {
+  return ParseAttentionConfig(request.attention(), "attention");
+}
+
+absl::Status CheckSessionId(absl::string_view session_id) {
+  if (session_id.empty()) return absl::InvalidArgumentError("session_id: empty");
+  return absl::OkStatus();
+}
+
+void DecodeService::HandleCreateSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+                                        const v1::CreateSessionRequest& request,
+                                        v1::CreateSessionResponse* response) {
+  absl::StatusOr<AttentionOverride> attention = ParseCreateSessionRequest(request);
   if (!attention.ok()) {
     reactor->Finish(Translate(attention.status(), observer_));
-    return reactor;
+    return;
   }
   scheduler_->CreateSession(
-      *std::move(owner), *attention,
+      std::move(owner), *attention,
       [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
         if (info.ok()) {
           response->set_session_id(info->session_id);
@@ -507,28 +566,24 @@ grpc::ServerUnaryReactor* DecodeService::CreateSession(grpc::CallbackServerConte
         }
         reactor->Finish(Translate(info.status(), observer));
       });
-  return reactor;
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::HandleGenerate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer& request_bytes) {
+  auto refuse = [this](const absl::Status& status) {
+    return new RefusedStream(Translate(status, observer_, /*generate=*/true), &open_streams_);
+  };
   if (scheduler_->draining()) {
-    return new RefusedStream(
-        Translate(absl::UnavailableError("the server is shutting down: not accepting new requests"),
-                  observer_, /*generate=*/true),
-        &open_streams_);
+    return refuse(
+        absl::UnavailableError("the server is shutting down: not accepting new requests"));
   }
   absl::StatusOr<std::string> owner = Authenticate(*context);
-  if (!owner.ok()) {
-    return new RefusedStream(Translate(owner.status(), observer_, /*generate=*/true),
-                             &open_streams_);
-  }
+  if (!owner.ok()) return refuse(owner.status());
+  v1::GenerateRequest request;
+  if (absl::Status s = ParseRequest(request_bytes, &request); !s.ok()) return refuse(s);
   absl::StatusOr<GenerateParams> params =
-      ParseGenerateRequest(*request, scheduler_->engine(), limits_);
-  if (!params.ok()) {
-    return new RefusedStream(Translate(params.status(), observer_, /*generate=*/true),
-                             &open_streams_);
-  }
+      ParseGenerateRequest(request, scheduler_->engine(), limits_);
+  if (!params.ok()) return refuse(params.status());
   params->owner = *std::move(owner);
   auto stream =
       std::make_shared<GenerateStream>(observer_, [scheduler = scheduler_](std::string session_id) {
@@ -541,78 +596,52 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* DecodeService::CancelGeneration(
-    grpc::CallbackServerContext* context, const v1::CancelGenerationRequest* request,
-    v1::CancelGenerationResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> owner = Authenticate(*context);
-  if (!owner.ok()) {
-    reactor->Finish(Translate(owner.status(), observer_));
-    return reactor;
-  }
-  if (request->session_id().empty()) {
-    reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
-    return reactor;
+void DecodeService::HandleCancelGeneration(grpc::ServerUnaryReactor* reactor, std::string owner,
+                                           const v1::CancelGenerationRequest& request,
+                                           v1::CancelGenerationResponse* response) {
+  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) {
+    reactor->Finish(Translate(s, observer_));
+    return;
   }
   scheduler_->CancelGeneration(
-      *std::move(owner), request->session_id(),
+      std::move(owner), request.session_id(),
       [reactor, response, observer = observer_](absl::StatusOr<bool> cancelled) {
         if (cancelled.ok()) response->set_cancelled(*cancelled);
         reactor->Finish(Translate(cancelled.status(), observer));
       });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* DecodeService::CloseSession(grpc::CallbackServerContext* context,
-                                                      const v1::CloseSessionRequest* request,
-                                                      v1::CloseSessionResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> owner = Authenticate(*context);
-  if (!owner.ok()) {
-    reactor->Finish(Translate(owner.status(), observer_));
-    return reactor;
+void DecodeService::HandleCloseSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+                                       const v1::CloseSessionRequest& request,
+                                       v1::CloseSessionResponse* response) {
+  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) {
+    reactor->Finish(Translate(s, observer_));
+    return;
   }
-  if (request->session_id().empty()) {
-    reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
-    return reactor;
-  }
-  scheduler_->CloseSession(*std::move(owner), request->session_id(),
+  scheduler_->CloseSession(std::move(owner), request.session_id(),
                            [reactor, observer = observer_](absl::Status status) {
                              reactor->Finish(Translate(status, observer));
                            });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* DecodeService::GetSession(grpc::CallbackServerContext* context,
-                                                    const v1::GetSessionRequest* request,
-                                                    v1::GetSessionResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> owner = Authenticate(*context);
-  if (!owner.ok()) {
-    reactor->Finish(Translate(owner.status(), observer_));
-    return reactor;
-  }
-  if (request->session_id().empty()) {
-    reactor->Finish(Translate(absl::InvalidArgumentError("session_id: empty"), observer_));
-    return reactor;
+void DecodeService::HandleGetSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+                                     const v1::GetSessionRequest& request,
+                                     v1::GetSessionResponse* response) {
+  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) {
+    reactor->Finish(Translate(s, observer_));
+    return;
   }
   scheduler_->GetSession(
-      *std::move(owner), request->session_id(),
+      std::move(owner), request.session_id(),
       [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
         if (info.ok()) SessionInfoToProto(*info, response);
         reactor->Finish(Translate(info.status(), observer));
       });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                      const v1::GetModelInfoRequest* request,
-                                                      v1::GetModelInfoResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::StatusOr<std::string> owner = Authenticate(*context); !owner.ok()) {
-    reactor->Finish(Translate(owner.status(), observer_));
-    return reactor;
-  }
+void DecodeService::HandleGetModelInfo(grpc::ServerUnaryReactor* reactor, std::string owner,
+                                       const v1::GetModelInfoRequest& request,
+                                       v1::GetModelInfoResponse* response) {
   const EngineInfo& info = scheduler_->engine().info();
   response->set_model_name(info.model_name);
   response->set_architecture(info.architecture);
@@ -629,7 +658,6 @@ grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContex
   response->set_kv_free_tokens(scheduler_->snapshot().kv_free_tokens);
   AttentionToProto(scheduler_->options().default_attention, response->mutable_default_attention());
   reactor->Finish(grpc::Status::OK);
-  return reactor;
 }
 
 }  // namespace mpa::server

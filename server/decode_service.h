@@ -1,6 +1,6 @@
-// The gRPC edge: DecodeService on the callback API. Requests are validated and converted to
-// native structs here (the only code that sees both protobuf and the scheduler), results are
-// converted back, and every error passes through ToGrpcStatus.
+// The gRPC edge: DecodeService on the callback API. Requests are parsed (request_parser.h),
+// validated and converted to native structs here (the only code that sees both protobuf and the
+// scheduler), results are converted back, and every error passes through ToGrpcStatus.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -62,7 +62,19 @@ absl::StatusOr<AttentionOverride> ParseAttentionConfig(const multipole::v1::Atte
                                                        absl::string_view field);
 void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionConfig* out);
 
-class DecodeService final : public multipole::v1::DecodeService::CallbackService {
+// CreateSessionRequest's checks: its attention settings.
+absl::StatusOr<AttentionOverride> ParseCreateSessionRequest(
+    const multipole::v1::CreateSessionRequest& request);
+// The session id of CancelGeneration, CloseSession and GetSession: InvalidArgument when empty
+// (an unknown id is the scheduler's NOT_FOUND).
+absl::Status CheckSessionId(absl::string_view session_id);
+
+// The DecodeService on gRPC's callback API. Each method is registered with a handler that
+// receives the request's bytes (gRPC's own deserializer would turn a request that does not parse
+// into UNIMPLEMENTED with an empty message, see request_parser.h): the caller is authenticated
+// first, then the bytes are parsed, and only a parsed request reaches the method below; either
+// failure ends the call with its status, counted by the observer like every other error.
+class DecodeService final : public multipole::v1::DecodeService::Service {
  public:
   // observer (may be null; outlives the service) hears of every refused or failed RPC.
   // max_text_bytes: GenerateRequest.text's limit (0: DefaultMaxTextBytes). api_keys (may be
@@ -79,25 +91,34 @@ class DecodeService final : public multipole::v1::DecodeService::CallbackService
   // status, and the shutdown needs no grace period (see server_main.cc).
   OpenStreams& open_streams() { return open_streams_; }
 
-  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
-                                          const multipole::v1::CreateSessionRequest* request,
-                                          multipole::v1::CreateSessionResponse* response) override;
-  grpc::ServerWriteReactor<multipole::v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const multipole::v1::GenerateRequest* request) override;
-  grpc::ServerUnaryReactor* CancelGeneration(
-      grpc::CallbackServerContext* context, const multipole::v1::CancelGenerationRequest* request,
-      multipole::v1::CancelGenerationResponse* response) override;
-  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
-                                         const multipole::v1::CloseSessionRequest* request,
-                                         multipole::v1::CloseSessionResponse* response) override;
-  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
-                                       const multipole::v1::GetSessionRequest* request,
-                                       multipole::v1::GetSessionResponse* response) override;
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const multipole::v1::GetModelInfoRequest* request,
-                                         multipole::v1::GetModelInfoResponse* response) override;
-
  private:
+  // A unary method, called with its caller's owner string and parsed request; it finishes
+  // `reactor`. The request lives only for the call (what outlives it is copied).
+  template <typename Request, typename Response>
+  using UnaryMethod = void (DecodeService::*)(grpc::ServerUnaryReactor* reactor, std::string owner,
+                                              const Request& request, Response* response);
+  // Registers `method` as the DecodeService's method `name` behind the bytes handler.
+  template <typename Request, typename Response>
+  void RegisterUnary(absl::string_view name, UnaryMethod<Request, Response> method);
+
+  void HandleCreateSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+                           const multipole::v1::CreateSessionRequest& request,
+                           multipole::v1::CreateSessionResponse* response);
+  grpc::ServerWriteReactor<multipole::v1::GenerateResponse>* HandleGenerate(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer& request_bytes);
+  void HandleCancelGeneration(grpc::ServerUnaryReactor* reactor, std::string owner,
+                              const multipole::v1::CancelGenerationRequest& request,
+                              multipole::v1::CancelGenerationResponse* response);
+  void HandleCloseSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+                          const multipole::v1::CloseSessionRequest& request,
+                          multipole::v1::CloseSessionResponse* response);
+  void HandleGetSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+                        const multipole::v1::GetSessionRequest& request,
+                        multipole::v1::GetSessionResponse* response);
+  void HandleGetModelInfo(grpc::ServerUnaryReactor* reactor, std::string owner,
+                          const multipole::v1::GetModelInfoRequest& request,
+                          multipole::v1::GetModelInfoResponse* response);
+
   // The caller's owner string ("" without keys); Unauthenticated when keys are required and
   // the call carries none that matches.
   absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext& context) const;
