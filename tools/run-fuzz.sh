@@ -11,7 +11,7 @@ build=${MPA_FUZZ_BUILD_DIR:-build-fuzz}
 runs=${MPA_FUZZ_RUNS:-30000}
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMPA_FUZZ=ON -DMPA_WITH_CUDA=OFF -DMPA_BUILD_TESTS=OFF >/dev/null
-targets=(safetensors model_config tokenizer)
+targets=(safetensors model_config tokenizer request)
 cmake --build "$build" -j "${MPA_JOBS:-$(nproc)}" --target "${targets[@]/%/_fuzz}"
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 for t in "${targets[@]}"; do
