@@ -1,6 +1,7 @@
 #include "model/model_config.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -95,8 +96,34 @@ absl::Status ParseRopeParameters(const json& r, absl::string_view where, ModelCo
   MPA_RETURN_IF_ERROR(GetOptionalDouble(r, "mscale", &s.mscale));
   MPA_RETURN_IF_ERROR(GetOptionalDouble(r, "mscale_all_dim", &s.mscale_all_dim));
   MPA_RETURN_IF_ERROR(GetBool(r, "truncate", &s.truncate));
-  if (s.type != RopeScaling::Type::kDefault && !(s.factor > 0)) {
-    return FieldError(absl::StrCat(where, ".factor"), "must be > 0");
+  // Values the frequencies are computed from: out of range, they give NaN or meaningless
+  // frequencies (the model would load and generate noise), so they are refused here.
+  auto positive = [&](const char* key, double v) -> absl::Status {
+    if (v > 0 && std::isfinite(v)) return absl::OkStatus();
+    return FieldError(absl::StrCat(where, ".", key),
+                      absl::StrCat("must be finite and > 0 (got ", v, ")"));
+  };
+  if (s.type != RopeScaling::Type::kDefault) MPA_RETURN_IF_ERROR(positive("factor", s.factor));
+  if (auto it = r.find("original_max_position_embeddings");
+      it != r.end() && !it->is_null() && s.original_max_position_embeddings == 0) {
+    return FieldError(absl::StrCat(where, ".original_max_position_embeddings"), "must be > 0");
+  }
+  if (s.type == RopeScaling::Type::kLlama3) {
+    MPA_RETURN_IF_ERROR(positive("low_freq_factor", s.low_freq_factor));
+    MPA_RETURN_IF_ERROR(positive("high_freq_factor", s.high_freq_factor));
+    if (!(s.high_freq_factor > s.low_freq_factor)) {
+      // The band between the two wavelengths is blended by 1 / (high - low).
+      return FieldError(
+          absl::StrCat(where, ".high_freq_factor"),
+          absl::StrCat("(", s.high_freq_factor, ") must be greater than low_freq_factor (",
+                       s.low_freq_factor, ")"));
+    }
+  }
+  if (s.type == RopeScaling::Type::kYarn) {
+    // Both enter a logarithm.
+    MPA_RETURN_IF_ERROR(positive("beta_fast", s.beta_fast));
+    MPA_RETURN_IF_ERROR(positive("beta_slow", s.beta_slow));
+    if (s.attention_factor) MPA_RETURN_IF_ERROR(positive("attention_factor", *s.attention_factor));
   }
   return absl::OkStatus();
 }
@@ -146,7 +173,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   }
 
   // Some newer configs nest the text model's fields under text_config.
-  const json& t = j.contains("text_config") && j["text_config"].is_object() ? j["text_config"] : j;
+  auto text_config = j.find("text_config");
+  const bool nested = text_config != j.end() && !text_config->is_null();
+  if (nested && !text_config->is_object()) return FieldError("text_config", "must be an object");
+  const json& t = nested ? *text_config : j;
   MPA_RETURN_IF_ERROR(GetInt(t, "vocab_size", true, &c.vocab_size));
   MPA_RETURN_IF_ERROR(GetInt(t, "hidden_size", true, &c.hidden_size));
   MPA_RETURN_IF_ERROR(GetInt(t, "intermediate_size", true, &c.intermediate_size));
@@ -230,8 +260,17 @@ absl::Status ModelConfig::Validate() const {
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   const std::string path = dir + "/config.json";
+  std::error_code error;
+  const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (!std::filesystem::exists(status)) {
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": no such file"));
+  }
+  // A folder or a device opens as a stream and would read as invalid (or endless) JSON.
+  if (!std::filesystem::is_regular_file(status)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  }
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  if (!in) return absl::PermissionDeniedError(absl::StrCat("cannot open ", path));
   std::stringstream ss;
   ss << in.rdbuf();
   auto config = ParseModelConfig(ss.str());

@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/json_excerpt.h"
 #include "model/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -105,7 +106,7 @@ absl::Status ParseTensorEntry(const std::string& path, const std::string& name, 
     if (!GetNonNegative(dim, &d) ||
         d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
       return bad(
-          absl::StrCat("has shape entry ", dim.dump(), "; dimensions must be integers >= 0"));
+          absl::StrCat("has shape entry ", JsonExcerpt(dim), "; dimensions must be integers >= 0"));
     }
     info->shape.push_back(static_cast<int64_t>(d));
     if (__builtin_mul_overflow(num_elements, d, &num_elements)) elements_overflow = true;
@@ -115,7 +116,7 @@ absl::Status ParseTensorEntry(const std::string& path, const std::string& name, 
   if (offsets_it == entry.end()) return bad("has no \"data_offsets\"");
   if (!offsets_it->is_array() || offsets_it->size() != 2 ||
       !GetNonNegative((*offsets_it)[0], begin) || !GetNonNegative((*offsets_it)[1], end)) {
-    return bad(absl::StrCat("has \"data_offsets\" ", offsets_it->dump(),
+    return bad(absl::StrCat("has \"data_offsets\" ", JsonExcerpt(*offsets_it),
                             "; expected [begin, end] with integers >= 0"));
   }
   if (*end < *begin) {

@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "model/json_excerpt.h"
 #include "model/status_macros.h"
 #include "model/tokenizer_internal.h"
 #include "nlohmann/json.hpp"
@@ -521,7 +522,7 @@ absl::Status BpeTokenizer::ParseAddedTokens(const json& added) {
     if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_number_integer() ||
         entry["id"].get<int64_t>() < 0 || entry["id"].get<int64_t>() > (int64_t{1} << 30) ||
         !entry.contains("content") || !entry["content"].is_string()) {
-      return Invalid(kTokenizerFile, absl::StrCat("added_tokens entry ", entry.dump(),
+      return Invalid(kTokenizerFile, absl::StrCat("added_tokens entry ", JsonExcerpt(entry),
                                                   " needs an id in [0, 2^30] and a content"));
     }
     auto token = std::make_unique<AddedToken>();
@@ -748,8 +749,9 @@ absl::Status BpeTokenizer::ParsePostProcessor(const json& node) {
                                    : "";
       if (name.empty() || specials == node.end() || !specials->contains(name) ||
           !(*specials)[name].contains("ids") || !(*specials)[name]["ids"].is_array()) {
-        return Invalid(kTokenizerFile, absl::StrCat("post_processor template item ", item.dump(),
-                                                    " names no special token with ids"));
+        return Invalid(kTokenizerFile,
+                       absl::StrCat("post_processor template item ", JsonExcerpt(item),
+                                    " names no special token with ids"));
       }
       for (const json& id : (*specials)[name]["ids"]) {
         if (!id.is_number_integer()) {
@@ -1406,6 +1408,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromDir(const std::str
     // Messages begin with the file's name; give the full path.
     return absl::Status(tokenizer.status().code(),
                         absl::StrCat((root / "").string(), tokenizer.status().message()));
+  }
+  return tokenizer;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadForModel(const std::string& dir,
+                                                                   int model_vocab_size) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadFromDir(dir);
+  if (absl::IsNotFound(tokenizer.status())) return std::unique_ptr<Tokenizer>();
+  if (!tokenizer.ok()) return tokenizer.status();
+  if ((*tokenizer)->vocab_size() > model_vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        (std::filesystem::path(dir) / kTokenizerFile).string(), ": token id ",
+        (*tokenizer)->vocab_size() - 1, " is outside the model's vocabulary of ", model_vocab_size,
+        " ids (config.json vocab_size): the tokenizer does not belong to these weights"));
   }
   return tokenizer;
 }

@@ -21,6 +21,12 @@ class Tokenizer {
   // dir/generation_config.json (BOS/EOS handling). NotFound if there is no tokenizer.json;
   // InvalidArgument naming the file and the problem if it is malformed or of an unsupported type.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFromDir(const std::string& dir);
+  // The tokenizer of a model folder whose model has `model_vocab_size` token ids: null when
+  // the folder has no tokenizer.json (such a model is driven by token ids); LoadFromDir's errors
+  // otherwise, and InvalidArgument when the tokenizer has ids the model does not (tokenizer and
+  // weights that do not belong together, whose ids would fail the first request that used them).
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadForModel(const std::string& dir,
+                                                                 int model_vocab_size);
   // Same from the files' contents (tokenizer_config_json and generation_config_json may be "").
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(
       std::string_view tokenizer_json, std::string_view tokenizer_config_json,

@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "model/attention_backend.h"
 #include "model/config/multipole_flags.h"
+#include "model/error_line.h"
 #include "server/api_keys.h"
 #include "server/decode_scheduler.h"
 #include "server/decode_service.h"
@@ -237,8 +238,8 @@ int Serve() {
   }
   absl::StatusOr<std::unique_ptr<mpa::server::Engine>> engine = LoadEngine(model_dir, *gpu);
   if (!engine.ok()) {
-    std::fprintf(stderr, "mpa_server: loading %s: %s\n", model_dir.c_str(),
-                 engine.status().ToString().c_str());
+    std::fprintf(stderr, "mpa_server: loading %s: %s\n", mpa::ErrorLine(model_dir).c_str(),
+                 mpa::ErrorLine(engine.status().message()).c_str());
     return 1;
   }
   mpa::server::SchedulerOptions options;

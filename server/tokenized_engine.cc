@@ -22,12 +22,10 @@ class TokenizerTextStream : public TextStream {
 
 absl::StatusOr<EngineText> LoadEngineText(const std::string& dir, const ModelConfig& config) {
   EngineText text;
-  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::LoadFromDir(dir);
-  if (loaded.ok()) {
-    text.tokenizer = std::move(loaded).value();
-  } else if (!absl::IsNotFound(loaded.status())) {
-    return loaded.status();
-  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
+      Tokenizer::LoadForModel(dir, config.vocab_size);
+  if (!loaded.ok()) return loaded.status();
+  text.tokenizer = std::move(loaded).value();
   EngineInfo& info = text.info;
   info.model_name = std::filesystem::path(dir).lexically_normal().filename().string();
   if (info.model_name.empty()) {

@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "model/config/multipole_flags.h"
+#include "model/error_line.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/status_macros.h"
@@ -87,13 +88,8 @@ absl::Status Run() {
   model_options.use_blas = !absl::GetFlag(FLAGS_reference);
   MPA_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(dir, model_options));
 
-  std::unique_ptr<Tokenizer> tokenizer;
-  auto loaded = Tokenizer::LoadFromDir(dir);
-  if (loaded.ok()) {
-    tokenizer = std::move(loaded).value();
-  } else if (!absl::IsNotFound(loaded.status())) {
-    return loaded.status();
-  }
+  MPA_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                       Tokenizer::LoadForModel(dir, model->config().vocab_size));
 
   std::vector<int32_t> prompt;
   const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
@@ -183,7 +179,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = mpa::Run();
   if (!status.ok()) {
-    std::cerr << "mpa_generate: " << status.message() << std::endl;
+    std::cerr << "mpa_generate: " << mpa::ErrorLine(status.message()) << std::endl;
     return 1;
   }
   return 0;

@@ -136,7 +136,29 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"unknown_rope", Replace(kClassicLlama3, "\"llama3\"", "\"longrope\""),
                   absl::StatusCode::kUnimplemented, "longrope"},
         BadConfig{"zero_vocab", Replace(kClassicLlama3, "\"vocab_size\": 128", "\"vocab_size\": 0"),
-                  absl::StatusCode::kInvalidArgument, "vocab_size"}),
+                  absl::StatusCode::kInvalidArgument, "vocab_size"},
+        // RoPE parameters that would give NaN or meaningless frequencies.
+        BadConfig{"llama3_high_not_above_low",
+                  Replace(kClassicLlama3, "\"high_freq_factor\": 4.0", "\"high_freq_factor\": 1.0"),
+                  absl::StatusCode::kInvalidArgument, "rope_scaling.high_freq_factor"},
+        BadConfig{"llama3_low_zero",
+                  Replace(kClassicLlama3, "\"low_freq_factor\": 1.0", "\"low_freq_factor\": 0"),
+                  absl::StatusCode::kInvalidArgument, "rope_scaling.low_freq_factor"},
+        BadConfig{"llama3_original_context_zero",
+                  Replace(kClassicLlama3, "\"original_max_position_embeddings\": 64",
+                          "\"original_max_position_embeddings\": 0"),
+                  absl::StatusCode::kInvalidArgument,
+                  "rope_scaling.original_max_position_embeddings"},
+        BadConfig{"yarn_beta_fast_negative",
+                  Replace(kNewFormQwen3, "\"factor\": 4.0", "\"factor\": 4.0, \"beta_fast\": -1"),
+                  absl::StatusCode::kInvalidArgument, "rope_parameters.beta_fast"},
+        BadConfig{
+            "yarn_attention_factor_zero",
+            Replace(kNewFormQwen3, "\"factor\": 4.0", "\"factor\": 4.0, \"attention_factor\": 0"),
+            absl::StatusCode::kInvalidArgument, "rope_parameters.attention_factor"},
+        BadConfig{"text_config_not_object",
+                  Replace(kClassicLlama3, "\"vocab_size\": 128", "\"text_config\": [1]"),
+                  absl::StatusCode::kInvalidArgument, "text_config"}),
     [](const auto& info) { return info.param.name; });
 
 // Values far outside any real model are refused by name before anything is sized by them.

@@ -574,5 +574,25 @@ TEST(TokenizerErrorTest, LoadFromDirNamesFiles) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(TokenizerErrorTest, LoadForModelRefusesIdsTheModelLacks) {
+  std::string pattern = ::testing::TempDir() + "tokenizer_test_XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+  const std::string dir = pattern;
+  auto none = Tokenizer::LoadForModel(dir, 512);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, nullptr);  // no tokenizer.json: a model driven by ids
+  std::ofstream(dir + "/tokenizer.json") << ByteLevelTokenizerJson().dump();
+  auto fits = Tokenizer::LoadForModel(dir, 302);  // largest id 301
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_NE(*fits, nullptr);
+  auto beyond = Tokenizer::LoadForModel(dir, 301);
+  EXPECT_EQ(beyond.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(beyond.status().message()), HasSubstr("token id 301"));
+  EXPECT_THAT(std::string(beyond.status().message()), HasSubstr(dir + "/tokenizer.json"));
+  std::ofstream(dir + "/tokenizer.json") << "{";
+  EXPECT_EQ(Tokenizer::LoadForModel(dir, 512).status().code(), absl::StatusCode::kInvalidArgument);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace mpa

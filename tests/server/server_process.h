@@ -1,16 +1,19 @@
 // Test helpers for end-to-end tests of the real binaries: a child process whose output is
-// collected (and searched for the addresses it prints), a shell command's output, and a plain
-// HTTP/1.0 GET over a loopback socket.
+// collected (and searched for the addresses it prints), a program run to its end with stdout and
+// stderr apart, a shell command's output, and a plain HTTP/1.0 GET over a loopback socket.
 #pragma once
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <mutex>
 #include <optional>
@@ -124,6 +127,94 @@ class ChildProcess {
   std::mutex mu_;
   std::string output_;
 };
+
+// How a program run to its end (RunProcess) ended.
+struct ProcessResult {
+  int exit_code = -1;  // when it exited
+  int signal = 0;      // when a signal killed it
+  bool timed_out = false;
+  bool stopped_early = false;  // stop_at appeared on stdout and the process was killed
+  std::string out;             // stdout
+  std::string err;             // stderr
+};
+
+// Runs argv (argv[0] is the binary's path) with stdout and stderr collected apart, until it
+// exits or `timeout` passes (then it is killed). A non-empty stop_at kills it as soon as its
+// stdout holds that text (for a server: it came up instead of refusing to start).
+inline ProcessResult RunProcess(std::vector<std::string> argv, absl::Duration timeout,
+                                const std::string& stop_at = "") {
+  ProcessResult r;
+  int out[2], err[2];
+  if (pipe(out) != 0) return r;
+  if (pipe(err) != 0) {
+    close(out[0]);
+    close(out[1]);
+    return r;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err[1], 2);
+  posix_spawn_file_actions_addclose(&actions, out[0]);
+  posix_spawn_file_actions_addclose(&actions, err[0]);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  close(out[1]);
+  close(err[1]);
+  const absl::Time deadline = absl::Now() + timeout;
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  std::string* sinks[2] = {&r.out, &r.err};
+  int open_fds = 2;
+  while (pid > 0 && open_fds > 0) {
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left <= 0) {
+      r.timed_out = true;
+      break;
+    }
+    if (poll(fds, 2, static_cast<int>(std::min<int64_t>(left, 100))) < 0 && errno != EINTR) break;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+      char buf[4096];
+      const ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n > 0) {
+        sinks[i]->append(buf, n);
+      } else {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+    if (!stop_at.empty() && r.out.find(stop_at) != std::string::npos) {
+      r.stopped_early = true;
+      break;
+    }
+  }
+  for (pollfd& f : fds) {
+    if (f.fd >= 0) close(f.fd);
+  }
+  if (pid <= 0) return r;
+  bool killed = r.timed_out || r.stopped_early;
+  if (killed) kill(pid, SIGKILL);
+  int status = 0;
+  for (;;) {  // the output may end before the process does
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) break;
+    if (done < 0 && errno != EINTR) return r;
+    if (!killed && absl::Now() > deadline) {
+      r.timed_out = killed = true;
+      kill(pid, SIGKILL);
+    }
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  if (killed) return r;
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
+  return r;
+}
 
 // Runs a shell command; returns (exit code, stdout).
 inline std::pair<int, std::string> Shell(const std::string& command) {
