@@ -1389,8 +1389,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromDir(const std::str
   const std::filesystem::path root(dir);
   const std::filesystem::path tokenizer_path = root / kTokenizerFile;
   std::error_code error;
-  if (!std::filesystem::is_regular_file(tokenizer_path, error)) {
+  const std::filesystem::file_status status = std::filesystem::status(tokenizer_path, error);
+  if (!std::filesystem::exists(status)) {
     return absl::NotFoundError(absl::StrCat(tokenizer_path.string(), " does not exist"));
+  }
+  // A folder or a pipe in its place is a broken model folder, not one without a tokenizer (and
+  // reading a pipe would wait for a writer).
+  if (!std::filesystem::is_regular_file(status)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tokenizer_path.string(), " is not a regular file"));
   }
   auto tokenizer_json = ReadFile(tokenizer_path);
   if (!tokenizer_json.ok()) return tokenizer_json.status();

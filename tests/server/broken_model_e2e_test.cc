@@ -4,6 +4,7 @@
 // files, bad shard indexes): for each, both programs that load a model, mpa_generate and
 // mpa_server, run as child processes must refuse it the same way: exit status 1, nothing on
 // stdout, exactly one line on stderr that names the problem, no crash and no hang.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -200,6 +201,13 @@ std::vector<BrokenCase> Cases() {
   auto tokenizer = [](std::function<void(json&)> edit) {
     return [edit](const Folder& f) { f.EditTokenizer(edit); };
   };
+  // File `name` replaced by a named pipe no one writes to.
+  auto fifo = [](const std::string& name) {
+    return [name](const Folder& f) {
+      f.Remove(name);
+      ASSERT_EQ(::mkfifo((f / name).c_str(), 0600), 0);
+    };
+  };
   // A value nested 100000 arrays deep in a JSON file's field.
   auto deep = [](const std::string& file, const std::string& key) {
     return [file, key](const Folder& f) { f.AddRaw(file, key, Nested(100000)); };
@@ -233,6 +241,13 @@ std::vector<BrokenCase> Cases() {
       {"ConfigRopeScalingNestedTooDeep", s, deep("config.json", "rope_scaling"), {"rope_scaling"}},
       {"ConfigTextConfigNestedTooDeep", s, deep("config.json", "text_config"), {"config.json"}},
       {"ConfigEosNestedTooDeep", s, deep("config.json", "eos_token_id"), {"eos_token_id"}},
+      {"ConfigIsAPipe", s, fifo("config.json"), {"config.json", "not a regular file"}},
+      {"FolderEmpty",
+       s,
+       [](const Folder& f) {
+         for (const fs::directory_entry& e : fs::directory_iterator(f.dir())) fs::remove(e.path());
+       },
+       {"config.json", "no such file"}},
       {"ConfigNoArchitectures",
        s,
        config([](json& c) { c.erase("architectures"); }),
@@ -405,6 +420,7 @@ std::vector<BrokenCase> Cases() {
        },
        {"model.safetensors", "not a regular file"}},
       // Tensors: dtypes, shapes, missing ones, values.
+      {"WeightsIsAPipe", s, fifo("model.safetensors"), {"model.safetensors", "not a regular file"}},
       {"WeightsDtypeI64",
        s,
        tensors([](auto& t) {
@@ -501,6 +517,13 @@ std::vector<BrokenCase> Cases() {
        s,
        index(absl::StrCat("{\"weight_map\": {\"", kEmbed, "\": ", Nested(100000), "}}")),
        {"weight_map", kEmbed}},
+      {"IndexIsAPipe",
+       s,
+       [](const Folder& f) {
+         f.Remove("model.safetensors");
+         ASSERT_EQ(::mkfifo((f / "model.safetensors.index.json").c_str(), 0600), 0);
+       },
+       {"model.safetensors.index.json", "not a regular file"}},
       {"IndexShardMissing",
        s,
        index(absl::StrCat("{\"weight_map\": {\"", kEmbed, "\": \"model-00001.safetensors\"}}")),
@@ -558,6 +581,14 @@ std::vector<BrokenCase> Cases() {
        deep("tokenizer.json", "post_processor"),
        {"tokenizer.json"}},
       {"TokenizerDecoderNestedTooDeep", s, deep("tokenizer.json", "decoder"), {"tokenizer.json"}},
+      {"TokenizerIsADirectory",
+       s,
+       [](const Folder& f) {
+         f.Remove("tokenizer.json");
+         fs::create_directory(f / "tokenizer.json");
+       },
+       {"tokenizer.json", "not a regular file"}},
+      {"TokenizerIsAPipe", s, fifo("tokenizer.json"), {"tokenizer.json", "not a regular file"}},
       {"TokenizerUnknownModelType",
        s,
        tokenizer([](json& t) { t["model"]["type"] = "WordPiece"; }),
