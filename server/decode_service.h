@@ -72,8 +72,10 @@ absl::Status CheckSessionId(absl::string_view session_id);
 // The DecodeService on gRPC's callback API. Each method is registered with a handler that
 // receives the request's bytes (gRPC's own deserializer would turn a request that does not parse
 // into UNIMPLEMENTED with an empty message, see request_parser.h): the caller is authenticated
-// first, then the bytes are parsed, and only a parsed request reaches the method below; either
+// first, then the bytes are parsed, and only a parsed request reaches the Handle* method; either
 // failure ends the call with its status, counted by the observer like every other error.
+// (HandleGenerate, the one streaming method, takes the bytes and does the same itself, after its
+// drain check.)
 class DecodeService final : public multipole::v1::DecodeService::Service {
  public:
   // observer (may be null; outlives the service) hears of every refused or failed RPC.

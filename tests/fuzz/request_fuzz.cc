@@ -53,10 +53,10 @@ bool Parse(absl::string_view bytes, google::protobuf::Message* out) {
     Check(status.code() == absl::StatusCode::kInvalidArgument, "refusal is INVALID_ARGUMENT");
     const std::string not_valid =
         absl::StrCat("request body is not a valid ", out->GetDescriptor()->name());
-    Check(status.message() == not_valid ||
-              (absl::StartsWith(status.message(), "request field '") &&
-               absl::EndsWith(status.message(), "' is not valid UTF-8")),
-          "refusal names the problem");
+    Check(
+        status.message() == not_valid || (absl::StartsWith(status.message(), "request field '") &&
+                                          absl::EndsWith(status.message(), "' is not valid UTF-8")),
+        "refusal names the problem");
     return false;
   }
   Check(out->SerializeAsString() == reference->SerializeAsString(), "same message as protobuf");
@@ -108,7 +108,8 @@ void Generate(absl::string_view bytes) {
 void CreateSession(absl::string_view bytes) {
   v1::CreateSessionRequest request;
   if (!Parse(bytes, &request)) return;
-  absl::StatusOr<mpa::server::AttentionOverride> o = mpa::server::ParseCreateSessionRequest(request);
+  absl::StatusOr<mpa::server::AttentionOverride> o =
+      mpa::server::ParseCreateSessionRequest(request);
   if (!o.ok()) return;
   if (o->token_budget.has_value()) Check(*o->token_budget >= 1, "budget >= 1");
   if (o->token_budget_fraction.has_value()) {
