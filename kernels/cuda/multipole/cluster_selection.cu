@@ -28,7 +28,8 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBins = 256;  // radix digit of 8 bits
+constexpr int kBins = 256;       // radix digit of 8 bits
+constexpr int kHistBins = 2048;  // bins of the first pass over the score range
 
 // Exclusive prefix sum over the block (every thread passes one value); returns this thread's
 // offset and sets *total. scratch: kWarps ints. Starts and ends with a barrier.
@@ -111,10 +112,11 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   __shared__ unsigned long long bin_tokens[kBins];
   __shared__ int bin_keys[kBins];
   __shared__ long long shared_above;
-  __shared__ int shared_digit, shared_unique;
+  __shared__ int shared_digit, shared_unique, shared_bin;
   __shared__ uint64_t shared_key;
-  __shared__ float corr_o[8 * 256];  // selected clusters' value terms [G][head_dim]
-  __shared__ float corr_l[8];        // and their weights [G]
+  // The selected clusters' value terms [G][head_dim] in step 6; the score histogram in step 4.
+  __shared__ float corr_o[8 * 256 > kHistBins ? 8 * 256 : kHistBins];
+  __shared__ float corr_l[8];  // and their weights [G]
 
   const int kvh = blockIdx.x, b = blockIdx.y;
   const int hb = b * a.num_kv_heads + kvh;
@@ -200,10 +202,60 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     if (total_tokens <= budget) {
       for (int c = tid; c < num_clusters; c += kThreads) flags[c] = keys[c] != 0;
     } else {
-      // Radix select of the first miss: the largest key K with tokens(keys > K) + count(K) >
-      // budget. prefix/prefix_mask: the digits decided so far; above: tokens of larger keys.
+      // 4a. Tokens per bin of the keys' score bits, spread linearly over the range the live
+      // clusters use (float bits of positive scores are close to a log scale, and the map is
+      // monotone in the key): the first miss lies in the bin where the running total from the
+      // top first passes the budget. Bins spread the keys, so the shared atomics rarely collide.
+      unsigned lo_local = 0xffffffffu, hi_local = 0;
+      for (int c = tid; c < num_clusters; c += kThreads) {
+        const uint64_t key = keys[c];
+        if (key == 0) continue;
+        const unsigned u = static_cast<unsigned>(key >> 32);
+        lo_local = min(lo_local, u);
+        hi_local = max(hi_local, u);
+      }
+      const unsigned lo = ~static_cast<unsigned>(BlockMaxKey(~lo_local, max_scratch));
+      const unsigned hi = static_cast<unsigned>(BlockMaxKey(hi_local, max_scratch));
+      const uint64_t span = static_cast<uint64_t>(hi - lo) + 1;
+      auto bin_of = [&](uint64_t key) {
+        return static_cast<int>(
+            (static_cast<uint64_t>(static_cast<unsigned>(key >> 32) - lo) * kHistBins) / span);
+      };
+      int* hist = reinterpret_cast<int*>(corr_o);  // step 6 reuses it
+      for (int i = tid; i < kHistBins; i += kThreads) hist[i] = 0;
+      __syncthreads();
+      for (int c = tid; c < num_clusters; c += kThreads) {
+        const uint64_t key = keys[c];
+        if (key != 0) atomicAdd(&hist[bin_of(key)], begin[c + 1] - begin[c]);
+      }
+      __syncthreads();
+      // Thread t owns bins kHistBins - 1 - t * per down; a scan from the top.
+      constexpr int kPer = kHistBins / kThreads;
+      int local = 0;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) local += hist[kHistBins - 1 - tid * kPer - i];
+      int all;
+      int run = BlockExclusiveScan(local, scan_scratch, &all);
+      if (run <= budget && run + local > budget) {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+          const int bin = kHistBins - 1 - tid * kPer - i;
+          if (run + hist[bin] > budget) {
+            shared_bin = bin;
+            shared_above = run;
+            break;
+          }
+          run += hist[bin];
+        }
+      }
+      __syncthreads();
+      const int miss_bin = shared_bin;
+
+      // 4b. Radix select of the first miss among the keys of that bin: the largest key K with
+      // tokens(keys > K) + count(K) > budget. prefix/prefix_mask: the digits decided so far;
+      // above: tokens of larger keys.
       uint64_t prefix = 0, prefix_mask = 0;
-      long long above = 0;
+      long long above = shared_above;
       for (int shift = 56; shift >= 0; shift -= 8) {
         for (int i = tid; i < kBins; i += kThreads) {
           bin_tokens[i] = 0;
@@ -212,7 +264,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         __syncthreads();
         for (int c = tid; c < num_clusters; c += kThreads) {
           const uint64_t key = keys[c];
-          if (key == 0 || (key & prefix_mask) != prefix) continue;
+          if (key == 0 || (key & prefix_mask) != prefix || bin_of(key) != miss_bin) continue;
           const int digit = static_cast<int>((key >> shift) & 0xff);
           atomicAdd(&bin_tokens[digit], static_cast<unsigned long long>(begin[c + 1] - begin[c]));
           atomicAdd(&bin_keys[digit], 1);
@@ -258,9 +310,10 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         prefix_mask |= uint64_t{0xff} << shift;
         if (shared_unique) break;
       }
-      // The first miss is the one key under the prefix.
+      // The first miss is the one key of the bin under the prefix.
       for (int c = tid; c < num_clusters; c += kThreads) {
-        if (keys[c] != 0 && (keys[c] & prefix_mask) == prefix) shared_key = keys[c];
+        const uint64_t key = keys[c];
+        if (key != 0 && (key & prefix_mask) == prefix && bin_of(key) == miss_bin) shared_key = key;
       }
       __syncthreads();
       const uint64_t miss = shared_key;
@@ -269,8 +322,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         if (tid == 0) flags[ClusterOf(miss)] = 1;
       } else {
         long long left = budget - above;
-        // Prefix; and the tail's candidates (smaller keys that fit in what is left) compacted
-        // into the start of `keys` after every thread has read its own.
+        // 4c. The prefix; and the tail's candidates (smaller keys that fit in what is left)
+        // compacted into the start of `keys` after every thread has read its own.
         uint64_t mine[kMaxClustersPerHead / kThreads];
         int held = 0;
         for (int c = tid; c < num_clusters; c += kThreads) {
@@ -285,12 +338,15 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         const int offset = BlockExclusiveScan(held, scan_scratch, &num_candidates);
         for (int i = 0; i < held; ++i) keys[offset + i] = mine[i];
         __syncthreads();
-        // Take the largest candidate that fits, until nothing fits.
+        // The walk in rank order takes every candidate that fits in what is left: the next one
+        // taken is the largest key below the last taken that fits (one ranked between them did
+        // not fit in more than is left now).
+        uint64_t bound = miss;
         while (left > 0 && num_candidates > 0) {
           uint64_t best = 0;
           for (int i = tid; i < num_candidates; i += kThreads) {
             const uint64_t key = keys[i];
-            if (key != 0 && key > best &&
+            if (key < bound && key > best &&
                 begin[ClusterOf(key) + 1] - begin[ClusterOf(key)] <= left) {
               best = key;
             }
@@ -299,12 +355,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
           if (best == 0) break;
           const int c = ClusterOf(best);
           left -= begin[c + 1] - begin[c];
-          __syncthreads();  // every thread has read the candidates before one is struck out
           if (tid == 0) flags[c] = 1;
-          for (int i = tid; i < num_candidates; i += kThreads) {
-            if (keys[i] == best) keys[i] = 0;
-          }
-          __syncthreads();
+          bound = best;
         }
       }
     }
@@ -338,6 +390,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   for (int c = tid; c < a.max_clusters; c += kThreads) selected[c] = flags[c];
   __syncthreads();
   const int32_t* ctable = a.clustered_pages + static_cast<int64_t>(b) * a.max_clustered_pages;
+  const int slot_base = a.slots_after_sink ? a.sink_end[b] : 0;  // in place: rows of the region
   for (int t = tid; t < selected_total; t += kThreads) {
     int lo = 0, hi = num_selected - 1;  // the last selected cluster starting at or before t
     while (lo < hi) {
@@ -348,7 +401,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         hi = mid - 1;
       }
     }
-    const int s = begin[sel_cluster[lo]] + (t - sel_first[lo]);
+    const int s = begin[sel_cluster[lo]] + (t - sel_first[lo]) + slot_base;
     rows[exact_positions + t] =
         (ctable[s >> a.page_shift] * a.num_kv_heads + kvh) * a.page_size + (s & mask);
   }

@@ -138,6 +138,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.max_pages = p.block_table.max_pages_per_seq;
   a.clustered_pages = c.pages.pages;
   a.max_clustered_pages = c.pages.max_pages_per_seq;
+  a.slots_after_sink = c.slots_after_sink ? 1 : 0;
   a.seq_lens = p.seq_lens;
   a.sink_end = p.sink_end;
   a.clustered_end = p.clustered_end;

@@ -6,11 +6,11 @@
 // captured in a CUDA graph.
 //
 // Cache layout. Positions live in the paged pool (kernels/cuda/common.h). The clustered region of
-// a sequence is stored a second way, cluster-major: its slots (a permutation of the region's
-// positions, cluster by cluster) fill pool pages of their own, slot s of KV head h at page
-// clustered_pages[s / page_size], row s % page_size. A selected cluster is then one contiguous run
-// of rows, read at the copy rate. Its centroids (means of its post-RoPE keys and of its values)
-// are bf16 rows like the keys.
+// a sequence is stored cluster-major: its slots (a permutation of the region's positions,
+// cluster by cluster) are rows of pool pages, slot s of KV head h at row s (or sink_end + s when
+// the slots are the region's own rows, reordered in place: slots_after_sink) of the slot pages
+// table. A selected cluster is then one contiguous run of rows, read at the copy rate. Its
+// centroids (means of its post-RoPE keys and of its values) are bf16 rows like the keys.
 //
 // The launches, each with a plain CPU twin in kernels/cpu/multipole/:
 //   1. CentroidLookup   base-2 logits of the group's query heads against every key centroid, and
@@ -37,6 +37,9 @@ namespace mpa::cuda {
 // cluster state wherever it lives between steps.
 struct ClusteredRegion {
   BlockTable pages;  // [batch, max_pages] pool pages of the cluster-major slots
+  // The slots are the region's own rows, reordered in place: slot s is row sink_end + s of
+  // `pages` (the sequence's position pages); false: row s.
+  bool slots_after_sink = false;
   const bf16* const* key_centroids = nullptr;    // -> [num_clusters, head_dim]
   const bf16* const* value_centroids = nullptr;  // -> [num_clusters, head_dim]
   // -> [num_clusters + 1]: cluster c holds slots [cluster_begin[c], cluster_begin[c + 1]);

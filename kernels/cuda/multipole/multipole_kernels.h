@@ -19,6 +19,7 @@ struct StepArgs {
   int max_pages;
   const int32_t* clustered_pages;  // [batch, max_clustered_pages] slots -> pages
   int max_clustered_pages;
+  int slots_after_sink;          // 1: slot s is row sink_end + s of clustered_pages (in place)
   const int32_t* seq_lens;       // [batch]
   const int32_t* sink_end;       // [batch]
   const int32_t* clustered_end;  // [batch]
