@@ -3,8 +3,11 @@
 // goes NOT_SERVING, new work is refused with UNAVAILABLE, running generations finish (cancelled
 // at --drain_timeout), then exit 0.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -157,6 +160,16 @@ std::string BoundAddress(const std::string& address, int port) {
   const std::string host = colon == std::string::npos ? address : address.substr(0, colon);
   return absl::StrCat(host, ":", port);
 }
+
+// Drops every ServerBuilder plugin. The reflection library registers its plugin for every
+// server of the process; the plaintext health listener must serve health alone.
+class WithoutPlugins : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
 
 mpa::server::TlsOptions TlsOptionsFromFlags() {
   mpa::server::TlsOptions tls;
@@ -354,9 +367,12 @@ int Serve() {
     std::fprintf(stderr, "mpa_server: cannot listen on %s\n", address.c_str());
     return 1;
   }
-  // The plaintext health listener: a server of its own, so that nothing but health (and the
-  // reflection every server of this binary gets) is reachable without TLS. It mirrors the main
-  // server's serving status.
+  // The plaintext health listener: a server of its own, so that nothing but health is reachable
+  // without TLS. It mirrors the main server's serving status.
+  // Answers every other method UNIMPLEMENTED; also what gives the listener a completion queue
+  // that is polled (gRPC refuses to build a server without one, and the default health service
+  // brings its own, unpolled one).
+  grpc::CallbackGenericService health_unimplemented;
   std::unique_ptr<grpc::Server> health_server;
   int health_port = 0;
   const std::string health_address = absl::GetFlag(FLAGS_health_address);
@@ -365,6 +381,8 @@ int Serve() {
     health_builder.AddListeningPort(health_address, grpc::InsecureServerCredentials(),
                                     &health_port);
     health_builder.SetMaxReceiveMessageSize(4096);  // a health check is a few bytes
+    health_builder.SetOption(std::make_unique<WithoutPlugins>());
+    health_builder.RegisterCallbackGenericService(&health_unimplemented);
     health_server = health_builder.BuildAndStart();
     if (health_server == nullptr || health_port == 0) {
       std::fprintf(stderr, "mpa_server: --health_address: cannot listen on %s\n",

@@ -4,6 +4,7 @@
 // clients without a certificate of the right CA, mpa_client's TLS flags, certificate reload,
 // and the plaintext health-only listener (--health_address) beside a mutual-TLS port. API keys
 // over mutual TLS are tested by server_auth_e2e_test (its tests run over both transports).
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -81,6 +82,31 @@ class ServerTlsE2eTest : public ::testing::Test {
   std::unique_ptr<ChildProcess> server_;
   std::string address_;
 };
+
+// grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo with one list_services request
+// (field 7, empty), through the generic stub: a bidirectional stream used as one request and one
+// response, which is all a unary call is on the wire.
+grpc::Status ListServices(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue cq;
+  grpc::Slice slice(std::string("\x3a\x00", 2));
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  auto call = generic.PrepareUnaryCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", request, &cq);
+  call->StartCall();
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
 
 // The status of a call that must fail at the connection: UNAVAILABLE, the code a client retries
 // or reports as "cannot reach the server".
@@ -243,6 +269,10 @@ TEST_F(ServerTlsE2eTest, PlaintextHealthListenerServesOnlyHealth) {
               grpc::StatusCode::UNIMPLEMENTED);
   }
   EXPECT_EQ(GenerateOver(health).status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  // Nor is reflection (it is on the TLS port).
+  EXPECT_EQ(ListServices(health).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  const grpc::Status listed = ListServices(Trusting(files_.ca().cert_pem(), &files_.client()));
+  EXPECT_TRUE(listed.ok()) << listed.error_message();
 
   // A running stream over mutual TLS; SIGTERM turns the plaintext health NOT_SERVING.
   auto tls = Trusting(files_.ca().cert_pem(), &files_.client());
