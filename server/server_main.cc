@@ -266,7 +266,7 @@ int Serve() {
   // The TLS files are checked now too: a bad one is refused before the model loads, not found
   // by every client's failing handshake later.
   const mpa::server::TlsOptions tls = TlsOptionsFromFlags();
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  std::shared_ptr<grpc::ServerCredentials> credentials;  // null: plaintext
   std::string tls_summary = "no --tls_cert: gRPC is plaintext";
   if (tls.enabled()) {
     absl::StatusOr<mpa::server::TlsMaterial> material = mpa::server::LoadTlsMaterial(tls);
@@ -356,7 +356,8 @@ int Serve() {
   grpc::ServerBuilder builder;
   const std::string address = absl::GetFlag(FLAGS_address);
   int port = 0;
-  builder.AddListeningPort(address, credentials, &port);
+  builder.AddListeningPort(
+      address, credentials != nullptr ? credentials : grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   // Deliberately from the request limits (not gRPC's 4 MiB default): a message that no valid
   // request can need is refused by gRPC before it is parsed, let alone tokenized.
