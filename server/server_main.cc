@@ -369,10 +369,9 @@ int Serve() {
     return 1;
   }
   // The plaintext health listener: a server of its own, so that nothing but health is reachable
-  // without TLS. It mirrors the main server's serving status.
-  // Answers every other method UNIMPLEMENTED; also what gives the listener a completion queue
-  // that is polled (gRPC refuses to build a server without one, and the default health service
-  // brings its own, unpolled one).
+  // without TLS. It mirrors the main server's serving status. Its generic service answers every
+  // other method UNIMPLEMENTED, and gives it a completion queue that is polled (gRPC refuses to
+  // build a server without one; the default health service brings its own, unpolled one).
   grpc::CallbackGenericService health_unimplemented;
   std::unique_ptr<grpc::Server> health_server;
   int health_port = 0;

@@ -39,10 +39,10 @@ struct TlsMaterial {
   std::string cert_pem;
   std::string key_pem;
   std::string client_ca_pem;
-  std::string subject;     // the server certificate's subject (RFC 2253)
-  std::string not_after;   // its expiry, as libcrypto prints it
-  int chain_certificates;  // certificates in cert_file
-  int client_cas = 0;      // certificates in client_ca_file
+  std::string subject;         // the server certificate's subject (RFC 2253)
+  std::string not_after;       // its expiry, as libcrypto prints it
+  int chain_certificates = 0;  // certificates in cert_file
+  int client_cas = 0;          // certificates in client_ca_file
 };
 
 // Reads and checks the files of enabled options: each is readable and parses (cert_file and
