@@ -5,14 +5,17 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +23,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -54,6 +58,16 @@ ABSL_FLAG(double, timeout, 600, "Per-call deadline in seconds");
 ABSL_FLAG(std::string, api_key, "",
           "API key sent as \"authorization: Bearer <key>\" (default: the MPA_API_KEY "
           "environment variable; none: send no key)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM file of the CAs to trust for the server's certificate; set, the connection uses "
+          "TLS (default: plaintext)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM client certificate chain, for servers that require one (mutual TLS); needs "
+          "--tls_key and --tls_ca");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name to expect in the server's certificate instead of --server's host (e.g. when "
+          "connecting by IP address or through a tunnel); needs --tls_ca");
 // bench
 ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams");
 ABSL_FLAG(int, prompt_tokens, 64, "bench: prompt length in tokens (random ids)");
@@ -66,10 +80,57 @@ namespace v1 = ::multipole::v1;
 
 namespace {
 
-std::unique_ptr<v1::DecodeService::Stub> Connect() {
-  auto channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
-  return v1::DecodeService::NewStub(channel);
+// The whole of a PEM file named by --flag; an error line names the flag and the file. Only a
+// first sanity check (gRPC reads the PEM itself and would otherwise just fail to connect).
+absl::StatusOr<std::string> ReadPem(const char* flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", path, ": cannot read: ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", path, ": not a PEM file (no \"-----BEGIN\" line)"));
+  }
+  return text.str();
+}
+
+// The channel to --server: plaintext, or TLS with --tls_ca (and a client certificate with
+// --tls_cert/--tls_key). InvalidArgument naming the flag for a bad combination or file.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  const std::string server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError(cert.empty() ? "--tls_key: needs --tls_cert"
+                                                   : "--tls_cert: needs --tls_key");
+  }
+  if (ca.empty()) {
+    if (!cert.empty()) return absl::InvalidArgumentError("--tls_cert: needs --tls_ca (TLS)");
+    if (!server_name.empty()) {
+      return absl::InvalidArgumentError("--tls_server_name: needs --tls_ca (TLS)");
+    }
+    return grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  }
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> roots = ReadPem("tls_ca", ca);
+  if (!roots.ok()) return roots.status();
+  ssl.pem_root_certs = *std::move(roots);
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> chain = ReadPem("tls_cert", cert);
+    if (!chain.ok()) return chain.status();
+    absl::StatusOr<std::string> private_key = ReadPem("tls_key", key);
+    if (!private_key.ok()) return private_key.status();
+    ssl.pem_cert_chain = *std::move(chain);
+    ssl.pem_private_key = *std::move(private_key);
+  }
+  grpc::ChannelArguments arguments;
+  if (!server_name.empty()) arguments.SetSslTargetNameOverride(server_name);
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::SslCredentials(ssl),
+                                   arguments);
 }
 
 // --api_key, else MPA_API_KEY (an environment variable keeps the key out of the process
@@ -214,8 +275,8 @@ int StreamGenerate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& req
   return 0;
 }
 
-int RunGenerate() {
-  auto stub = Connect();
+int RunGenerate(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::DecodeService::NewStub(channel);
   v1::GenerateRequest request;
   request.set_session_id(absl::GetFlag(FLAGS_session));
   if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
@@ -234,8 +295,8 @@ int RunGenerate() {
   return StreamGenerate(*stub, request);
 }
 
-int RunChat() {
-  auto stub = Connect();
+int RunChat(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::DecodeService::NewStub(channel);
   v1::CreateSessionResponse session;
   {
     grpc::ClientContext context;
@@ -284,9 +345,7 @@ struct RequestSample {
   std::vector<double> inter_token;  // seconds between consecutive tokens
 };
 
-int RunBench() {
-  auto channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+int RunBench(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = v1::DecodeService::NewStub(channel);
   v1::GetModelInfoResponse info;
   {
@@ -438,7 +497,7 @@ int RunBench() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "mpa_client <generate|chat|bench> [--server=host:port] [flags]\n"
+      "mpa_client <generate|chat|bench> [--server=host:port] [--tls_ca=FILE] [flags]\n"
       "  generate  stream one generation (--prompt or --prompt_ids) to stdout\n"
       "  chat      multi-turn conversation on one session, one turn per input line\n"
       "  bench     load generator: --concurrency --prompt_tokens --output_tokens --duration");
@@ -448,10 +507,19 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = args[1];
-  if (command == "generate") return RunGenerate();
-  if (command == "chat") return RunChat();
-  if (command == "bench") return RunBench();
-  std::fprintf(stderr, "mpa_client: unknown command '%s'\n%s\n", command.c_str(),
-               absl::ProgramUsageMessage().data());
-  return 2;
+  int (*run)(const std::shared_ptr<grpc::Channel>&) = nullptr;
+  if (command == "generate") run = RunGenerate;
+  if (command == "chat") run = RunChat;
+  if (command == "bench") run = RunBench;
+  if (run == nullptr) {
+    std::fprintf(stderr, "mpa_client: unknown command '%s'\n%s\n", command.c_str(),
+                 absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = OpenChannel();
+  if (!channel.ok()) {
+    std::fprintf(stderr, "mpa_client: %s\n", std::string(channel.status().message()).c_str());
+    return 2;
+  }
+  return run(*channel);
 }

@@ -115,14 +115,11 @@ absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slo
     MPA_RETURN_IF_ERROR(Grow(&slot_positions_, rows, slot_capacity_, cap, ctx.stream));
     slot_capacity_ = cap;
   }
-  const int page = ctx.layers.front().page_size;
-  const int need = (slots + page - 1) / page - static_cast<int>(slot_pages_.size());
-  if (need > 0) MPA_RETURN_IF_ERROR(ctx.take_pages(need, &slot_pages_));
   return absl::OkStatus();
 }
 
-absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& jobs,
-                                   int iterations) {
+absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& jobs, int iterations,
+                                   int laid_out_end) {
   const int H = num_kv_heads_, D = head_dim_;
   // One layer's jobs (every head x block), reused for each layer: the points and centroids of a
   // layer at a time bound the scratch.
@@ -157,17 +154,31 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
         absl::StrCat("a block of up to ", max_points, " tokens makes ", max_clusters,
                      " clusters; the GPU lays out at most ", cuda::kMaxClustersPerJob));
   }
+  // The positions the jobs cover (contiguous), and whether some of their rows were reordered by
+  // an earlier layout: then each layer's rows are located first (the freeze of a final window
+  // re-clusters rows reordered as one block into two).
+  int range_begin = blocks_[jobs.front().block].token_begin, range_end = range_begin;
+  for (const Job& j : jobs) {
+    range_begin = std::min(range_begin, blocks_[j.block].token_begin);
+    range_end = std::max(range_end, blocks_[j.block].token_end);
+  }
+  const int range = range_end - range_begin;
+  const bool locate = laid_out_end > range_begin;
   Scratch scratch(ctx.stream);
   MPA_ASSIGN_OR_RETURN(cuda::ClusterJob * d_jobs, scratch.Upload(layout));
   MPA_ASSIGN_OR_RETURN(cuda::KMeansProblem * d_problems, scratch.Upload(problems));
   MPA_ASSIGN_OR_RETURN(bf16 * d_points, scratch.Alloc<bf16>(points * D));
+  MPA_ASSIGN_OR_RETURN(bf16 * d_values, scratch.Alloc<bf16>(points * D));
+  int32_t* d_position_rows = nullptr;
+  if (locate) {
+    MPA_ASSIGN_OR_RETURN(d_position_rows, scratch.Alloc<int32_t>(int64_t{H} * range));
+  }
   MPA_ASSIGN_OR_RETURN(int32_t * d_labels, scratch.Alloc<int32_t>(points));
   MPA_ASSIGN_OR_RETURN(int32_t * d_counts, scratch.Alloc<int32_t>(clusters));
   MPA_ASSIGN_OR_RETURN(float* d_centroids, scratch.Alloc<float>(clusters * D));
   const size_t ws_bytes = cuda::KMeansWorkspaceBytes(points, clusters, D);
   MPA_ASSIGN_OR_RETURN(char* d_ws, scratch.Alloc<char>(static_cast<int64_t>(ws_bytes)));
   MPA_ASSIGN_OR_RETURN(int32_t * d_pages, scratch.Upload(*ctx.pages));
-  MPA_ASSIGN_OR_RETURN(int32_t * d_slot_pages, scratch.Upload(slot_pages_));
   int32_t* d_seeds = nullptr;
   std::vector<int32_t> seeds(clusters);
 
@@ -202,7 +213,8 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     cuda::ClusterLayoutParams lp;
     lp.kv = ctx.layers[layer];
     lp.pages = d_pages;
-    lp.slot_pages = d_slot_pages;
+    lp.slot_pages = d_pages;  // in place
+    lp.slot_row_offset = region_begin_;
     lp.jobs = d_jobs;
     lp.num_jobs = static_cast<int>(layout.size());
     lp.max_points = max_points;
@@ -217,7 +229,14 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     lp.key_centroids = key_centroids_ + head_block * cluster_capacity_ * D;
     lp.value_centroids = value_centroids_ + head_block * cluster_capacity_ * D;
     lp.slot_positions = slot_positions_ + head_block * slot_capacity_;
-    MPA_CUDA(cuda::GatherKeys(lp, d_points, ctx.stream));
+    if (locate) {
+      lp.position_rows_begin = range_begin;
+      lp.position_rows_stride = range;
+      MPA_CUDA(cuda::LocatePositions(lp, range_begin - region_begin_, range,
+                                     laid_out_end - region_begin_, d_position_rows, ctx.stream));
+      lp.position_rows = d_position_rows;
+    }
+    MPA_CUDA(cuda::GatherRows(lp, d_points, d_values, ctx.stream));
     MPA_CUDA(cuda::LoadKeyCentroids(lp, max_keep, d_centroids, ctx.stream));
 
     cuda::KMeansParams kp;
@@ -237,7 +256,7 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     kp.workspace = d_ws;
     kp.workspace_bytes = ws_bytes;
     MPA_CUDA(cuda::KMeansLloyd(kp, ctx.stream));
-    MPA_CUDA(cuda::BuildClusterLayout(lp, ctx.stream));
+    MPA_CUDA(cuda::BuildClusterLayout(lp, d_points, d_values, ctx.stream));
   }
   return absl::OkStatus();
 }
@@ -261,7 +280,7 @@ absl::Status CudaClusterState::Build(const Context& ctx, int begin, int end, int
   std::vector<Job> jobs;
   for (int b = 0; b < static_cast<int>(blocks_.size()); ++b) jobs.push_back({b, 0, 0, true});
   *reclustered += int64_t{end - begin} * num_kv_heads_ * num_layers_;
-  return Run(ctx, jobs, config_.prefill_kmeans_iterations);
+  return Run(ctx, jobs, config_.prefill_kmeans_iterations, begin);
 }
 
 absl::Status CudaClusterState::Extend(const Context& ctx, int new_end, int64_t* reclustered) {
@@ -301,7 +320,7 @@ absl::Status CudaClusterState::Extend(const Context& ctx, int new_end, int64_t* 
   blocks_ = std::move(blocks);
   region_end_ = new_end;
   *reclustered += tokens * num_kv_heads_ * num_layers_;
-  return Run(ctx, jobs, iterations);
+  return Run(ctx, jobs, iterations, old_end);
 }
 
 }  // namespace mpa

@@ -1,8 +1,15 @@
 // The cluster hierarchy of one sequence on the GPU (DESIGN.md section 5): for every layer and KV
 // head, k-means clusters of the cached post-RoPE keys of the clustered region, stored
-// cluster-major in pool pages of the sequence's own (a selected cluster is one contiguous run of
-// rows), with bf16 key and value centroids and each cluster's first slot. Blocks, cluster counts
-// and seeds follow the CPU ClusterIndex: frozen blocks of block_tokens while more than
+// cluster-major where the region lies: each block's rows are reordered in place inside the
+// block's own positions (slot s is row region_begin + s of the sequence's pages), so a selected
+// cluster is one contiguous run of rows and the region costs no second copy. Attention over the
+// whole cache (dense decode, a later turn's prefill) does not care about the order of rows before
+// the query. The state keeps, per (layer, head), which position each slot holds, and bf16 key and
+// value centroids and each cluster's first slot (memory outside the KV pool: 1/16 of the
+// region's KV at one centroid per 16 tokens). If the state is dropped (device memory short, or
+// the cluster knobs change), the rows stay reordered and a rebuild treats them as positions:
+// attention is unchanged; only the k-means seeds differ from the CPU reference's. Blocks, cluster
+// counts and seeds follow the CPU ClusterIndex: frozen blocks of block_tokens while more than
 // final_window_max tokens remain, then the final window; one centroid per tokens_per_centroid
 // tokens; k-means seeded from the same points (ClusterHeadSeed / ClusterBlockSeed). Block sizes
 // depend only on positions, so every layer and KV head has the same blocks and cluster counts.
@@ -20,7 +27,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,8 +48,6 @@ class CudaClusterState {
   struct Context {
     std::vector<cuda::PagedKvCache> layers;       // per layer: the pool
     const std::vector<int32_t>* pages = nullptr;  // the sequence's pages, in position order
-    // Appends n pool pages to *slot_pages (ResourceExhausted when the pool is short).
-    std::function<absl::Status(int n, std::vector<int32_t>* slot_pages)> take_pages;
     cudaStream_t stream = nullptr;
   };
 
@@ -57,9 +61,6 @@ class CudaClusterState {
   int region_end() const { return region_end_; }
   int num_clusters() const { return blocks_.empty() ? 0 : blocks_.back().cluster_end; }
   const std::vector<CudaClusterBlock>& blocks() const { return blocks_; }
-  // The pool pages that hold the region's slots (released by the owner with its other pages).
-  std::vector<int32_t>& slot_pages() { return slot_pages_; }
-  const std::vector<int32_t>& slot_pages() const { return slot_pages_; }
 
   // Per (layer, head) device arrays, for the decode step's pointer tables.
   const cuda::bf16* key_centroids(int layer, int head) const;    // [num_clusters, head_dim]
@@ -82,17 +83,18 @@ class CudaClusterState {
     bool seeded;          // all centroids seeded from points (a fresh block)
   };
   // Grows the device arrays to hold `clusters` clusters and `slots` slots per (layer, head),
-  // keeping their contents; and the slot pages to cover `slots`.
+  // keeping their contents.
   absl::Status Reserve(const Context& ctx, int clusters, int slots);
-  // Clusters the given blocks (jobs) of every layer and lays them out.
-  absl::Status Run(const Context& ctx, const std::vector<Job>& jobs, int iterations);
+  // Clusters the given blocks (jobs, contiguous) of every layer and lays them out in place;
+  // positions below laid_out_end were laid out before (their rows are reordered).
+  absl::Status Run(const Context& ctx, const std::vector<Job>& jobs, int iterations,
+                   int laid_out_end);
 
   MultipoleConfig config_;
   int num_layers_, num_kv_heads_, head_dim_;
   int region_begin_ = 0;
   int region_end_ = 0;
   std::vector<CudaClusterBlock> blocks_;
-  std::vector<int32_t> slot_pages_;
   // Device arrays, strided by capacity: [layers, heads, cluster_capacity (+ 1), head_dim].
   int cluster_capacity_ = 0;
   int slot_capacity_ = 0;

@@ -278,8 +278,7 @@ absl::Status CudaModel::Init() {
   MPA_ASSIGN_OR_RETURN(char* blas_ws, d.arena.Alloc<char>(kBlasWorkspaceBytes));
   d.blas_workspace = blas_ws;
   MPA_BLAS(cublasSetWorkspace(d.blas, d.blas_workspace, kBlasWorkspaceBytes));
-  const int64_t mp_ints = 3 * int64_t{options_.max_batch} + int64_t{options_.max_batch} * nkv +
-                          int64_t{options_.max_batch} * max_pages_per_seq_;
+  const int64_t mp_ints = 3 * int64_t{options_.max_batch} + int64_t{options_.max_batch} * nkv;
   MPA_ASSIGN_OR_RETURN(d.mp_ints, d.arena.Alloc<int32_t>(mp_ints));
   d.h_mp_ints.assign(mp_ints, 0);
   MPA_ASSIGN_OR_RETURN(d.mp_approximate, d.arena.Alloc<uint8_t>(options_.max_batch));
@@ -576,7 +575,10 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
       p.clustered_end = d.mp_ints + mb;
       p.token_budget = d.mp_ints + 2 * mb;
       p.approximate = d.mp_approximate;
-      p.clusters.pages = {d.mp_ints + 3 * mb + int64_t{mb} * nkv, max_pages_per_seq_};
+      // The clustered regions are reordered in place: slot s is row sink_end + s of the
+      // sequence's own pages.
+      p.clusters.pages = p.block_table;
+      p.clusters.slots_after_sink = true;
       const int64_t table = int64_t{mb} * nkv;
       const int64_t per_kind = int64_t{c.num_layers} * table;
       p.clusters.key_centroids = reinterpret_cast<const bf16* const*>(d.mp_ptrs + layer * table);
@@ -982,7 +984,6 @@ void CudaModel::DropClusters(CudaSequence& seq) {
   if (seq.clusters_ == nullptr) return;
   // The cluster state's buffers may still be read by enqueued work.
   cudaStreamSynchronize(impl_->stream);
-  ReleasePages(seq.clusters_->slot_pages());
   seq.clusters_.reset();
 }
 
@@ -1004,18 +1005,6 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
         {l.k_cache, l.v_cache, config_.num_kv_heads, config_.head_dim, options_.page_size});
   }
   ctx.pages = &seq.pages_;
-  ctx.take_pages = [this](int n, std::vector<int32_t>* slot_pages) -> absl::Status {
-    if (n > static_cast<int>(free_pages_.size())) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "KV cache full: the clustered copy of the region needs ", n, " more pages of ",
-          options_.page_size, " tokens, ", free_pages_.size(), " free"));
-    }
-    for (int i = 0; i < n; ++i) {
-      slot_pages->push_back(free_pages_.back());
-      free_pages_.pop_back();
-    }
-    return absl::OkStatus();
-  };
   ctx.stream = d.stream;
   Impl::Timing timing{&seq, d.TakeEvent(), d.TakeEvent(), prefill};
   MPA_CUDA(cudaEventRecord(timing.start, d.stream));
@@ -1038,7 +1027,7 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   MPA_CUDA(cudaEventRecord(timing.end, d.stream));
   d.timings.push_back(timing);
   if (!status.ok()) {
-    // No memory for the clusters (pool or device): this sequence attends densely (exact) until
+    // No device memory for the clusters: this sequence attends densely (exact) until
     // its region grows by another interval; the others are not disturbed.
     if (!absl::IsResourceExhausted(status)) return status;
     DropClusters(seq);
@@ -1097,7 +1086,7 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
   int32_t* cend = sink + mb;
   int32_t* budget = cend + mb;
   int32_t* clusters = budget + mb;
-  int32_t* slot_table = clusters + int64_t{mb} * nkv;
+  int32_t* slot_table = clusters + int64_t{mb} * nkv;  // the end of the staged ints
   const int64_t table = int64_t{mb} * nkv, per_kind = int64_t{c.num_layers} * table;
   for (size_t b = 0; b < seqs.size(); ++b) {
     const CudaSequence& seq = *seqs[b];
@@ -1121,13 +1110,8 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
             sparse ? reinterpret_cast<uintptr_t>(state->cluster_begin(l, h)) : 0;
       }
     }
-    if (sparse) {
-      const std::vector<int32_t>& pages = state->slot_pages();
-      std::copy(pages.begin(), pages.end(), slot_table + int64_t(b) * max_pages_per_seq_);
-    }
   }
-  // The slot table comes last: only the batch's rows of it travel.
-  const int64_t staged_ints = (slot_table - sink) + int64_t(seqs.size()) * max_pages_per_seq_;
+  const int64_t staged_ints = slot_table - sink;
   MPA_CUDA(cudaMemcpyAsync(d.mp_ints, d.h_mp_ints.data(), staged_ints * sizeof(int32_t),
                            cudaMemcpyHostToDevice, d.stream));
   MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), mb, cudaMemcpyHostToDevice,

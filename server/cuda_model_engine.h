@@ -40,11 +40,6 @@ class CudaModelEngine : public TokenizedEngine {
     return model_->SupportsAttention(options);
   }
   bool SamplesOnDevice() const override { return true; }
-  // Sparse modes: the positions' pages and, at most as many again, the clustered region's
-  // cluster-major pages (until position pages of a clustered region are freed).
-  int64_t KvBlocksForContext(int64_t tokens, AttentionMode mode) const override {
-    return mode == AttentionMode::kDense ? KvBlocksFor(tokens) : 2 * KvBlocksFor(tokens);
-  }
   absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
                                 const SamplingParams& params, int32_t* id) override;
   absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,

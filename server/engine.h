@@ -101,9 +101,9 @@ class Engine {
     if (SupportsAttention(options.mode)) return absl::OkStatus();
     return absl::InvalidArgumentError("not available on this device");
   }
-  // KV blocks a context of `tokens` tokens holds.
-  // KV blocks a context of `tokens` tokens takes in `mode`: more than KvBlocksFor where the engine
-  // keeps a second copy of the clustered region (the GPU engine's cluster-major pages).
+  // KV blocks a context of `tokens` tokens takes in `mode`: more than KvBlocksFor for an engine
+  // that keeps pool pages beyond the positions' for some mode. Both engines keep none today (the
+  // GPU reorders the clustered region in place; its centroids live outside the pool).
   virtual int64_t KvBlocksForContext(int64_t tokens, AttentionMode mode) const {
     return KvBlocksFor(tokens);
   }

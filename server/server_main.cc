@@ -1,9 +1,13 @@
 // mpa_server: serves one model over gRPC (multipole.v1.DecodeService, grpc.health.v1.Health,
-// server reflection). SIGTERM/SIGINT drain: health goes NOT_SERVING, new work is refused with
-// UNAVAILABLE, running generations finish (cancelled at --drain_timeout), then exit 0.
+// server reflection), in plaintext or over TLS (optionally mutual). SIGTERM/SIGINT drain: health
+// goes NOT_SERVING, new work is refused with UNAVAILABLE, running generations finish (cancelled
+// at --drain_timeout), then exit 0.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -30,6 +34,7 @@
 #include "server/metrics.h"
 #include "server/metrics_endpoint.h"
 #include "server/model_engine.h"
+#include "server/tls_credentials.h"
 #ifdef MPA_SERVER_WITH_CUDA
 #include <dlfcn.h>
 
@@ -71,6 +76,20 @@ ABSL_FLAG(std::string, api_keys_file, "",
 ABSL_FLAG(int, max_sessions_per_key, -1,
           "Sessions one API key may hold open at once (-1: max_sessions / 4 rounded up; only "
           "with --api_keys_file)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain (the server's certificate first) for TLS on --address; needs "
+          "--tls_key. Empty: plaintext gRPC");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM bundle of CAs: set, every client must present a certificate one of them signed "
+          "(mutual TLS; only with --tls_cert and --tls_key)");
+ABSL_FLAG(int, tls_reload_interval_s, 600,
+          "Seconds between re-reads of the TLS files, so a renewed certificate is served "
+          "without a restart (replace the files atomically); 0: read them once at start-up");
+ABSL_FLAG(std::string, health_address, "",
+          "Also serve grpc.health.v1.Health alone, in plaintext, on this host:port (for "
+          "Kubernetes gRPC probes, which cannot speak TLS; port 0: pick a free one, printed). "
+          "Empty: off");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
 ABSL_FLAG(int, prefill_chunk_tokens, 64,
           "Input tokens prefilled per engine step (bounds how long running streams wait)");
@@ -143,6 +162,25 @@ std::string BoundAddress(const std::string& address, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+// Drops every ServerBuilder plugin. The reflection library registers its plugin for every
+// server of the process; the plaintext health listener must serve health alone.
+class WithoutPlugins : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
+
+mpa::server::TlsOptions TlsOptionsFromFlags() {
+  mpa::server::TlsOptions tls;
+  tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  tls.reload_interval_s = absl::GetFlag(FLAGS_tls_reload_interval_s);
+  return tls;
+}
+
 // A flag value that makes no sense, refused before anything loads: InvalidArgument naming the
 // flag, its value and what it may be.
 absl::Status CheckFlags() {
@@ -201,7 +239,7 @@ absl::Status CheckFlags() {
   if (absl::GetFlag(FLAGS_address).empty()) {
     return absl::InvalidArgumentError("--address: empty; give host:port");
   }
-  return absl::OkStatus();
+  return mpa::server::CheckTlsOptions(TlsOptionsFromFlags());
 }
 
 int Serve() {
@@ -225,6 +263,30 @@ int Serve() {
       return 2;
     }
     api_keys = std::make_unique<mpa::server::ApiKeys>(*std::move(keys));
+  }
+  // The TLS files are checked now too: a bad one is refused before the model loads, not found
+  // by every client's failing handshake later.
+  const mpa::server::TlsOptions tls = TlsOptionsFromFlags();
+  std::shared_ptr<grpc::ServerCredentials> credentials;  // null: plaintext
+  std::string tls_summary = "no --tls_cert: gRPC is plaintext";
+  if (tls.enabled()) {
+    absl::StatusOr<mpa::server::TlsMaterial> material = mpa::server::LoadTlsMaterial(tls);
+    if (!material.ok()) {
+      std::fprintf(stderr, "mpa_server: %s\n", std::string(material.status().message()).c_str());
+      return 2;
+    }
+    credentials = mpa::server::MakeServerCredentials(tls, *material);
+    tls_summary =
+        absl::StrCat("TLS: certificate ", material->subject, " (chain of ",
+                     material->chain_certificates, ", valid until ", material->not_after, ")");
+    if (!tls.client_ca_file.empty()) {
+      absl::StrAppend(&tls_summary, ", client certificates required (", material->client_cas,
+                      " CAs)");
+    }
+    absl::StrAppend(&tls_summary,
+                    tls.reload_interval_s > 0
+                        ? absl::StrCat(", files re-read every ", tls.reload_interval_s, " s")
+                        : ", files read once");
   }
   absl::StatusOr<mpa::AttentionMode> mode = mpa::ParseAttentionMode(absl::GetFlag(FLAGS_attention));
   if (!mode.ok()) {
@@ -295,7 +357,8 @@ int Serve() {
   grpc::ServerBuilder builder;
   const std::string address = absl::GetFlag(FLAGS_address);
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(
+      address, credentials != nullptr ? credentials : grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   // Deliberately from the request limits (not gRPC's 4 MiB default): a message that no valid
   // request can need is refused by gRPC before it is parsed, let alone tokenized.
@@ -306,16 +369,45 @@ int Serve() {
     std::fprintf(stderr, "mpa_server: cannot listen on %s\n", address.c_str());
     return 1;
   }
+  // The plaintext health listener: a server of its own, so that nothing but health is reachable
+  // without TLS. It mirrors the main server's serving status. Its generic service answers every
+  // other method UNIMPLEMENTED, and gives it a completion queue that is polled (gRPC refuses to
+  // build a server without one; the default health service brings its own, unpolled one).
+  grpc::CallbackGenericService health_unimplemented;
+  std::unique_ptr<grpc::Server> health_server;
+  int health_port = 0;
+  const std::string health_address = absl::GetFlag(FLAGS_health_address);
+  if (!health_address.empty()) {
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(health_address, grpc::InsecureServerCredentials(),
+                                    &health_port);
+    health_builder.SetMaxReceiveMessageSize(4096);  // a health check is a few bytes
+    health_builder.SetOption(std::make_unique<WithoutPlugins>());
+    health_builder.RegisterCallbackGenericService(&health_unimplemented);
+    health_server = health_builder.BuildAndStart();
+    if (health_server == nullptr || health_port == 0) {
+      std::fprintf(stderr, "mpa_server: --health_address: cannot listen on %s\n",
+                   health_address.c_str());
+      return 1;
+    }
+  }
+  auto set_serving = [&](bool serving) {
+    for (grpc::Server* s : {server.get(), health_server.get()}) {
+      if (s == nullptr) continue;
+      s->GetHealthCheckService()->SetServingStatus(
+          multipole::v1::DecodeService::service_full_name(), serving);
+      s->GetHealthCheckService()->SetServingStatus(serving);
+    }
+  };
   scheduler.Start();
-  server->GetHealthCheckService()->SetServingStatus(
-      multipole::v1::DecodeService::service_full_name(), true);
-  server->GetHealthCheckService()->SetServingStatus(true);
+  set_serving(true);
   std::printf(
       "mpa_server: model %s (%s, vocab %d, context %d, tokenizer %s), attention %s, device %s\n",
       info.model_name.c_str(), info.architecture.c_str(), info.vocab_size, info.max_context_tokens,
       info.has_tokenizer ? "yes" : "no", std::string(mpa::AttentionModeName(*mode)).c_str(),
       info.device.c_str());
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
+  std::printf("mpa_server: %s\n", tls_summary.c_str());
   if (api_keys != nullptr) {
     std::string names;
     for (const mpa::server::ApiKey& key : api_keys->keys()) {
@@ -329,6 +421,10 @@ int Serve() {
   if (metrics_endpoint != nullptr) {
     std::printf("mpa_server metrics on %s\n",
                 BoundAddress(metrics_address, metrics_endpoint->port()).c_str());
+  }
+  if (health_server != nullptr) {
+    std::printf("mpa_server health on %s (plaintext)\n",
+                BoundAddress(health_address, health_port).c_str());
   }
   std::fflush(stdout);
 
@@ -345,7 +441,7 @@ int Serve() {
               absl::FormatDuration(drain_timeout).c_str());
   std::fflush(stdout);
   const absl::Time drain_start = absl::Now();
-  server->GetHealthCheckService()->SetServingStatus(false);
+  set_serving(false);
   scheduler.BeginDrain();
   if (!scheduler.WaitForIdle(absl::Now() + drain_timeout)) {
     std::printf("mpa_server: drain deadline passed: cancelling %lld running generations\n",
@@ -364,6 +460,7 @@ int Serve() {
   // short grace lets unary calls in progress finish; then the remaining connections are closed.
   server->Shutdown(std::chrono::system_clock::now() +
                    (streams_ended ? std::chrono::milliseconds(250) : std::chrono::milliseconds(0)));
+  if (health_server != nullptr) health_server->Shutdown(std::chrono::system_clock::now());
   std::printf("mpa_server: gRPC server shut down after %.3f s\n",
               absl::ToDoubleSeconds(absl::Now() - drain_start));
   std::fflush(stdout);

@@ -4,7 +4,7 @@ small block-YAML reader that covers what `helm template` prints.
 
 Usage:
   deploy_checks.py dashboard REPO_ROOT
-  deploy_checks.py manifests CASE RENDERED_YAML FLAG_SOURCE...   (CASE: default | gpu)
+  deploy_checks.py manifests CASE RENDERED_YAML FLAG_SOURCE...   (CASE: default | gpu | tls)
       FLAG_SOURCE: the source files whose ABSL_FLAGs are mpa_server's flags
   deploy_checks.py queries DASHBOARD_JSON         (prints one PromQL expression per line)
   deploy_checks.py live PROMETHEUS_URL JOB DASHBOARD_JSON
@@ -323,10 +323,12 @@ def check_manifests(case, path, flag_sources):
     check(selector and all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items()),
           f"{case}: the Service selector does not match the pod labels")
 
+    # Kubernetes' gRPC probes speak plaintext only: with TLS they go to the health-only port.
+    probe_port = "50052" if case == "tls" else "50051"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = (container.get(probe) or {}).get("grpc") or {}
-        check(grpc.get("port") == "50051" and grpc.get("service") == "",
-              f"{case}: {probe} is not a gRPC health probe on 50051: {container.get(probe)}")
+        check(grpc.get("port") == probe_port and grpc.get("service") == "",
+              f"{case}: {probe} is not a gRPC health probe on {probe_port}: {container.get(probe)}")
     liveness = container["livenessProbe"]
     check(int(liveness["periodSeconds"]) * int(liveness["failureThreshold"]) > 30,
           f"{case}: liveness would kill a pod before a 30 s drain ends")
@@ -343,6 +345,10 @@ def check_manifests(case, path, flag_sources):
     check(resources.get("requests", {}).get("memory"), f"{case}: no memory request")
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
 
+    tls_flags = {"tls_cert", "tls_key", "tls_client_ca", "tls_reload_interval_s", "health_address"}
+    if case != "tls":
+        check(not tls_flags & set(flags), f"{case}: TLS flags without tls.enabled: {flags}")
+        check("health" not in ports and "tls" not in mounts, f"{case}: TLS port or mount")
     if case == "default":
         check(container["image"] == "multipole/mpa-server:0.1.0", f"{case}: image {container['image']}")
         check("nvidia.com/gpu" not in resources.get("limits", {}), f"{case}: GPU requested")
@@ -385,6 +391,28 @@ def check_manifests(case, path, flag_sources):
             name = claims[0]["metadata"]["name"]
             check(spec["volumes"][0].get("persistentVolumeClaim", {}).get("claimName") == name,
                   f"{case}: the pod does not mount the claim {name}")
+    elif case == "tls":
+        # values: tls.enabled with secret "mpa-tls", clientCaKey ca.crt, reloadIntervalSeconds 300.
+        directory = "/etc/multipole/tls"
+        check(flags.get("tls_cert") == f"{directory}/tls.crt"
+              and flags.get("tls_key") == f"{directory}/tls.key"
+              and flags.get("tls_client_ca") == f"{directory}/ca.crt",
+              f"{case}: TLS file flags {flags}")
+        check(flags.get("tls_reload_interval_s") == "300",
+              f"{case}: --tls_reload_interval_s={flags.get('tls_reload_interval_s')}")
+        check(flags.get("health_address") == "0.0.0.0:50052",
+              f"{case}: --health_address={flags.get('health_address')}")
+        check(ports.get("health", {}).get("containerPort") == "50052", f"{case}: health containerPort")
+        check("health" not in service_ports, f"{case}: the Service exposes the plaintext health port")
+        mount = mounts.get("tls", {})
+        check(mount.get("mountPath") == directory and mount.get("readOnly") == "true"
+              and "subPath" not in mount, f"{case}: TLS secret mount {mount}")
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        secret = volumes.get("tls", {}).get("secret") or {}
+        check(secret.get("secretName") == "mpa-tls", f"{case}: TLS volume {volumes.get('tls')}")
+        check(secret.get("defaultMode") == "0440", f"{case}: TLS files mode {secret.get('defaultMode')}")
+        # The metrics port stays plain HTTP.
+        check(flags.get("metrics_address") == "0.0.0.0:9464", f"{case}: metrics address")
     print(f"manifests ({case}): {len(docs)} documents, {len(args)} server args checked")
 
 

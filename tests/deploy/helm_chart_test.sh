@@ -5,10 +5,11 @@
 #     histogram's _bucket/_sum/_count) with their labels, shows every required panel; with promtool
 #     present, every query parses as PromQL.
 #   helm_chart_test.sh chart REPO_ROOT
-#     `helm lint` and `helm template` on deploy/helm/multipole with the default values and with a
-#     GPU + ServiceMonitor setup (with multipole knobs for CPU-side defaults); the rendered manifests carry the server's args, ports,
-#     gRPC probes, drain grace period and resources; bad values are refused. Exits 77 (skipped)
-#     without helm (tools/install-helm.sh installs it).
+#     `helm lint` and `helm template` on deploy/helm/multipole with the default values, with a
+#     GPU + ServiceMonitor setup (with multipole knobs for CPU-side defaults) and with mutual TLS;
+#     the rendered manifests carry the server's args, ports, gRPC probes (on the plaintext
+#     health-only port with TLS), the TLS secret mount, drain grace period and resources; bad
+#     values are refused. Exits 77 (skipped) without helm (tools/install-helm.sh installs it).
 set -euo pipefail
 mode=${1:?usage: helm_chart_test.sh dashboard|chart REPO_ROOT}
 root=$(cd "${2:?usage: helm_chart_test.sh dashboard|chart REPO_ROOT}" && pwd)
@@ -98,7 +99,17 @@ server:
     centroid_keys: pre_rope_rotated_means
 EOF
 
+cat >"$work/tls.yaml" <<'EOF'
+tls:
+  enabled: true
+  secretName: mpa-tls
+  clientCaKey: ca.crt
+  reloadIntervalSeconds: 300
+EOF
+
 "$helm" lint --strict "$chart" >"$work/lint.log" 2>&1 || { cat "$work/lint.log"; fail "helm lint"; }
+"$helm" lint --strict "$chart" -f "$work/tls.yaml" >"$work/lint.log" 2>&1 ||
+  { cat "$work/lint.log"; fail "helm lint (tls values)"; }
 "$helm" lint --strict "$chart" -f "$work/gpu.yaml" >"$work/lint.log" 2>&1 ||
   { cat "$work/lint.log"; fail "helm lint (gpu values)"; }
 "$helm" template test-release "$chart" >"$work/default.yaml"
@@ -106,6 +117,10 @@ python3 "$checks" manifests default "$work/default.yaml" "$root/server/server_ma
   "$root/model/config/multipole_flags.cc"
 "$helm" template test-release "$chart" -f "$work/gpu.yaml" >"$work/gpu-rendered.yaml"
 python3 "$checks" manifests gpu "$work/gpu-rendered.yaml" "$root/server/server_main.cc" \
+  "$root/model/config/multipole_flags.cc"
+
+"$helm" template test-release "$chart" -f "$work/tls.yaml" >"$work/tls-rendered.yaml"
+python3 "$checks" manifests tls "$work/tls-rendered.yaml" "$root/server/server_main.cc" \
   "$root/model/config/multipole_flags.cc"
 
 # NOTES.txt renders for each model volume type (helm template does not print NOTES, so a copy of
@@ -118,6 +133,15 @@ for values in "" "model.volume.type=persistentVolumeClaim,replicaCount=2" \
   "$helm" template test-release "$work/notes-chart" --show-only templates/notes-rendered.yaml \
     ${values:+--set "$values"} >"$work/notes.txt" || fail "NOTES.txt with '$values'"
   grep -q -- '--server=127.0.0.1:50051' "$work/notes.txt" || fail "NOTES.txt with '$values'"
+done
+for values in "tls.enabled=true,tls.secretName=mpa-tls" \
+  "tls.enabled=true,tls.secretName=mpa-tls,tls.clientCaKey=ca.crt,tls.reloadIntervalSeconds=0"; do
+  "$helm" template test-release "$work/notes-chart" --show-only templates/notes-rendered.yaml \
+    --set "$values" >"$work/notes.txt" || fail "NOTES.txt with '$values'"
+  grep -q -- '--tls_ca=' "$work/notes.txt" || fail "NOTES.txt with '$values': no --tls_ca"
+  if [[ $values == *clientCaKey* ]]; then
+    grep -q -- '--tls_cert=' "$work/notes.txt" || fail "NOTES.txt with '$values': no --tls_cert"
+  fi
 done
 
 # Values the chart must refuse, each with a message that names the value.
@@ -139,6 +163,10 @@ refuse "server.multipole.levels is not available with gpu.enabled" --set gpu.ena
   --set server.attention=multipole --set server.multipole.levels=2
 refuse "server.multipole.centroid_keys is not available with gpu.enabled" --set gpu.enabled=true \
   --set server.attention=exact-only --set server.multipole.centroid_keys=pre_rope
+refuse "tls.secretName must name" --set tls.enabled=true
+refuse "tls.clientCaKey needs tls.enabled" --set tls.clientCaKey=ca.crt
+refuse "probes.healthPort (50051) must differ" --set tls.enabled=true --set tls.secretName=s \
+  --set probes.healthPort=50051
 "$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=multipole \
   >"$work/gpu-multipole.yaml" 2>&1 || { cat "$work/gpu-multipole.yaml"; fail "gpu + multipole"; }
 grep -q -- '--attention=multipole' "$work/gpu-multipole.yaml" || fail "gpu + multipole flag"

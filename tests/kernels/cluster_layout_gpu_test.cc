@@ -2,7 +2,9 @@
 // host construction from the same k-means labels: gathered keys, cluster_begin (prefix of counts),
 // slots (stable counting sort: positions ascending inside a cluster, as ClusterIndex::slots()),
 // K and V rows copied to their slots, key centroids (the k-means means) and value centroids (the
-// means of the clusters' values).
+// means of the clusters' values). And the in-place layout: a region reordered where it lies, then
+// partly re-clustered (an online update freezing a block), its rows located and gathered back in
+// position order.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -81,7 +83,7 @@ TEST(ClusterLayoutGpuTest, MatchesHostConstruction) {
     DeviceBuffer<int32_t> dtable(cache.table), dslots(slot_table), dseeds(seeds);
     DeviceBuffer<ClusterJob> djobs(jobs);
     DeviceBuffer<KMeansProblem> dproblems(problems);
-    DeviceBuffer<uint16_t> dpoints(points * dim);
+    DeviceBuffer<uint16_t> dpoints(points * dim), dvalues(points * dim);
     DeviceBuffer<int32_t> labels(points), counts(clusters_total);
     DeviceBuffer<float> centroids(clusters_total * dim);
     DeviceBuffer<int32_t> begin(heads * (cluster_stride + 1)), positions(heads * region);
@@ -107,7 +109,9 @@ TEST(ClusterLayoutGpuTest, MatchesHostConstruction) {
     lp.key_centroids = reinterpret_cast<bf16*>(kc.get());
     lp.value_centroids = reinterpret_cast<bf16*>(vc.get());
     lp.slot_positions = positions.get();
-    ASSERT_EQ(GatherKeys(lp, reinterpret_cast<bf16*>(dpoints.get()), nullptr), cudaSuccess);
+    ASSERT_EQ(GatherRows(lp, reinterpret_cast<bf16*>(dpoints.get()),
+                         reinterpret_cast<bf16*>(dvalues.get()), nullptr),
+              cudaSuccess);
     KMeansParams kp;
     kp.points = reinterpret_cast<const bf16*>(dpoints.get());
     kp.problems = dproblems.get();
@@ -125,7 +129,9 @@ TEST(ClusterLayoutGpuTest, MatchesHostConstruction) {
     kp.workspace = ws.get();
     kp.workspace_bytes = ws_bytes;
     ASSERT_EQ(KMeansLloyd(kp, nullptr), cudaSuccess);
-    ASSERT_EQ(BuildClusterLayout(lp, nullptr), cudaSuccess);
+    ASSERT_EQ(BuildClusterLayout(lp, reinterpret_cast<const bf16*>(dpoints.get()),
+                                 reinterpret_cast<const bf16*>(dvalues.get()), nullptr),
+              cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
     const std::vector<uint16_t> got_points = dpoints.Download();
@@ -185,6 +191,165 @@ TEST(ClusterLayoutGpuTest, MatchesHostConstruction) {
           EXPECT_NEAR(testing::Bf16ToFloat(got_vc[out + d]), want_v,
                       4e-3 * std::fabs(want_v) + 1e-5);
         }
+      }
+    }
+  }
+}
+
+TEST(ClusterLayoutGpuTest, InPlaceLayoutKeepsEveryRowAndReadsBackInPositionOrder) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int dim : {8, 128}) {
+    const uint64_t seed = testing::FreshSeed();
+    SCOPED_TRACE("dim " + std::to_string(dim) + " seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const int heads = 2, page = 16, len = 1400, sink = 7, region = 1300;
+    testing::HostPagedCache cache({len}, heads, dim, page, rng);
+    const int cluster_stride = 200;
+    DeviceBuffer<uint16_t> dk(cache.k_bits), dv(cache.v_bits);
+    DeviceBuffer<int32_t> dtable(cache.table);
+    DeviceBuffer<int32_t> begin(heads * (cluster_stride + 1)), positions(heads * region);
+    DeviceBuffer<uint16_t> kc(heads * cluster_stride * dim), vc(heads * cluster_stride * dim);
+
+    // Round 1 lays out [7, 507) and [507, 1007); round 2 re-clusters [507, 1307) as [507, 807)
+    // and [807, 1307), the first 500 of its rows reordered by round 1.
+    struct Block {
+      int first, last, first_cluster;
+    };
+    const std::vector<std::vector<Block>> rounds = {{{7, 507, 0}, {507, 1007, 60}},
+                                                    {{507, 807, 60}, {807, 1307, 100}}};
+    const std::vector<int> laid_out_end = {sink, 1007};
+    for (size_t r = 0; r < rounds.size(); ++r) {
+      SCOPED_TRACE("round " + std::to_string(r));
+      std::vector<ClusterJob> jobs;
+      std::vector<KMeansProblem> problems;
+      int64_t points = 0, clusters_total = 0;
+      int max_points = 0, max_clusters = 0;
+      for (int h = 0; h < heads; ++h) {
+        for (const Block& b : rounds[r]) {
+          ClusterJob j;
+          j.kv_head = h;
+          j.first_position = b.first;
+          j.num_points = b.last - b.first;
+          j.point_begin = points;
+          j.first_slot = b.first - sink;
+          j.first_cluster = b.first_cluster;
+          j.num_clusters = (j.num_points + 9) / 10;
+          j.centroid_begin = clusters_total;
+          jobs.push_back(j);
+          problems.push_back({points, j.num_points, clusters_total, j.num_clusters});
+          points += j.num_points;
+          clusters_total += j.num_clusters;
+          max_points = std::max(max_points, j.num_points);
+          max_clusters = std::max(max_clusters, j.num_clusters);
+        }
+      }
+      std::vector<int32_t> seeds;
+      for (const ClusterJob& j : jobs) {
+        std::vector<int32_t> pick(j.num_points);
+        std::iota(pick.begin(), pick.end(), 0);
+        std::shuffle(pick.begin(), pick.end(), rng);
+        seeds.insert(seeds.end(), pick.begin(), pick.begin() + j.num_clusters);
+      }
+      DeviceBuffer<ClusterJob> djobs(jobs);
+      DeviceBuffer<KMeansProblem> dproblems(problems);
+      DeviceBuffer<int32_t> dseeds(seeds);
+      DeviceBuffer<uint16_t> dpoints(points * dim), dvalues(points * dim);
+      DeviceBuffer<int32_t> labels(points), counts(clusters_total);
+      DeviceBuffer<float> centroids(clusters_total * dim);
+      const int range_first = rounds[r].front().first, range_last = rounds[r].back().last;
+      DeviceBuffer<int32_t> position_rows(heads * (range_last - range_first));
+      const size_t ws_bytes = KMeansWorkspaceBytes(points, clusters_total, dim);
+      DeviceBuffer<char> ws(ws_bytes);
+
+      ClusterLayoutParams lp;
+      lp.kv = {reinterpret_cast<bf16*>(dk.get()), reinterpret_cast<bf16*>(dv.get()), heads, dim,
+               page};
+      lp.pages = dtable.get();
+      lp.slot_pages = dtable.get();
+      lp.slot_row_offset = sink;
+      lp.jobs = djobs.get();
+      lp.num_jobs = static_cast<int>(jobs.size());
+      lp.max_points = max_points;
+      lp.max_clusters = max_clusters;
+      lp.labels = labels.get();
+      lp.counts = counts.get();
+      lp.centroids = centroids.get();
+      lp.cluster_stride = cluster_stride;
+      lp.slot_stride = region;
+      lp.cluster_begin = begin.get();
+      lp.key_centroids = reinterpret_cast<bf16*>(kc.get());
+      lp.value_centroids = reinterpret_cast<bf16*>(vc.get());
+      lp.slot_positions = positions.get();
+      if (laid_out_end[r] > range_first) {
+        lp.position_rows_begin = range_first;
+        lp.position_rows_stride = range_last - range_first;
+        ASSERT_EQ(LocatePositions(lp, range_first - sink, range_last - range_first,
+                                  laid_out_end[r] - sink, position_rows.get(), nullptr),
+                  cudaSuccess);
+        lp.position_rows = position_rows.get();
+      }
+      ASSERT_EQ(GatherRows(lp, reinterpret_cast<bf16*>(dpoints.get()),
+                           reinterpret_cast<bf16*>(dvalues.get()), nullptr),
+                cudaSuccess);
+      KMeansParams kp;
+      kp.points = reinterpret_cast<const bf16*>(dpoints.get());
+      kp.problems = dproblems.get();
+      kp.num_problems = static_cast<int>(problems.size());
+      kp.head_dim = dim;
+      kp.total_points = points;
+      kp.total_clusters = clusters_total;
+      kp.max_points = max_points;
+      kp.max_clusters = max_clusters;
+      kp.seeds = dseeds.get();
+      kp.iterations = 2;
+      kp.centroids = centroids.get();
+      kp.labels = labels.get();
+      kp.counts = counts.get();
+      kp.workspace = ws.get();
+      kp.workspace_bytes = ws_bytes;
+      ASSERT_EQ(KMeansLloyd(kp, nullptr), cudaSuccess);
+      ASSERT_EQ(BuildClusterLayout(lp, reinterpret_cast<const bf16*>(dpoints.get()),
+                                   reinterpret_cast<const bf16*>(dvalues.get()), nullptr),
+                cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+      const std::vector<uint16_t> got_points = dpoints.Download(), got_values = dvalues.Download();
+      const std::vector<int32_t> got_positions = positions.Download();
+      const std::vector<uint16_t> got_k = dk.Download(), got_v = dv.Download();
+      for (const ClusterJob& j : jobs) {
+        // Gathered rows: the original rows, position order, wherever they lie now.
+        for (int i = 0; i < j.num_points; ++i) {
+          const size_t want = cache.Index(0, j.kv_head, j.first_position + i);
+          ASSERT_TRUE(std::equal(got_points.begin() + (j.point_begin + i) * dim,
+                                 got_points.begin() + (j.point_begin + i + 1) * dim,
+                                 cache.k_bits.begin() + want))
+              << "point " << i;
+          ASSERT_TRUE(std::equal(got_values.begin() + (j.point_begin + i) * dim,
+                                 got_values.begin() + (j.point_begin + i + 1) * dim,
+                                 cache.v_bits.begin() + want));
+        }
+      }
+      // Every row of the sequence: a slot's row holds its position's original K and V (each
+      // position exactly once); rows outside the laid-out region are untouched.
+      const int laid_out = rounds[r].back().last;
+      for (int h = 0; h < heads; ++h) {
+        std::vector<int> seen(len, 0);
+        for (int row = 0; row < len; ++row) {
+          int pos = row;
+          if (row >= sink && row < laid_out) {
+            pos = got_positions[h * region + row - sink];
+            ASSERT_GE(pos, sink);
+            ASSERT_LT(pos, laid_out);
+          }
+          ++seen[pos];
+          const size_t at = cache.Index(0, h, row), want = cache.Index(0, h, pos);
+          ASSERT_TRUE(
+              std::equal(got_k.begin() + at, got_k.begin() + at + dim, cache.k_bits.begin() + want))
+              << "head " << h << " row " << row << " position " << pos;
+          ASSERT_TRUE(std::equal(got_v.begin() + at, got_v.begin() + at + dim,
+                                 cache.v_bits.begin() + want));
+        }
+        for (int pos = 0; pos < len; ++pos) ASSERT_EQ(seen[pos], 1) << "position " << pos;
       }
     }
   }

@@ -299,7 +299,6 @@ MultipoleShape ShapeOf(const MultipoleDecodeParams& p) {
   shape.max_clusters = p.clusters.max_clusters;
   shape.max_seq_len = p.max_seq_len;
   shape.exact_splits = p.exact_splits;
-  shape.approx_splits = p.approx_splits;
   return shape;
 }
 

@@ -1,7 +1,8 @@
 // End-to-end: mpa_server with --api_keys_file (a keys file written by the test) on a free
 // loopback port: calls without a known key are UNAUTHENTICATED, a session belongs to the key
 // that created it (another key finds no such session), the per-key session limit, health left
-// open, mpa_client's --api_key and MPA_API_KEY, and keys files refused at start-up.
+// open, mpa_client's --api_key and MPA_API_KEY, and keys files refused at start-up. Every
+// server test runs twice: in plaintext, and over mutual TLS (keys and certificates together).
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "tests/server/generate_stream.h"
 #include "tests/server/health_check.h"
 #include "tests/server/server_process.h"
+#include "tests/server/test_certificates.h"
 
 namespace mpa::server {
 namespace {
@@ -49,7 +51,8 @@ std::string WriteFile(const std::string& name, const std::string& text) {
   return path;
 }
 
-class ServerAuthE2eTest : public ::testing::Test {
+// The parameter: whether the server runs with mutual TLS.
+class ServerAuthE2eTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     if (!std::filesystem::exists(std::string(kModelDir) + "/config.json")) {
@@ -67,13 +70,25 @@ class ServerAuthE2eTest : public ::testing::Test {
     std::vector<std::string> argv = {
         MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir), "--address=127.0.0.1:0",
         "--metrics_address=", absl::StrCat("--api_keys_file=", keys_file_)};
+    if (GetParam()) {
+      for (const std::string& flag : tls_files_.ServerFlags(/*mutual=*/true)) argv.push_back(flag);
+    }
     argv.insert(argv.end(), flags.begin(), flags.end());
     server_ = std::make_unique<ChildProcess>(argv);
     std::optional<std::string> address = server_->WaitForLine("listening on ", absl::Seconds(30));
     ASSERT_TRUE(address.has_value()) << "server did not start:\n" << server_->output();
     address_ = *address;
-    channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+    channel_ = GetParam()
+                   ? testing::TlsChannel(address_, tls_files_.ca().cert_pem(), &tls_files_.client())
+                   : grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
     stub_ = v1::DecodeService::NewStub(channel_);
+  }
+  // mpa_client's flags for the server's transport.
+  std::string ClientTlsFlags() const {
+    if (!GetParam()) return "";
+    return absl::StrCat(" --tls_ca=", tls_files_.Path("ca.pem"),
+                        " --tls_cert=", tls_files_.Path("client.pem"),
+                        " --tls_key=", tls_files_.Path("client.key"));
   }
   // A context sending `key` as a Bearer token (none when empty).
   static void Prepare(grpc::ClientContext& context, const std::string& key) {
@@ -123,6 +138,7 @@ class ServerAuthE2eTest : public ::testing::Test {
   }
 
   std::vector<std::string> files_;
+  testing::TlsTestFiles tls_files_{"server_auth_e2e"};
   std::string keys_file_;
   std::unique_ptr<ChildProcess> server_;
   std::string address_;
@@ -130,7 +146,7 @@ class ServerAuthE2eTest : public ::testing::Test {
   std::unique_ptr<v1::DecodeService::Stub> stub_;
 };
 
-TEST_F(ServerAuthE2eTest, EveryRpcNeedsAKnownKey) {
+TEST_P(ServerAuthE2eTest, EveryRpcNeedsAKnownKey) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   std::string session;
   ASSERT_TRUE(CreateSession(kKeyA, &session).ok());
@@ -168,12 +184,12 @@ TEST_F(ServerAuthE2eTest, EveryRpcNeedsAKnownKey) {
   EXPECT_THAT(server_->output(), Not(HasSubstr(kKeyA)));
 }
 
-TEST_F(ServerAuthE2eTest, HealthNeedsNoKey) {
+TEST_P(ServerAuthE2eTest, HealthNeedsNoKey) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   EXPECT_EQ(HealthStatus(channel_), 1);  // SERVING
 }
 
-TEST_F(ServerAuthE2eTest, AnotherKeysSessionIsNotFoundLikeAnUnknownOne) {
+TEST_P(ServerAuthE2eTest, AnotherKeysSessionIsNotFoundLikeAnUnknownOne) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   std::string session;
   ASSERT_TRUE(CreateSession(kKeyA, &session).ok());
@@ -205,7 +221,7 @@ TEST_F(ServerAuthE2eTest, AnotherKeysSessionIsNotFoundLikeAnUnknownOne) {
   EXPECT_EQ(GetSession(kKeyA, session).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
-TEST_F(ServerAuthE2eTest, SessionsPerKeyAreLimited) {
+TEST_P(ServerAuthE2eTest, SessionsPerKeyAreLimited) {
   // --max_sessions=5: by default a key may hold 2 (5 / 4, rounded up).
   ASSERT_NO_FATAL_FAILURE(StartServer({"--max_sessions=5"}));
   std::string first;
@@ -222,7 +238,7 @@ TEST_F(ServerAuthE2eTest, SessionsPerKeyAreLimited) {
   EXPECT_TRUE(CreateSession(kKeyA).ok());
 }
 
-TEST_F(ServerAuthE2eTest, ExplicitSessionsPerKeyFlag) {
+TEST_P(ServerAuthE2eTest, ExplicitSessionsPerKeyFlag) {
   ASSERT_NO_FATAL_FAILURE(StartServer({"--max_sessions=8", "--max_sessions_per_key=1"}));
   ASSERT_TRUE(CreateSession(kKeyB).ok());
   const grpc::Status second = CreateSession(kKeyB);
@@ -230,11 +246,11 @@ TEST_F(ServerAuthE2eTest, ExplicitSessionsPerKeyFlag) {
   EXPECT_THAT(second.error_message(), HasSubstr("--max_sessions_per_key is 1"));
 }
 
-TEST_F(ServerAuthE2eTest, ClientSendsItsKey) {
+TEST_P(ServerAuthE2eTest, ClientSendsItsKey) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
-  const std::string generate =
-      absl::StrCat(MPA_CLIENT_BINARY, " generate --server=", address_,
-                   " --prompt_ids=1 --max_new_tokens=4 --output=ids --stats=false");
+  const std::string generate = absl::StrCat(
+      MPA_CLIENT_BINARY, " generate --server=", address_,
+      " --prompt_ids=1 --max_new_tokens=4 --output=ids --stats=false", ClientTlsFlags());
   auto [no_key_rc, no_key_out] = Shell(absl::StrCat("env -u MPA_API_KEY ", generate, " 2>&1"));
   EXPECT_NE(no_key_rc, 0) << no_key_out;
   EXPECT_THAT(no_key_out, HasSubstr("authorization"));
@@ -244,6 +260,11 @@ TEST_F(ServerAuthE2eTest, ClientSendsItsKey) {
   EXPECT_EQ(env_rc, 0) << env_out;
   EXPECT_EQ(env_out, flag_out);  // greedy: the same ids
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, ServerAuthE2eTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "MutualTls" : "Plaintext";
+                         });
 
 TEST(ServerAuthFlagsE2eTest, BadKeysFilesAreRefusedAtStartUp) {
   if (!std::filesystem::exists(std::string(kModelDir) + "/config.json")) {

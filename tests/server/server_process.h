@@ -4,6 +4,7 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -38,7 +39,9 @@ class ChildProcess {
  public:
   explicit ChildProcess(std::vector<std::string> argv) {
     int out[2];
-    if (pipe(out) != 0) return;
+    // Close-on-exec, so no other child spawned meanwhile holds the pipe open (the dup2 below
+    // gives this child its own descriptors without the flag).
+    if (pipe2(out, O_CLOEXEC) != 0) return;
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
@@ -59,6 +62,8 @@ class ChildProcess {
         output_.append(buf, n);
       }
       close(fd);
+      std::lock_guard<std::mutex> lock(mu_);
+      output_complete_ = true;
     });
   }
   ~ChildProcess() {
@@ -85,13 +90,16 @@ class ChildProcess {
   void Signal(int sig) {
     if (pid_ > 0 && !exited_) kill(pid_, sig);
   }
-  // The exit code, or -1 if it did not exit in time (or died of a signal).
+  // The exit code, or -1 if it did not exit in time (or died of a signal). Once it has exited,
+  // output() holds everything it wrote: the reader thread may still be draining the pipe when
+  // the process is reaped (under load it often is), so this waits (up to 5 s) for its end.
   int Wait(absl::Duration timeout) {
     const absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline) {
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         exited_ = true;
+        WaitForOutputEnd(absl::Seconds(5));
         return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
       }
       absl::SleepFor(absl::Milliseconds(10));
@@ -101,6 +109,18 @@ class ChildProcess {
   std::string output() {
     std::lock_guard<std::mutex> lock(mu_);
     return output_;
+  }
+  // Waits until the output pipe is at its end (every writer closed it), up to `timeout`.
+  void WaitForOutputEnd(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (output_complete_ || pid_ <= 0) return;
+      }
+      if (absl::Now() >= deadline) return;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
   }
   // The rest of the first output line after `prefix`, once the line is complete; nullopt if it
   // did not appear before the timeout.
@@ -126,6 +146,7 @@ class ChildProcess {
   std::thread reader_;
   std::mutex mu_;
   std::string output_;
+  bool output_complete_ = false;  // the reader saw the pipe's end
 };
 
 // How a program run to its end (RunProcess) ended.

@@ -14,16 +14,38 @@ __device__ __forceinline__ int64_t PoolRow(const PagedKvCache& kv, const int32_t
          kv.head_dim;
 }
 
-// One warp per row: the job's key rows, position order.
-__global__ void GatherKernel(ClusterLayoutParams p, bf16* points, int shift) {
+__device__ __forceinline__ int RowOfPosition(const ClusterLayoutParams& p, int kv_head, int pos) {
+  return p.position_rows == nullptr
+             ? pos
+             : p.position_rows[static_cast<int64_t>(kv_head) * p.position_rows_stride + pos -
+                               p.position_rows_begin];
+}
+
+// One warp per point: the job's key and value rows, position order.
+__global__ void GatherKernel(ClusterLayoutParams p, bf16* points, bf16* values, int shift) {
   const ClusterJob job = p.jobs[blockIdx.y];
   const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (i >= job.num_points) return;
-  const bf16* src = p.kv.k + PoolRow(p.kv, p.pages, job.first_position + i, job.kv_head, shift);
-  bf16* dst = points + (job.point_begin + i) * p.kv.head_dim;
+  const int row = RowOfPosition(p, job.kv_head, job.first_position + i);
+  const int64_t src = PoolRow(p.kv, p.pages, row, job.kv_head, shift);
+  const int64_t dst = (job.point_begin + i) * p.kv.head_dim;
   for (int d = lane * 8; d < p.kv.head_dim; d += 256) {
-    *reinterpret_cast<uint4*>(dst + d) = *reinterpret_cast<const uint4*>(src + d);
+    *reinterpret_cast<uint4*>(points + dst + d) = *reinterpret_cast<const uint4*>(p.kv.k + src + d);
+    *reinterpret_cast<uint4*>(values + dst + d) = *reinterpret_cast<const uint4*>(p.kv.v + src + d);
+  }
+}
+
+__global__ void LocateKernel(ClusterLayoutParams p, int first_slot, int num_slots, int laid_out,
+                             int32_t* position_rows) {
+  const int h = blockIdx.y;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < num_slots; i += gridDim.x * blockDim.x) {
+    const int slot = first_slot + i;
+    const int row = slot + p.slot_row_offset;
+    const int pos =
+        slot < laid_out ? p.slot_positions[static_cast<int64_t>(h) * p.slot_stride + slot] : row;
+    position_rows[static_cast<int64_t>(h) * p.position_rows_stride + pos - p.position_rows_begin] =
+        row;
   }
 }
 
@@ -87,19 +109,20 @@ __global__ void __launch_bounds__(kSortThreads) SortKernel(ClusterLayoutParams p
   }
 }
 
-// One warp per slot: its K and V rows from its position to the cluster-major pages.
-__global__ void CopyRowsKernel(ClusterLayoutParams p, int shift) {
+// One warp per slot: its K and V rows from the gathered copies of its position's rows.
+__global__ void CopyRowsKernel(ClusterLayoutParams p, const bf16* points, const bf16* values,
+                               int shift) {
   const ClusterJob job = p.jobs[blockIdx.y];
   const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (i >= job.num_points) return;
   const int slot = job.first_slot + i;
   const int pos = p.slot_positions[static_cast<int64_t>(job.kv_head) * p.slot_stride + slot];
-  const int64_t src = PoolRow(p.kv, p.pages, pos, job.kv_head, shift);
-  const int64_t dst = PoolRow(p.kv, p.slot_pages, slot, job.kv_head, shift);
+  const int64_t src = (job.point_begin + pos - job.first_position) * p.kv.head_dim;
+  const int64_t dst = PoolRow(p.kv, p.slot_pages, slot + p.slot_row_offset, job.kv_head, shift);
   for (int d = lane * 8; d < p.kv.head_dim; d += 256) {
-    *reinterpret_cast<uint4*>(p.kv.k + dst + d) = *reinterpret_cast<const uint4*>(p.kv.k + src + d);
-    *reinterpret_cast<uint4*>(p.kv.v + dst + d) = *reinterpret_cast<const uint4*>(p.kv.v + src + d);
+    *reinterpret_cast<uint4*>(p.kv.k + dst + d) = *reinterpret_cast<const uint4*>(points + src + d);
+    *reinterpret_cast<uint4*>(p.kv.v + dst + d) = *reinterpret_cast<const uint4*>(values + src + d);
   }
 }
 
@@ -121,7 +144,8 @@ __global__ void CentroidsKernel(ClusterLayoutParams p, int shift) {
     p.key_centroids[out + d] = __float2bfloat16_rn(mean[d]);
     float sum = 0.0f;
     for (int s = first; s < last; ++s) {
-      sum += __bfloat162float(p.kv.v[PoolRow(p.kv, p.slot_pages, s, job.kv_head, shift) + d]);
+      sum += __bfloat162float(
+          p.kv.v[PoolRow(p.kv, p.slot_pages, s + p.slot_row_offset, job.kv_head, shift) + d]);
     }
     p.value_centroids[out + d] = __float2bfloat16_rn(last > first ? sum / (last - first) : 0.0f);
   }
@@ -152,24 +176,39 @@ cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int max_keep, float* 
   return cudaGetLastError();
 }
 
-cudaError_t GatherKeys(const ClusterLayoutParams& p, bf16* points, cudaStream_t stream) {
+cudaError_t GatherRows(const ClusterLayoutParams& p, bf16* points, bf16* values,
+                       cudaStream_t stream) {
   const int shift = Log2PowerOfTwo(p.kv.page_size);
-  if (points == nullptr || p.jobs == nullptr || p.pages == nullptr || shift < 0 ||
-      p.kv.head_dim % 8 != 0 || p.kv.head_dim > 256) {
+  if (points == nullptr || values == nullptr || p.jobs == nullptr || p.pages == nullptr ||
+      shift < 0 || p.kv.head_dim % 8 != 0 || p.kv.head_dim > 256) {
     return cudaErrorInvalidValue;
   }
   if (p.num_jobs == 0 || p.max_points == 0) return cudaSuccess;
-  GatherKernel<<<dim3((p.max_points + 7) / 8, p.num_jobs), 256, 0, stream>>>(p, points, shift);
+  GatherKernel<<<dim3((p.max_points + 7) / 8, p.num_jobs), 256, 0, stream>>>(p, points, values,
+                                                                             shift);
   return cudaGetLastError();
 }
 
-cudaError_t BuildClusterLayout(const ClusterLayoutParams& p, cudaStream_t stream) {
+cudaError_t LocatePositions(const ClusterLayoutParams& p, int first_slot, int num_slots,
+                            int laid_out, int32_t* position_rows, cudaStream_t stream) {
+  if (position_rows == nullptr || p.slot_positions == nullptr || p.slot_pages != p.pages ||
+      first_slot < 0 || num_slots < 0 || p.position_rows_stride < num_slots) {
+    return cudaErrorInvalidValue;
+  }
+  if (num_slots == 0 || p.kv.num_kv_heads == 0) return cudaSuccess;
+  LocateKernel<<<dim3((num_slots + 255) / 256, p.kv.num_kv_heads), 256, 0, stream>>>(
+      p, first_slot, num_slots, laid_out, position_rows);
+  return cudaGetLastError();
+}
+
+cudaError_t BuildClusterLayout(const ClusterLayoutParams& p, const bf16* points, const bf16* values,
+                               cudaStream_t stream) {
   const int shift = Log2PowerOfTwo(p.kv.page_size);
   if (p.jobs == nullptr || p.pages == nullptr || p.slot_pages == nullptr || p.labels == nullptr ||
       p.counts == nullptr || p.centroids == nullptr || p.cluster_begin == nullptr ||
       p.key_centroids == nullptr || p.value_centroids == nullptr || p.slot_positions == nullptr ||
-      shift < 0 || p.kv.head_dim % 8 != 0 || p.kv.head_dim > 256 ||
-      p.max_clusters > kMaxClustersPerJob) {
+      points == nullptr || values == nullptr || shift < 0 || p.kv.head_dim % 8 != 0 ||
+      p.kv.head_dim > 256 || p.max_clusters > kMaxClustersPerJob) {
     return cudaErrorInvalidValue;
   }
   if (p.num_jobs == 0 || p.max_points == 0) return cudaSuccess;
@@ -177,7 +216,8 @@ cudaError_t BuildClusterLayout(const ClusterLayoutParams& p, cudaStream_t stream
       SortKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxClustersPerJob * 4);
   if (attr != cudaSuccess) return attr;
   SortKernel<<<p.num_jobs, kSortThreads, p.max_clusters * 4, stream>>>(p);
-  CopyRowsKernel<<<dim3((p.max_points + 7) / 8, p.num_jobs), 256, 0, stream>>>(p, shift);
+  CopyRowsKernel<<<dim3((p.max_points + 7) / 8, p.num_jobs), 256, 0, stream>>>(p, points, values,
+                                                                               shift);
   CentroidsKernel<<<dim3((p.max_clusters + 7) / 8, p.num_jobs), 256, 0, stream>>>(p, shift);
   return cudaGetLastError();
 }

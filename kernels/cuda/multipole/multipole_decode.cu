@@ -28,7 +28,7 @@ bool SupportedHeadDim(int d) {
 }
 
 struct Sizes {
-  size_t logits2, scores, selected, rows, counts, partials;
+  size_t logits2, norms, approx_o, scores, selected, rows, counts, partials;
 };
 
 Sizes SizesOf(const MultipoleShape& s) {
@@ -36,12 +36,15 @@ Sizes SizesOf(const MultipoleShape& s) {
   const int group = s.num_kv_heads > 0 ? s.num_q_heads / s.num_kv_heads : 0;
   Sizes z;
   z.logits2 = AlignUp(heads * group * s.max_clusters * sizeof(float));
+  z.norms = AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * 2 * sizeof(float));
+  z.approx_o =
+      AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * s.head_dim * sizeof(float));
   z.scores = AlignUp(heads * s.max_clusters * sizeof(float));
   z.selected = AlignUp(heads * s.max_clusters);
   z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
   z.counts = AlignUp(heads * sizeof(int32_t));
-  z.partials = AlignUp(DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim,
-                                                     s.exact_splits + s.approx_splits));
+  z.partials = AlignUp(
+      DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim, s.exact_splits + 1));
   return z;
 }
 
@@ -54,18 +57,14 @@ MultipoleShape ChooseMultipoleSplits(MultipoleShape shape) {
     // One wave of the tensor-core decode kernel (one block per multiprocessor).
     shape.exact_splits = std::clamp(sms / heads, 1, 32);
   }
-  if (shape.approx_splits <= 0) {
-    // Two 256-thread blocks per multiprocessor, never fewer than 256 clusters per block.
-    const int useful = std::max((shape.max_clusters + 255) / 256, 1);
-    shape.approx_splits = std::clamp(2 * sms / heads, 1, useful);
-  }
   return shape;
 }
 
 size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape) {
   const MultipoleShape s = ChooseMultipoleSplits(shape);
   const Sizes z = SizesOf(s);
-  return z.logits2 + z.scores + z.selected + z.rows + 2 * z.counts + z.partials;
+  return z.logits2 + z.norms + z.approx_o + z.scores + z.selected + z.rows + 2 * z.counts +
+         z.partials;
 }
 
 MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape) {
@@ -75,6 +74,10 @@ MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShap
   MultipoleWorkspace w;
   w.logits2 = reinterpret_cast<float*>(p);
   p += z.logits2;
+  w.norms = reinterpret_cast<float*>(p);
+  p += z.norms;
+  w.approx_o = reinterpret_cast<float*>(p);
+  p += z.approx_o;
   w.scores = reinterpret_cast<float*>(p);
   p += z.scores;
   w.selected = p;
@@ -121,7 +124,6 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   shape.max_clusters = c.max_clusters;
   shape.max_seq_len = p.max_seq_len;
   shape.exact_splits = p.exact_splits;
-  shape.approx_splits = p.approx_splits;
   shape = ChooseMultipoleSplits(shape);
   if (p.workspace_bytes < MultipoleDecodeWorkspaceBytes(shape)) return cudaErrorInvalidValue;
   const MultipoleWorkspace w = MultipoleWorkspaceLayout(p.workspace, shape);
@@ -136,6 +138,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.max_pages = p.block_table.max_pages_per_seq;
   a.clustered_pages = c.pages.pages;
   a.max_clustered_pages = c.pages.max_pages_per_seq;
+  a.slots_after_sink = c.slots_after_sink ? 1 : 0;
   a.seq_lens = p.seq_lens;
   a.sink_end = p.sink_end;
   a.clustered_end = p.clustered_end;
@@ -151,24 +154,24 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.max_seq_len = std::max(p.max_seq_len, 1);
   a.scale2 = p.scale * kLog2e;
   a.logits2 = w.logits2;
+  a.norms = w.norms;
+  a.approx_o = w.approx_o;
+  a.lookup_blocks = multipole::LookupBlocks(c.max_clusters);
   a.scores = w.scores;
   a.selected = w.selected;
   a.rows = w.rows;
   a.row_counts = w.row_counts;
   a.selected_tokens = w.selected_tokens;
   a.exact_tokens = p.exact_tokens;
-  const int slots = shape.exact_splits + shape.approx_splits;
+  const int slots = shape.exact_splits + 1;
   a.partial_o = static_cast<float*>(w.partials);
   a.partial_lse = a.partial_o + static_cast<size_t>(p.batch) * slots * p.num_q_heads * hd;
   a.exact_splits = shape.exact_splits;
-  a.approx_splits = shape.approx_splits;
 
   cudaError_t err = multipole::LaunchCentroidLookup(a, stream);
   if (err != cudaSuccess || p.stop_after == 1) return err;
   if ((err = multipole::LaunchClusterSelection(a, stream)) != cudaSuccess) return err;
   if (p.stop_after == 2) return cudaSuccess;
-  if ((err = multipole::LaunchCentroidApproximation(a, stream)) != cudaSuccess) return err;
-  if (p.stop_after == 3) return cudaSuccess;
 
   DecodeAttentionParams d;
   d.q = p.q;
@@ -182,7 +185,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   d.rows.rows = w.rows;
   d.rows.counts = w.row_counts;
   d.rows.capacity = a.max_seq_len;
-  d.extra_partials = shape.approx_splits;
+  d.extra_partials = 1;
   d.out = p.out;
   d.out_f32 = p.out_f32;
   d.workspace = w.partials;

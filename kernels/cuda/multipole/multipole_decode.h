@@ -6,20 +6,22 @@
 // captured in a CUDA graph.
 //
 // Cache layout. Positions live in the paged pool (kernels/cuda/common.h). The clustered region of
-// a sequence is stored a second way, cluster-major: its slots (a permutation of the region's
-// positions, cluster by cluster) fill pool pages of their own, slot s of KV head h at page
-// clustered_pages[s / page_size], row s % page_size. A selected cluster is then one contiguous run
-// of rows, read at the copy rate. Its centroids (means of its post-RoPE keys and of its values)
-// are bf16 rows like the keys.
+// a sequence is stored cluster-major: its slots (a permutation of the region's positions,
+// cluster by cluster) are rows of pool pages, slot s of KV head h at row s (or sink_end + s when
+// the slots are the region's own rows, reordered in place: slots_after_sink) of the slot pages
+// table. A selected cluster is then one contiguous run of rows, read at the copy rate. Its
+// centroids (means of its post-RoPE keys and of its values) are bf16 rows like the keys.
 //
 // The launches, each with a plain CPU twin in kernels/cpu/multipole/:
-//   1. CentroidLookup   base-2 logits of the group's query heads against every key centroid
+//   1. CentroidLookup   base-2 logits of the group's query heads against every key centroid, and
+//                       in the same pass over the centroids, per block of clusters, the
+//                       count-weighted softmax sums and N_c 2^(s_c) Vc_c summed over the block
 //   2. SelectClusters   GQA-summed scores exp(s) / sum_j N_j exp(s_j), the budgeted greedy
-//                       selection of cluster_selection.h (boundary rule included), and the rows
-//                       list: sink, recent window, then the selected clusters' slots
-//   3. Approximation    sum over non-selected clusters of N_c 2^(s_c) Vc_c as (o, m, l) partials
-//   4. DecodeAttention  split-KV over the rows list (decode_attention.h, row-list mode), merging
-//                       its splits with the approximation partials
+//                       selection of cluster_selection.h (boundary rule included), the rows
+//                       list (sink, recent window, then the selected clusters' slots), and the
+//                       approximation partial: the blocks' sums merged, less the selected terms
+//   3. DecodeAttention  split-KV over the rows list (decode_attention.h, row-list mode), merging
+//                       its splits with the approximation partial
 #pragma once
 
 #include <cstddef>
@@ -35,6 +37,9 @@ namespace mpa::cuda {
 // cluster state wherever it lives between steps.
 struct ClusteredRegion {
   BlockTable pages;  // [batch, max_pages] pool pages of the cluster-major slots
+  // The slots are the region's own rows, reordered in place: slot s is row sink_end + s of
+  // `pages` (the sequence's position pages); false: row s.
+  bool slots_after_sink = false;
   const bf16* const* key_centroids = nullptr;    // -> [num_clusters, head_dim]
   const bf16* const* value_centroids = nullptr;  // -> [num_clusters, head_dim]
   // -> [num_clusters + 1]: cluster c holds slots [cluster_begin[c], cluster_begin[c + 1]);
@@ -60,10 +65,8 @@ struct MultipoleDecodeParams {
   int num_q_heads = 0;  // a multiple of kv.num_kv_heads, group <= 8
   int max_seq_len = 0;  // host: an upper bound of seq_lens (sizes the rows list)
   float scale = 0.0f;
-  // Splits of the exact part and of the approximation per (sequence, KV head); 0: chosen from the
-  // device and the shapes.
+  // Splits of the exact part per (sequence, KV head); 0: chosen from the device and the shapes.
   int exact_splits = 0;
-  int approx_splits = 0;
   bf16* out = nullptr;  // [batch, num_q_heads, head_dim]; exactly one of out, out_f32
   float* out_f32 = nullptr;
   void* workspace = nullptr;  // MultipoleDecodeWorkspaceBytes
@@ -72,15 +75,21 @@ struct MultipoleDecodeParams {
   // Optional [batch] device counters: each call adds, per sequence, the tokens attended exactly
   // (sink + recent + selected) summed over its KV heads (statistics of the sparsity).
   unsigned long long* exact_tokens = nullptr;
-  // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection;
-  // 3 also the approximation (the output is then not written).
+  // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection
+  // (the output is then not written).
   int stop_after = 0;
 };
 
 // Where the intermediate results sit inside the workspace (tests and statistics read them).
 struct MultipoleWorkspace {
-  float* logits2 = nullptr;            // [batch, num_kv_heads, group, max_clusters] base-2 logits
-                                       // (-inf: empty or absent cluster)
+  float* logits2 = nullptr;  // [batch, num_kv_heads, group, max_clusters] base-2 logits
+                             // (-inf: empty or absent cluster)
+  // [batch, num_kv_heads, group, lookup blocks, 2]: each lookup block's (max, sum N 2^(s - max))
+  // of its clusters' logits, merged by the selection into the softmax normalisers.
+  float* norms = nullptr;
+  // [batch, num_kv_heads, group, lookup blocks, head_dim]: each block's sum of N_c 2^(s_c - max)
+  // Vc_c (multipole sequences only).
+  float* approx_o = nullptr;
   float* scores = nullptr;             // [batch, num_kv_heads, max_clusters] GQA-summed scores
   uint8_t* selected = nullptr;         // [batch, num_kv_heads, max_clusters] 1: attended exactly
   int32_t* rows = nullptr;             // [batch, num_kv_heads, max_seq_len] pool rows read exactly
@@ -98,10 +107,9 @@ struct MultipoleShape {
   int max_clusters = 0;
   int max_seq_len = 0;
   int exact_splits = 0;  // as chosen (ChooseMultipoleSplits)
-  int approx_splits = 0;
 };
 
-// The splits the launcher uses for a shape (fills shape.exact_splits / approx_splits where 0).
+// The splits the launcher uses for a shape (fills shape.exact_splits where 0).
 MultipoleShape ChooseMultipoleSplits(MultipoleShape shape);
 size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape);
 MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape);

@@ -19,6 +19,7 @@ struct StepArgs {
   int max_pages;
   const int32_t* clustered_pages;  // [batch, max_clustered_pages] slots -> pages
   int max_clustered_pages;
+  int slots_after_sink;          // 1: slot s is row sink_end + s of clustered_pages (in place)
   const int32_t* seq_lens;       // [batch]
   const int32_t* sink_end;       // [batch]
   const int32_t* clustered_end;  // [batch]
@@ -35,23 +36,30 @@ struct StepArgs {
   float scale2;     // softmax scale * log2(e)
   // Workspace (multipole_decode.h, MultipoleWorkspace).
   float* logits2;
+  float* norms;     // [batch, num_kv_heads, group, lookup_blocks, 2] (max, sum) per lookup block
+  float* approx_o;  // [batch, num_kv_heads, group, lookup_blocks, head_dim] value sums (multipole)
+  int lookup_blocks;  // LookupBlocks(max_clusters)
   float* scores;
   uint8_t* selected;
   int32_t* rows;
   int32_t* row_counts;
   int32_t* selected_tokens;
   unsigned long long* exact_tokens;  // [batch] or null: += rows attended exactly
-  // DecodeAttention's partials: [batch, slots, num_q_heads, head_dim] then lse [batch, slots,
-  // num_q_heads]; the approximation owns slots [exact_splits, exact_splits + approx_splits).
+  // DecodeAttention's partials: [batch, exact_splits + 1, num_q_heads, head_dim] then lse [batch,
+  // exact_splits + 1, num_q_heads]; the approximation owns the last slot (exact_splits).
   float* partial_o;
   float* partial_lse;
   int exact_splits;
-  int approx_splits;
 };
+
+// Clusters per lookup block, and the lookup's blocks per (sequence, KV head).
+inline constexpr int kLookupClustersPerBlock = 256;
+inline int LookupBlocks(int max_clusters) {
+  return (max_clusters + kLookupClustersPerBlock - 1) / kLookupClustersPerBlock;
+}
 
 cudaError_t LaunchCentroidLookup(const StepArgs& a, cudaStream_t stream);
 cudaError_t LaunchClusterSelection(const StepArgs& a, cudaStream_t stream);
-cudaError_t LaunchCentroidApproximation(const StepArgs& a, cudaStream_t stream);
 
 // Dynamic shared memory of the selection kernel for max_clusters (bytes).
 size_t SelectionSharedBytes(int max_clusters);

@@ -63,3 +63,15 @@ drains streams before the kubelet sends SIGKILL.
 {{- $set -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The port the probes use: the gRPC port, or with TLS the plaintext health-only port (Kubernetes'
+gRPC probes cannot speak TLS).
+*/}}
+{{- define "multipole.probePort" -}}
+{{- if .Values.tls.enabled -}}
+{{- int64 .Values.probes.healthPort -}}
+{{- else -}}
+{{- int64 .Values.server.grpcPort -}}
+{{- end -}}
+{{- end -}}
