@@ -78,6 +78,9 @@ struct MultipoleDecodeParams {
   // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection
   // (the output is then not written).
   int stop_after = 0;
+  // Benchmarks: [32] device values, the selection kernel's phase clocks and counts of its first
+  // (sequence, KV head) (multipole_kernels.h, StepArgs::trace); null: none.
+  long long* trace = nullptr;
 };
 
 // Where the intermediate results sit inside the workspace (tests and statistics read them).

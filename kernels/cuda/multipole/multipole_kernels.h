@@ -50,6 +50,10 @@ struct StepArgs {
   float* partial_o;
   float* partial_lse;
   int exact_splits;
+  // Benchmarks only: the selection kernel's block (0, 0) writes clock64() at its phase ends
+  // (0..8) and counts (16: keys in the first miss's bin, 17: tail rounds, 18: tail candidates,
+  // 19: clusters selected); null: nothing.
+  long long* trace;
 };
 
 // Clusters per lookup block, and the lookup's blocks per (sequence, KV head).
