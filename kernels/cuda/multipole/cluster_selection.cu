@@ -461,6 +461,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         for (int i = 0; i < held; ++i) keys[offset + i] = mine[i];
         int buffer = 0;
         best = BlockMaxKey(best, max_scratch[buffer]);  // its barrier also orders the compaction
+        MarkTime(a, 9);
         int rounds = 0;
         // The walk in rank order takes every candidate that fits in what is left: the next one
         // taken is the largest key below the last taken that fits (one ranked between them did
@@ -522,19 +523,48 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   __syncthreads();
   const int32_t* ctable = a.clustered_pages + static_cast<int64_t>(b) * a.max_clustered_pages;
   const int slot_base = a.slots_after_sink ? a.sink_end[b] : 0;  // in place: rows of the region
-  for (int t = tid; t < selected_total; t += kThreads) {
-    int lo = 0, hi = num_selected - 1;  // the last selected cluster starting at or before t
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) >> 1;
-      if (sel_first[mid] <= t) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
+  {
+    // Each thread writes a contiguous run of tokens: one binary search for its first token's
+    // cluster, then a walk; the page-table loads of eight tokens are issued together.
+    const int run = (selected_total + kThreads - 1) / kThreads;
+    const int t0 = min(selected_total, tid * run), t1 = min(selected_total, t0 + run);
+    int k = 0;
+    if (t0 < t1) {
+      int lo = 0, hi = num_selected - 1;  // the last selected cluster starting at or before t0
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (sel_first[mid] <= t0) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      k = lo;
+    }
+    int next_first = k + 1 < num_selected ? sel_first[k + 1] : selected_total;
+    int s = t0 < t1 ? begin[sel_cluster[k]] + (t0 - sel_first[k]) + slot_base : 0;
+    for (int t = t0; t < t1; t += 8) {
+      int slots[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (t + u == next_first && t + u < t1) {
+          ++k;
+          next_first = k + 1 < num_selected ? sel_first[k + 1] : selected_total;
+          s = begin[sel_cluster[k]] + slot_base;
+        }
+        slots[u] = s++;
+      }
+      int32_t page[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) page[u] = t + u < t1 ? __ldg(ctable + (slots[u] >> a.page_shift)) : 0;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (t + u < t1) {
+          rows[exact_positions + t + u] =
+              (page[u] * a.num_kv_heads + kvh) * a.page_size + (slots[u] & mask);
+        }
       }
     }
-    const int s = begin[sel_cluster[lo]] + (t - sel_first[lo]) + slot_base;
-    rows[exact_positions + t] =
-        (ctable[s >> a.page_shift] * a.num_kv_heads + kvh) * a.page_size + (s & mask);
   }
   if (tid == 0) {
     a.row_counts[hb] = exact_positions + selected_total;
@@ -570,7 +600,11 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   if (tid < G) corr_l[tid] = 0.0f;
   __syncthreads();
   const bf16* value_centroids = a.value_centroids[hb];
-  constexpr int kGc = G < 2 ? G : 2;  // query heads per pass (registers: 8 accumulators each)
+  // Per pass, kGc query heads; per trip, kTrip selected clusters per slot, every load issued
+  // before any is used (the value rows, the clusters' logits: the same address for a slot's
+  // lanes, one transaction).
+  constexpr int kGc = G < 2 ? G : 2;
+  constexpr int kTrip = 4;
 #pragma unroll
   for (int g0 = 0; g0 < G; g0 += kGc) {
     float acc[kGc][8], acc_l[kGc];
@@ -580,37 +614,36 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
     }
-    for (int i = slot; i < num_selected; i += 2 * slots_per_block) {
-      // Two selected clusters per step, every load issued first.
-      const int j = i + slots_per_block;
-      const int s0 = sel_cluster[i], s1 = j < num_selected ? sel_cluster[j] : -1;
-      const uint4 r0 = vlane < vecs
-                           ? __ldg(reinterpret_cast<const uint4*>(
-                                 value_centroids + static_cast<int64_t>(s0) * hd + vlane * 8))
-                           : make_uint4(0, 0, 0, 0);
-      const uint4 r1 = vlane < vecs && s1 >= 0
-                           ? __ldg(reinterpret_cast<const uint4*>(
-                                 value_centroids + static_cast<int64_t>(s1) * hd + vlane * 8))
-                           : make_uint4(0, 0, 0, 0);
-      float l0[kGc], l1[kGc];
+    for (int i0 = slot; i0 < num_selected; i0 += kTrip * slots_per_block) {
+      int sc[kTrip];
+      uint4 raw[kTrip];
+      float lg[kTrip][kGc];
 #pragma unroll
-      for (int g = 0; g < kGc; ++g) {
-        const float* lg = logits + (g0 + g) * a.max_clusters;
-        l0[g] = __ldcg(lg + s0);
-        l1[g] = s1 >= 0 ? __ldcg(lg + s1) : -INFINITY;
+      for (int r = 0; r < kTrip; ++r) {
+        const int i = i0 + r * slots_per_block;
+        sc[r] = i < num_selected ? sel_cluster[i] : -1;
+        raw[r] = vlane < vecs && sc[r] >= 0
+                     ? __ldg(reinterpret_cast<const uint4*>(
+                           value_centroids + static_cast<int64_t>(sc[r]) * hd + vlane * 8))
+                     : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int g = 0; g < kGc; ++g) {
+          lg[r][g] = sc[r] >= 0 ? __ldcg(logits + (g0 + g) * a.max_clusters + sc[r]) : -INFINITY;
+        }
       }
-      float v0[8], v1[8];
-      detail::Bf16x8ToFloat(r0, v0);
-      detail::Bf16x8ToFloat(r1, v1);
-      const float n0 = static_cast<float>(begin[s0 + 1] - begin[s0]);
-      const float n1 = s1 >= 0 ? static_cast<float>(begin[s1 + 1] - begin[s1]) : 0.0f;
 #pragma unroll
-      for (int g = 0; g < kGc; ++g) {
-        const float w0 = n0 * exp2f(l0[g] - m[g0 + g]);
-        const float w1 = s1 >= 0 ? n1 * exp2f(l1[g] - m[g0 + g]) : 0.0f;
-        acc_l[g] += w0 + w1;
+      for (int r = 0; r < kTrip; ++r) {
+        if (sc[r] < 0) continue;
+        float v[8];
+        detail::Bf16x8ToFloat(raw[r], v);
+        const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w0, v0[e], fmaf(w1, v1[e], acc[g][e]));
+        for (int g = 0; g < kGc; ++g) {
+          const float w = n * exp2f(lg[r][g] - m[g0 + g]);
+          acc_l[g] += w;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, v[e], acc[g][e]);
+        }
       }
     }
     // Lanes that hold the same dimensions within a warp, then one atomic per warp and value.
