@@ -159,7 +159,6 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) CentroidLookupKernel
   }
 }
 
-
 // The same lookup on the tensor cores (head_dim 64 and 128), laid out like the dense decode
 // kernel's (decode_attention.cu): each of the block's four warps streams tiles of 16 centroids
 // (its key and value rows, 16-byte cp.async into a ring of kStages slots, chunks XOR-swizzled)

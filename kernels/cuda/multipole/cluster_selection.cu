@@ -456,8 +456,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
           }
         }
         long long num_candidates;
-        const long long offset = BlockExclusiveScan(static_cast<long long>(held), scan_scratch,
-                                                    &num_candidates);
+        const long long offset =
+            BlockExclusiveScan(static_cast<long long>(held), scan_scratch, &num_candidates);
         for (int i = 0; i < held; ++i) keys[offset + i] = mine[i];
         int buffer = 0;
         best = BlockMaxKey(best, max_scratch[buffer]);  // its barrier also orders the compaction
@@ -503,8 +503,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   }
   constexpr int kTokenBits = 40;
   long long both_total;
-  const long long both = BlockExclusiveScan((my_clusters << kTokenBits) | my_tokens,
-                                            scan_scratch, &both_total);
+  const long long both =
+      BlockExclusiveScan((my_clusters << kTokenBits) | my_tokens, scan_scratch, &both_total);
   const int num_selected = static_cast<int>(both_total >> kTokenBits);
   const int selected_total = static_cast<int>(both_total & ((1ll << kTokenBits) - 1));
   int cluster_offset = static_cast<int>(both >> kTokenBits);
@@ -556,7 +556,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       }
       int32_t page[8];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) page[u] = t + u < t1 ? __ldg(ctable + (slots[u] >> a.page_shift)) : 0;
+      for (int u = 0; u < 8; ++u)
+        page[u] = t + u < t1 ? __ldg(ctable + (slots[u] >> a.page_shift)) : 0;
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         if (t + u < t1) {
