@@ -292,7 +292,8 @@ int main(int argc, char** argv) {
       std::printf(
           "  lookup on CUDA cores %.1f us; selection phases (us): start %.1f | scores %.1f | hist "
           "%.1f | miss %.1f | "
-          "tail %.1f (rounds %.1f) | rows %.1f | approx %.1f | merge %.1f || bin keys %lld, tail "
+          "tail %.1f (rounds %.1f) | rows %.1f (scan %.1f) | approx %.1f (setup %.1f) | merge %.1f "
+          "|| bin keys %lld, tail "
           "rounds "
           "%lld of %lld candidates, %lld clusters selected\n",
           lookup_cc_t * 1e6, (tr[1] - tr[0]) / clock_mhz, (tr[2] - tr[1]) / clock_mhz,

@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // clusters' value terms [G][head_dim].
   __shared__ __align__(16) float corr_o[8 * 256 > kHistBins ? 8 * 256 : kHistBins];
   __shared__ float corr_l[8];  // and their weights [G]
+  __shared__ float group_m[8], group_z[8], rest_l[8];  // the group's softmax max and normaliser
   static_assert(kBinList * sizeof(uint64_t) <= sizeof(corr_o), "the bin list reuses corr_o");
 
   const int kvh = blockIdx.x, b = blockIdx.y;
@@ -239,6 +240,14 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     for (int g = 0; g < G; ++g) {
       z[g] = detail::WarpSum(red_z[g][lane]);
       inv_z[g] = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
+    }
+    // Kept in shared memory for the approximation (registers are scarce at 1024 threads).
+    if (tid == 0) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        group_m[g] = m[g];
+        group_z[g] = z[g];
+      }
     }
   }
   MarkTime(a, 1);
@@ -521,6 +530,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   }
   for (int c = tid; c < a.max_clusters; c += kThreads) selected[c] = flags[c];
   __syncthreads();
+  MarkTime(a, 11);
   const int32_t* ctable = a.clustered_pages + static_cast<int64_t>(b) * a.max_clustered_pages;
   const int slot_base = a.slots_after_sink ? a.sink_end[b] : 0;  // in place: rows of the region
   {
@@ -600,6 +610,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   for (int i = tid; i < G * hd; i += kThreads) corr_o[i] = 0.0f;
   if (tid < G) corr_l[tid] = 0.0f;
   __syncthreads();
+  MarkTime(a, 10);
   const bf16* value_centroids = a.value_centroids[hb];
   // Per pass, kGc query heads; per trip, kTrip selected clusters per slot, every load issued
   // before any is used (the value rows, the clusters' logits: the same address for a slot's
@@ -640,7 +651,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
 #pragma unroll
         for (int g = 0; g < kGc; ++g) {
-          const float w = n * exp2f(lg[r][g] - m[g0 + g]);
+          const float w = n * exp2f(lg[r][g] - group_m[g0 + g]);
           acc_l[g] += w;
 #pragma unroll
           for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, v[e], acc[g][e]);
@@ -672,13 +683,11 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   __syncthreads();
   MarkTime(a, 7);
   const float* block_o = a.approx_o + static_cast<int64_t>(hb) * G * a.lookup_blocks * hd;
-  __shared__ float group_m[8], rest_l[8];
   if (tid == 0) {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      group_m[g] = m[g];
-      const float l = z[g] - corr_l[g];
-      rest_l[g] = m[g] != -INFINITY && l > z[g] * 0x1p-20f ? l : 0.0f;
+      const float l = group_z[g] - corr_l[g];
+      rest_l[g] = group_m[g] != -INFINITY && l > group_z[g] * 0x1p-20f ? l : 0.0f;
     }
   }
   __syncthreads();

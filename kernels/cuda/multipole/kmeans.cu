@@ -130,17 +130,33 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float* centroids = p.centroids + pr.cluster_begin * D;
   const float* norms = ws.norms + pr.cluster_begin;
 
-  for (int c0 = 0; c0 < pr.num_clusters; c0 += kChunk) {
-    __syncthreads();  // the previous chunk is consumed
-    for (int i = tid; i < kChunk * kVecs; i += kWarps * 32) {
-      const int r = i / kVecs, ch = i % kVecs;
-      float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  // The centroid chunk's fp32 rows are loaded into registers one chunk ahead, so their latency
+  // hides behind the previous chunk's products: thread tid holds items tid + 128 i (row, 16-byte
+  // chunk of 8 values) of the chunk.
+  constexpr int kItems = kChunk * kVecs / (kWarps * 32);
+  float4 next[kItems][2];
+  auto load_chunk = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = tid + i * kWarps * 32, r = item / kVecs, ch = item % kVecs;
       if (c0 + r < pr.num_clusters) {
         const float4* src = reinterpret_cast<const float4*>(centroids + (c0 + r) * D + ch * 8);
-        const float4 lo = src[0], hi = src[1];
-        v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
-        v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+        next[i][0] = __ldg(src);
+        next[i][1] = __ldg(src + 1);
+      } else {
+        next[i][0] = next[i][1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
+    }
+  };
+  load_chunk(0);
+  float next_norm = tid < kChunk && tid < pr.num_clusters ? norms[tid] : INFINITY;
+  for (int c0 = 0; c0 < pr.num_clusters; c0 += kChunk) {
+    __syncthreads();  // the previous chunk is consumed
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = tid + i * kWarps * 32, r = item / kVecs, ch = item % kVecs;
+      float v[8] = {next[i][0].x, next[i][0].y, next[i][0].z, next[i][0].w,
+                    next[i][1].x, next[i][1].y, next[i][1].z, next[i][1].w};
       const uint32_t to = r * kRowBytes + ((ch ^ (r & 7)) << 4);
 #pragma unroll
       for (int term = 0; term < kTerms; ++term) {
@@ -157,8 +173,11 @@ __global__ void __launch_bounds__(kWarps * 32)
             make_uint4(packed[0], packed[1], packed[2], packed[3]);
       }
     }
-    for (int i = tid; i < kChunk; i += kWarps * 32) {
-      cnorm[i] = c0 + i < pr.num_clusters ? norms[c0 + i] : INFINITY;
+    if (tid < kChunk) cnorm[tid] = next_norm;
+    if (c0 + kChunk < pr.num_clusters) {
+      load_chunk(c0 + kChunk);
+      next_norm =
+          tid < kChunk && c0 + kChunk + tid < pr.num_clusters ? norms[c0 + kChunk + tid] : INFINITY;
     }
     detail::WaitAsync<0>();
     __syncthreads();
