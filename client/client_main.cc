@@ -3,6 +3,7 @@
 //   mpa_client chat                                     multi-turn conversation on one session
 //   mpa_client bench --concurrency=8 --duration=10s     load generator with latency percentiles
 #include <grpcpp/grpcpp.h>
+#include <sys/random.h>
 
 #include <atomic>
 #include <cerrno>
@@ -24,6 +25,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -39,7 +41,9 @@ ABSL_FLAG(std::string, server, "localhost:50051", "Server address host:port");
 ABSL_FLAG(std::string, prompt, "", "generate: input text");
 ABSL_FLAG(std::string, prompt_ids, "",
           "generate: input as comma- or space-separated token ids (instead of --prompt)");
-ABSL_FLAG(std::string, session, "", "generate: continue this session (default: one-shot)");
+ABSL_FLAG(std::string, session, "",
+          "generate, chat: continue this session (default: generate runs one-shot, chat opens a "
+          "session with a random id and closes it at the end)");
 ABSL_FLAG(int, max_new_tokens, -1, "Tokens to generate (-1: the server's default)");
 ABSL_FLAG(double, temperature, 0.0, "0: greedy");
 ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling threshold (1: off)");
@@ -145,12 +149,29 @@ const std::string& ApiKey() {
   return *key;
 }
 
-// Every call's deadline and credentials.
-void PrepareContext(grpc::ClientContext& context) {
+// Every call's deadline and credentials, and for a call of a session its id as "x-session-id"
+// metadata, which a proxy in front of several servers routes by (decode.proto).
+void PrepareContext(grpc::ClientContext& context, const std::string& session_id = "") {
   context.set_deadline(
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1000)));
   if (!ApiKey().empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", ApiKey()));
+  if (!session_id.empty()) context.AddMetadata("x-session-id", session_id);
+}
+
+// A new session's id, chosen here so that a proxy can route its CreateSession to the replica
+// that will hold it: 128 bits from the kernel's cryptographic generator, so it cannot be guessed.
+absl::StatusOr<std::string> NewSessionId() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return absl::InternalError(absl::StrCat("getrandom: ", std::strerror(errno)));
+    got += static_cast<size_t>(n);
+  }
+  return absl::StrCat("cli-", absl::BytesToHexString(absl::string_view(
+                                  reinterpret_cast<const char*>(bytes), sizeof(bytes))));
 }
 
 int Fail(const std::string& what, const grpc::Status& status) {
@@ -222,7 +243,7 @@ const char* FinishName(v1::FinishReason r) {
 // Streams one Generate call to stdout in the --output format. Returns the exit code.
 int StreamGenerate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, request.session_id());
   const std::string format = absl::GetFlag(FLAGS_output);
   const absl::Time start = absl::Now();
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -298,12 +319,21 @@ int RunGenerate(const std::shared_ptr<grpc::Channel>& channel) {
 int RunChat(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = v1::DecodeService::NewStub(channel);
   v1::CreateSessionResponse session;
-  {
+  const bool opened = absl::GetFlag(FLAGS_session).empty();
+  if (opened) {
+    absl::StatusOr<std::string> id = NewSessionId();
+    if (!id.ok()) {
+      std::fprintf(stderr, "mpa_client: %s\n", std::string(id.status().message()).c_str());
+      return 1;
+    }
     grpc::ClientContext context;
-    PrepareContext(context);
+    PrepareContext(context, *id);
     v1::CreateSessionRequest request;
+    request.set_session_id(*id);
     grpc::Status status = stub->CreateSession(&context, request, &session);
     if (!status.ok()) return Fail("CreateSession", status);
+  } else {
+    session.set_session_id(absl::GetFlag(FLAGS_session));
   }
   std::fprintf(stderr, "session %s (an empty line or end of input ends the chat)\n",
                session.session_id().c_str());
@@ -328,8 +358,9 @@ int RunChat(const std::shared_ptr<grpc::Channel>& channel) {
     rc = StreamGenerate(*stub, request);
     if (rc != 0) break;
   }
+  if (!opened) return rc;  // a session given with --session stays open
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, session.session_id());
   v1::CloseSessionRequest close;
   close.set_session_id(session.session_id());
   v1::CloseSessionResponse closed;
