@@ -11,8 +11,10 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libabsl-dev prometheus-cpp-dev libopenblas-dev libre2-dev libicu-dev nlohmann-json3-dev \
   libssl-dev libgtest-dev libgmock-dev clang-format python3 python3-grpcio python3-grpc-tools \
-  curl prometheus clang libclang-rt-14-dev >/dev/null
+  curl prometheus clang libclang-rt-14-dev haproxy >/dev/null
 # prometheus: a real Prometheus server scrapes mpa_server in the metrics end-to-end test.
+# haproxy: the router in front of several replicas (deploy/helm/multipole/files/haproxy.cfg), run
+# by the router end-to-end test (tests/deploy/router_e2e_test.cc).
 # Node.js and npm come with the machine image; Debian's own nodejs conflicts with that build.
 if ! command -v npm >/dev/null; then $SUDO apt-get install -y -qq nodejs npm >/dev/null; fi
 # Test data only (never committed): Qwen3's real tokenizer.json.
