@@ -2,6 +2,8 @@
 //   mpa_client generate --prompt="Once upon a time"   streams one generation to the terminal
 //   mpa_client chat                                     multi-turn conversation on one session
 //   mpa_client bench --concurrency=8 --duration=10s     load generator with latency percentiles
+//   mpa_client health                                   the server's gRPC health status
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/random.h>
 
@@ -79,6 +81,9 @@ ABSL_FLAG(int, output_tokens, 64, "bench: tokens generated per request (EOS igno
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: how long to send requests");
 ABSL_FLAG(int, requests, 0, "bench: stop after this many requests (0: run for --duration)");
 ABSL_FLAG(std::string, json_out, "", "bench: also write the results as JSON to this file");
+// health
+ABSL_FLAG(std::string, health_service, "multipole.v1.DecodeService",
+          "health: the service whose status to ask for (\"\": the server as a whole)");
 
 namespace v1 = ::multipole::v1;
 
@@ -369,6 +374,48 @@ int RunChat(const std::shared_ptr<grpc::Channel>& channel) {
   return rc;
 }
 
+// grpc.health.v1.Health/Check of --health_service through the generic stub (the messages are
+// one string field and one enum field, encoded here). Prints the status; exit 0 only if SERVING.
+int RunHealth(const std::shared_ptr<grpc::Channel>& channel) {
+  const std::string service = absl::GetFlag(FLAGS_health_service);
+  std::string request_bytes;
+  if (!service.empty()) {
+    if (service.size() > 127) {
+      std::fprintf(stderr, "mpa_client: --health_service: longer than 127 bytes\n");
+      return 2;
+    }
+    request_bytes = std::string("\x0a") + static_cast<char>(service.size()) + service;
+  }
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  PrepareContext(context);
+  grpc::CompletionQueue queue;
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  auto call = generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &queue);
+  call->StartCall();
+  call->Finish(&response, &status, nullptr);
+  void* tag;
+  bool ok;
+  queue.Next(&tag, &ok);
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
+  }
+  if (!status.ok()) return Fail("Health/Check", status);
+  std::vector<grpc::Slice> slices;
+  (void)response.Dump(&slices);
+  std::string bytes;
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  // HealthCheckResponse{status = 1}: field 1, varint; absent means UNKNOWN (0).
+  const int code = bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : (bytes.empty() ? 0 : -1);
+  const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  std::printf("%s\n", code >= 0 && code <= 3 ? names[code] : "unparsable answer");
+  return code == 1 ? 0 : 1;
+}
+
 struct RequestSample {
   double ttft = 0.0;     // seconds from send to the first token
   double latency = 0.0;  // seconds from send to the end of the stream
@@ -528,10 +575,11 @@ int RunBench(const std::shared_ptr<grpc::Channel>& channel) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "mpa_client <generate|chat|bench> [--server=host:port] [--tls_ca=FILE] [flags]\n"
+      "mpa_client <generate|chat|bench|health> [--server=host:port] [--tls_ca=FILE] [flags]\n"
       "  generate  stream one generation (--prompt or --prompt_ids) to stdout\n"
       "  chat      multi-turn conversation on one session, one turn per input line\n"
-      "  bench     load generator: --concurrency --prompt_tokens --output_tokens --duration");
+      "  bench     load generator: --concurrency --prompt_tokens --output_tokens --duration\n"
+      "  health    grpc.health.v1 status of --health_service; exit 0 only if SERVING");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
@@ -542,6 +590,7 @@ int main(int argc, char** argv) {
   if (command == "generate") run = RunGenerate;
   if (command == "chat") run = RunChat;
   if (command == "bench") run = RunBench;
+  if (command == "health") run = RunHealth;
   if (run == nullptr) {
     std::fprintf(stderr, "mpa_client: unknown command '%s'\n%s\n", command.c_str(),
                  absl::ProgramUsageMessage().data());
