@@ -46,14 +46,23 @@ step "tools"
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v runc >/dev/null || missing+=(runc)
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" crun >/dev/null
+    "${missing[@]}" >/dev/null
 fi
+# Containers (the build's RUN steps too) start with runc and resource limits no higher than this
+# shell's. On the machine this was written on, podman's defaults fail: crun refuses its cgroups
+# ("cgroups in hybrid mode not supported": cgroup v1 controllers with a cgroup2 hierarchy mounted
+# beside them), and podman asks for open-file and process limits above the ones the kernel lets
+# even root raise ("setrlimit RLIMIT_NOFILE: Operation not permitted").
+podman_run_flags=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
+podman() { command podman --runtime runc "$@"; }
 podman --version
 buildah --version 2>/dev/null || echo "(buildah's command is not installed; podman build uses its library)"
 debootstrap --version
-podman info --format 'storage driver {{.Store.GraphDriverName}}, cgroups {{.Host.CgroupsVersion}}, runtime {{.Host.OCIRuntime.Name}}'
+runc --version | head -1
+podman info --format 'storage driver {{.Store.GraphDriverName}}, cgroups {{.Host.CgroupsVersion}}'
 
 step "base images"
 if [ "${MPA_IMAGE_REBUILD_BASE:-0}" = 1 ] || ! podman image exists docker.io/library/debian:12; then
@@ -82,7 +91,7 @@ start=$(date +%s)
 podman rmi -f "$image" >/dev/null 2>&1 || true
 build_log=$(mktemp)
 status=0
-podman build --pull=never --network=host -f "$root/deploy/Dockerfile" --target cpu -t "$image" \
+podman build "${podman_run_flags[@]}" --pull=never --network=host -f "$root/deploy/Dockerfile" --target cpu -t "$image" \
   "$root" >"$build_log" 2>&1 || status=$?
 # apt's and dpkg's progress lines left out.
 grep -vE '^(Get|Hit|Ign|Fetched|Selecting|Preparing|Unpacking|Setting up|Processing|Reading|\(Reading) ' \
@@ -99,7 +108,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() { podman rm -f "$container" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-podman run -d --name "$container" --network=host \
+podman run "${podman_run_flags[@]}" -d --name "$container" --network=host \
   -v "$model:/models/stories260K:ro" "$image" \
   --model=/models/stories260K --address="127.0.0.1:$port" \
   --metrics_address="127.0.0.1:$metrics_port" --drain_timeout=20s
