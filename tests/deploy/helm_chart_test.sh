@@ -159,10 +159,14 @@ cp -r "$chart" "$work/notes-chart"
 printf 'notes: |\n{{ include "multipole/templates/NOTES.txt" . | indent 2 }}\n' \
   >"$work/notes-chart/templates/notes-rendered.yaml"
 for values in "" "model.volume.type=persistentVolumeClaim,replicaCount=2" \
-  "model.volume.type=hostPath,model.volume.hostPath=/srv/models,metrics.enabled=false"; do
+  "model.volume.type=hostPath,model.volume.hostPath=/srv/models,metrics.enabled=false" \
+  "router.enabled=true,replicaCount=3" "router.enabled=true,autoscaling.enabled=true"; do
   "$helm" template test-release "$work/notes-chart" --show-only templates/notes-rendered.yaml \
     ${values:+--set "$values"} >"$work/notes.txt" || fail "NOTES.txt with '$values'"
   grep -q -- '--server=127.0.0.1:50051' "$work/notes.txt" || fail "NOTES.txt with '$values'"
+  if [[ $values == router* ]]; then
+    grep -q 'x-session-id' "$work/notes.txt" || fail "NOTES.txt with '$values': no routing"
+  fi
 done
 for values in "tls.enabled=true,tls.secretName=mpa-tls" \
   "tls.enabled=true,tls.secretName=mpa-tls,tls.clientCaKey=ca.crt,tls.reloadIntervalSeconds=0"; do
