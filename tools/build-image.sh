@@ -13,10 +13,11 @@
 #     mpa_client health), stream a generation (mpa_client generate) and serve /metrics, find its
 #     model mount read-only, and exit 0 on SIGTERM (podman stop) after draining.
 #
-# Needs root (podman as root, apt-get). Installs podman and debootstrap when missing. Prints
-# every step; tools/build-image.sh | tee LOG keeps the record (deploy/README.md names the one
-# committed). Takes tens of minutes on 2 cores (the build stage compiles mpa_server): not part of
-# CI.
+# Needs root (podman as root, apt-get). Installs podman, runc and debootstrap when missing.
+# Prints every step; `tools/build-image.sh 2>&1 | tee deploy/image-check-cpu.log` keeps the
+# record (the committed one is that). About 5 minutes on 2 cores once the base exists (apt in the
+# deps stage, mpa_server compiled in the build stage), plus about 1 for debootstrap: not part of
+# CI (tools/run-tests.sh), which it would lengthen for a check that needs root, podman and apt.
 #
 # Environment: MPA_MODEL (the model folder, default ../shared/models/stories260K beside the
 # checkout), MPA_IMAGE (tag, default multipole/mpa-server:0.1.0), MPA_IMAGE_WORK (where the base
@@ -38,6 +39,9 @@ step "host"
 uname -srm
 grep PRETTY_NAME /etc/os-release || true
 echo "cores: $(nproc)"
+if git -C "$root" rev-parse HEAD >/dev/null 2>&1; then
+  echo "source: commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!deploy/image-check-cpu.log' || echo ' with uncommitted changes')"
+fi
 [ "$(id -u)" = 0 ] || fail "run as root (podman as root, apt-get)"
 [ -f "$model/config.json" ] || fail "no model at $model (set MPA_MODEL)"
 model=$(cd "$model" && pwd)
