@@ -22,7 +22,7 @@
 # Environment: MPA_MODEL (the model folder, default ../shared/models/stories260K beside the
 # checkout), MPA_IMAGE (tag, default multipole/mpa-server:0.1.0), MPA_IMAGE_WORK (where the base
 # file system is made, default /var/tmp/multipole-image-base), MPA_IMAGE_REBUILD_BASE=1 (make
-# the base again even if podman has it).
+# the base again even if podman has it), MPA_IMAGE_NO_CACHE=1 (build every stage again).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 image=${MPA_IMAGE:-multipole/mpa-server:0.1.0}
@@ -95,7 +95,9 @@ start=$(date +%s)
 podman rmi -f "$image" >/dev/null 2>&1 || true
 build_log=$(mktemp)
 status=0
-podman build "${podman_run_flags[@]}" --pull=never --network=host -f "$root/deploy/Dockerfile" --target cpu -t "$image" \
+cache_flags=()
+[ "${MPA_IMAGE_NO_CACHE:-0}" = 1 ] && cache_flags=(--no-cache)
+podman build "${podman_run_flags[@]}" "${cache_flags[@]}" --pull=never --network=host -f "$root/deploy/Dockerfile" --target cpu -t "$image" \
   "$root" >"$build_log" 2>&1 || status=$?
 # apt's and dpkg's progress lines left out.
 grep -vE '^(Get|Hit|Ign|Fetched|Selecting|Preparing|Unpacking|Setting up|Processing|Reading|\(Reading) ' \
