@@ -550,6 +550,48 @@ def check_router(case, json_path, shared_config_path, slots, autoscaled):
     print(f"router ({case}): {len(docs)} documents, {slots} server slots checked")
 
 
+# ---------------------------------------------------------------- router health check
+
+
+def check_health_bytes(config_path, generator_path):
+    """The router's tcp-check sends what tools/grpc_health_check_bytes.py writes, and that is one
+    well-formed HTTP/2 gRPC call of grpc.health.v1.Health/Check for multipole.v1.DecodeService."""
+    import importlib.util
+    import struct
+    with open(config_path) as f:
+        config = f.read()
+    sent = bytes.fromhex("".join(re.findall(r"^\s*tcp-check send-binary ([0-9a-fA-F]+)", config, re.M)))
+    spec = importlib.util.spec_from_file_location("grpc_health_check_bytes", generator_path)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    check(sent == generator.check_bytes("multipole.v1.DecodeService"),
+          f"{config_path}: the tcp-check bytes are not tools/grpc_health_check_bytes.py's")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    if not check(sent.startswith(preface), "health check: no HTTP/2 client preface"):
+        return
+    frames, at = [], len(preface)
+    while at + 9 <= len(sent):
+        length = int.from_bytes(sent[at:at + 3], "big")
+        kind, flags = sent[at + 3], sent[at + 4]
+        stream = struct.unpack(">I", sent[at + 5:at + 9])[0]
+        frames.append((kind, flags, stream, sent[at + 9:at + 9 + length]))
+        at += 9 + length
+    check(at == len(sent), "health check: frames do not add up to the bytes sent")
+    check([(k, f, s) for k, f, s, _ in frames] == [(4, 0, 0), (1, 4, 1), (0, 1, 1)],
+          f"health check: frames {[(k, f, s) for k, f, s, _ in frames]}")
+    headers = frames[1][3] if len(frames) > 1 else b""
+    for text in (b"/grpc.health.v1.Health/Check", b"application/grpc", b"trailers"):
+        check(text in headers, f"health check: {text} not in the HEADERS frame")
+    data = frames[2][3] if len(frames) > 2 else b""
+    message = b"\x0a\x1amultipole.v1.DecodeService"
+    check(data == b"\x00" + struct.pack(">I", len(message)) + message,
+          f"health check: DATA {data!r}")
+    # The answer it passes on: HealthCheckResponse{status: SERVING}, framed.
+    check(re.search(r"tcp-check expect min-recv 0 binary 00000000020801\b", config),
+          "health check: no expectation of SERVING")
+    print(f"router health check: {len(sent)} bytes, {len(frames)} HTTP/2 frames, as the generator writes")
+
+
 # ---------------------------------------------------------------- live
 
 
@@ -586,6 +628,8 @@ def main():
         check_dashboard(sys.argv[2])
     elif len(sys.argv) >= 5 and sys.argv[1] == "manifests":
         check_manifests(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "health-bytes":
+        check_health_bytes(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 7 and sys.argv[1] == "router":
         check_router(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "1")
     elif len(sys.argv) == 5 and sys.argv[1] == "live":

@@ -78,6 +78,7 @@ if [ -z "$helm" ]; then
 fi
 chart="$root/deploy/helm/multipole"
 echo "chart: $("$helm" version --short) on $chart"
+python3 "$checks" health-bytes "$chart/files/haproxy.cfg" "$root/tools/grpc_health_check_bytes.py"
 
 cat >"$work/gpu.yaml" <<'EOF'
 gpu:
