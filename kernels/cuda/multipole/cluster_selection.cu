@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // Step 4: the score histogram, then the keys of the first miss's bin; step 6: the selected
   // clusters' value terms [G][head_dim].
   __shared__ __align__(16) float corr_o[8 * 256 > kHistBins ? 8 * 256 : kHistBins];
-  __shared__ float corr_l[8];  // and their weights [G]
+  __shared__ float corr_l[8];                          // and their weights [G]
   __shared__ float group_m[8], group_z[8], rest_l[8];  // the group's softmax max and normaliser
   static_assert(kBinList * sizeof(uint64_t) <= sizeof(corr_o), "the bin list reuses corr_o");
 
@@ -446,13 +446,11 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         if (tid == 0) flags[ClusterOf(miss)] = 1;
       } else {
         long long left = budget - above;
-        // 4c. The prefix; and the tail's candidates (smaller keys that fit in what is left)
-        // compacted into the start of `keys` after every thread has read its own. The largest
-        // candidate is the first taken.
-        uint64_t mine[kPer];
-        int held = 0;
+        // 4c. The prefix; and the largest tail candidate (a smaller key that fits in what is
+        // left), the first taken.
         uint64_t best = 0;
-#pragma unroll
+        int held = 0;
+#pragma unroll 4
         for (int i = 0; i < kPer; ++i) {
           const int c = tid + i * kThreads;
           if (c >= num_clusters) break;
@@ -460,21 +458,26 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
           if (key > miss) {
             flags[c] = 1;
           } else if (key != 0 && key < miss && CountOf(key, begin) <= left) {
-            mine[held++] = key;
+            ++held;
             best = key > best ? key : best;
           }
         }
-        long long num_candidates;
-        const long long offset =
-            BlockExclusiveScan(static_cast<long long>(held), scan_scratch, &num_candidates);
-        for (int i = 0; i < held; ++i) keys[offset + i] = mine[i];
+        if (a.trace != nullptr) {  // the benchmark's count of candidates
+          held += __shfl_xor_sync(0xffffffffu, held, 16);
+          held += __shfl_xor_sync(0xffffffffu, held, 8);
+          held += __shfl_xor_sync(0xffffffffu, held, 4);
+          held += __shfl_xor_sync(0xffffffffu, held, 2);
+          held += __shfl_xor_sync(0xffffffffu, held, 1);
+          if (lane == 0) atomicAdd(&bin_count, held);  // bin_count is free again
+        }
         int buffer = 0;
-        best = BlockMaxKey(best, max_scratch[buffer]);  // its barrier also orders the compaction
+        best = BlockMaxKey(best, max_scratch[buffer]);
         MarkTime(a, 9);
         int rounds = 0;
         // The walk in rank order takes every candidate that fits in what is left: the next one
         // taken is the largest key below the last taken that fits (one ranked between them did
-        // not fit in more than is left now).
+        // not fit in more than is left now). Each round is one pass over the keys in shared
+        // memory and one barrier.
         while (best != 0) {
           ++rounds;
           const int c = ClusterOf(best);
@@ -483,15 +486,18 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
           if (left <= 0) break;
           const uint64_t bound = best;
           best = 0;
-          for (int i = tid; i < static_cast<int>(num_candidates); i += kThreads) {
-            const uint64_t key = keys[i];
+#pragma unroll 4
+          for (int i = 0; i < kPer; ++i) {
+            const int cc = tid + i * kThreads;
+            if (cc >= num_clusters) break;
+            const uint64_t key = keys[cc];
             if (key < bound && key > best && CountOf(key, begin) <= left) best = key;
           }
           buffer ^= 1;
           best = BlockMaxKey(best, max_scratch[buffer]);
         }
         Mark(a, 17, rounds);
-        Mark(a, 18, num_candidates);
+        Mark(a, 18, bin_count - listed);
       }
     }
   }
