@@ -3,8 +3,8 @@
 // the same passes (assign to the nearest centroid, ties to the lower id; move each centroid to the
 // mean of its members; an emptied cluster takes the point farthest from its own centroid among
 // clusters with more than one member, lowest point index on ties), seeded from the same points.
-// Distances are |x|^2 + |c|^2 - 2 x.c (fp32 accumulators) rather than the reference's sum of squared
-// differences, so a point almost equidistant from two centroids may take the other one; the
+// Distances are |x|^2 + |c|^2 - 2 x.c (fp32 accumulators) rather than the reference's sum of
+// squared differences, so a point almost equidistant from two centroids may take the other one; the
 // parity test checks that every disagreement is such a near tie.
 #pragma once
 
