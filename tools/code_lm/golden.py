@@ -90,6 +90,14 @@ def main():
         "last_logits": [float(x) for x in last],
         "logits_after": [float(x) for x in logits],
     }
+    if args.impl == "transformers":
+        # Our own PyTorch model (the one train.py trains) on the same folder, as a cross-check.
+        ours, _ = load("ours", args.model)
+        ref = torch.tensor(golden["last_logits"])
+        golden["ours_vs_transformers_rel_l2"] = float(
+            (ours(prompt) - ref).norm() / ref.norm())
+        print("ours vs transformers, last prompt logits: rel L2 %.3g"
+              % golden["ours_vs_transformers_rel_l2"])
     if args.text:
         check = {"text_bytes": os.path.getsize(args.text), "ids": len(ids)}
         try:

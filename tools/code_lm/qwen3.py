@@ -149,7 +149,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, c.num_key_value_heads, c.head_dim)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
-        v = v.transpose(1, 2)
+        # Under autocast the norms give fp32 (fp32 weight x bf16): attend in v's dtype (bf16), so
+        # that the fused flash kernel runs.
+        q, k, v = q.to(v.dtype), k.to(v.dtype), v.transpose(1, 2)
         group = c.num_attention_heads // c.num_key_value_heads
         if group > 1:  # [b, kv, t, d] -> [b, kv * group, t, d], query head h uses kv h // group
             k = k.repeat_interleave(group, dim=1)

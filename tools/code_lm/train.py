@@ -19,7 +19,7 @@ stage it stopped in. AdamW's moments are not kept (at 2 x 4 bytes a parameter th
 the device's 64 MB carry and return limits); a resumed chunk rebuilds them during its own warmup.
 
 Outputs (in --out): model/ (as above), curve.csv (step, tokens, seconds, seq_len, lr, train loss
-averaged over the logging interval, tokens/s, held-out loss where measured), eval.json
+averaged over the logging interval, tokens/s, held-out loss where measured, chunk), eval.json
 (held-out perplexity of the same target tokens with 16K context vs in independent 2K chunks,
 and by position bucket), train.log.
 
@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qwen3  # noqa: E402
 
 EOT_ID = 0
+SCRIPT_START = time.time()
 
 
 def log(out, text):
@@ -213,7 +214,7 @@ def save(model, args, state, curve, tokenizer):
     with open(os.path.join(args.out, "curve.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "tokens", "seconds", "seq_len", "lr", "train_loss", "tokens_per_s",
-                    "heldout_loss"])
+                    "heldout_loss", "chunk"])
         w.writerows(curve)
 
 
@@ -233,7 +234,13 @@ def main():
     p.add_argument("--head_dim", type=int, default=64)
     p.add_argument("--rope_theta", type=float, default=1_000_000.0)
     p.add_argument("--max_position_embeddings", type=int, default=32768)
-    p.add_argument("--budget_s", type=float, default=480)
+    p.add_argument("--budget_s", type=float, default=480,
+                   help="seconds of training (the schedule's time base)")
+    p.add_argument("--total_budget_s", type=float, default=0,
+                   help="if > 0: the whole run, from the script's start, ends within this many "
+                        "seconds: training gets at most this minus what loading took minus "
+                        "--reserve_s (the final save and evaluation)")
+    p.add_argument("--reserve_s", type=float, default=25)
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (tests)")
     p.add_argument("--progress_by_steps", action="store_true",
                    help="pace schedule and stages by steps / --max_steps instead of time")
@@ -289,10 +296,14 @@ def main():
         model = qwen3.load_hf(args.resume)
         with open(os.path.join(args.resume, "train_state.json")) as f:
             state = json.load(f)
-        prev_curve = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "curve.csv")
-        if os.path.exists(prev_curve):
-            with open(prev_curve) as f:
-                curve = [row for row in csv.reader(f)][1:]
+        # The curve so far: beside the weights (unpack_result.sh) or one folder up (train.py).
+        for prev_curve in (os.path.join(args.resume, "curve.csv"),
+                           os.path.join(os.path.dirname(os.path.abspath(args.resume)),
+                                        "curve.csv")):
+            if os.path.exists(prev_curve):
+                with open(prev_curve) as f:
+                    curve = [row for row in csv.reader(f)][1:]
+                break
         log(args.out, "resumed from %s at step %d, %d tokens"
             % (args.resume, state["step"], state["tokens"]))
     else:
@@ -318,6 +329,12 @@ def main():
                              {"params": no_decay, "weight_decay": 0.0}], **opt_kwargs)
     step_fn = torch.compile(model) if args.compile else model
 
+    if args.total_budget_s > 0:
+        left = args.total_budget_s - (time.time() - SCRIPT_START) - args.reserve_s
+        if left < args.budget_s:
+            log(args.out, "training budget cut from %.0f s to %.0f s to end within %.0f s"
+                % (args.budget_s, left, args.total_budget_s))
+            args.budget_s = max(1.0, left)
     sampler = WindowSampler(len(train_ids), args.seed)
     chunk = {"start_step": state["step"], "start_tokens": state["tokens"], "args": vars(args)}
     state["chunks"].append(chunk)
@@ -376,7 +393,8 @@ def main():
                 heldout_loss = "%.4f" % quick_heldout_loss(model, quick_windows, device, autocast)
                 last_eval = time.time()
             row = [state["step"], state["tokens"], "%.1f" % (state["seconds"] + now - start),
-                   length, "%.3g" % lr, "%.4f" % interval_loss, "%.0f" % rate, heldout_loss]
+                   length, "%.3g" % lr, "%.4f" % interval_loss, "%.0f" % rate, heldout_loss,
+                   len(state["chunks"]) - 1]
             curve.append(row)
             log(args.out, "step %d tokens %d seq %d lr %.3g loss %.4f  %.0f tok/s  held-out %s"
                 % (state["step"], state["tokens"], length, lr, interval_loss, rate,
