@@ -28,6 +28,7 @@ set -u -o pipefail
 carry=${1:?usage: device_train.sh CARRY OUT}
 out=${2:?usage: device_train.sh CARRY OUT}
 export PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 work=build-code-lm
 rm -rf "$work"
 mkdir -p "$work" "$out"

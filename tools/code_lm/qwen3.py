@@ -241,7 +241,7 @@ def _tensor_bytes(t, dtype_name):
 
 def write_safetensors(path, tensors, dtype_name):
     """tensors: [(name, tensor)] in the order written."""
-    header, offset, blobs = {}, 0, []
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
     for name, t in tensors:
         data = _tensor_bytes(t, dtype_name)
         header[name] = {"dtype": dtype_name, "shape": list(t.shape),

@@ -245,7 +245,7 @@ def main():
     p.add_argument("--progress_by_steps", action="store_true",
                    help="pace schedule and stages by steps / --max_steps instead of time")
     p.add_argument("--stages", default="2048:0.4,4096:0.2,8192:0.15,16384:0.25")
-    p.add_argument("--batch_tokens", type=int, default=131072)
+    p.add_argument("--batch_tokens", type=int, default=65536)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min_lr_ratio", type=float, default=0.0)
     p.add_argument("--warmup_steps", type=int, default=60)
