@@ -107,35 +107,63 @@ def lr_at(args, step, progress):
 
 
 class WindowSampler:
-    """Visits the windows [j*T, j*T + T + 1) of the stream in a seeded random order, one epoch
-    after another; its cursor (stage, epoch, position) is saved for resumption."""
+    """Windows of the training stream, every token once per epoch, B different places per step.
 
-    def __init__(self, num_tokens, seed):
-        self.num_tokens = num_tokens
+    The stream is cut into blocks of the longest stage's length, visited in a seeded random
+    order (a new order each epoch). A step at length T takes one window of T + 1 tokens from
+    each of B open blocks (block_tokens / T windows each, in order), opening the next block of
+    the order when one is used up, so a batch spans B regions and no token repeats before the
+    epoch ends. A stage change closes the open blocks (at most B partly used blocks are skipped).
+    Its state (epoch, position in the order, open blocks) is saved for resumption."""
+
+    def __init__(self, num_tokens, block_tokens, seed):
+        self.block = block_tokens
+        self.num_blocks = (num_tokens - 1) // block_tokens
+        if self.num_blocks < 1:
+            sys.exit("train.py: fewer training tokens than one window of %d" % block_tokens)
         self.seed = seed
-        self.length = None
-
-    def start(self, length, epoch=0, position=0):
-        self.length, self.epoch, self.position = length, epoch, position
+        self.epoch, self.position, self.open, self.length = 0, 0, [], None
         self._shuffle()
 
     def _shuffle(self):
-        n = (self.num_tokens - 1) // self.length
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.length * 7919 + self.epoch)
-        self.order = torch.randperm(n, generator=g)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.order = torch.randperm(self.num_blocks, generator=g).tolist()
+
+    def start(self, length, saved=None):
+        if self.block % length:
+            sys.exit("train.py: stage length %d does not divide %d" % (length, self.block))
+        self.length = length
+        self.open = []
+        if saved and saved.get("block") == self.block:
+            if saved["epoch"] != self.epoch:
+                self.epoch = saved["epoch"]
+                self._shuffle()
+            self.position = saved["position"]
+            if saved.get("length") == length:
+                self.open = [list(e) for e in saved["open"]]
+
+    def _next_block(self):
+        if self.position >= self.num_blocks:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._shuffle()
+        b = self.order[self.position]
+        self.position += 1
+        return b
 
     def take(self, count):
+        while len(self.open) < count:
+            self.open.append([self._next_block(), 0])
         starts = []
-        while len(starts) < count:
-            if self.position >= len(self.order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._shuffle()
-            starts.append(int(self.order[self.position]) * self.length)
-            self.position += 1
+        for entry in self.open[:count]:
+            starts.append(entry[0] * self.block + entry[1] * self.length)
+            entry[1] += 1
+        per_block = self.block // self.length
+        self.open = [e for e in self.open if e[1] < per_block]
         return starts
 
     def state(self):
-        return {"length": self.length, "epoch": self.epoch, "position": self.position}
+        return {"block": self.block, "length": self.length, "epoch": self.epoch,
+                "position": self.position, "open": self.open}
 
 
 def heldout_windows(ids, length, count):
@@ -335,7 +363,7 @@ def main():
             log(args.out, "training budget cut from %.0f s to %.0f s to end within %.0f s"
                 % (args.budget_s, left, args.total_budget_s))
             args.budget_s = max(1.0, left)
-    sampler = WindowSampler(len(train_ids), args.seed)
+    sampler = WindowSampler(len(train_ids), max(length for length, _ in stages), args.seed)
     chunk = {"start_step": state["step"], "start_tokens": state["tokens"], "args": vars(args)}
     state["chunks"].append(chunk)
     stage = -1
@@ -356,11 +384,7 @@ def main():
         if s != stage:
             stage = s
             length = stages[s][0]
-            saved = state.get("sampler")
-            if saved and saved["length"] == length:
-                sampler.start(length, saved["epoch"], saved["position"])
-            else:
-                sampler.start(length)
+            sampler.start(length, state.get("sampler"))
             batch = max(1, args.batch_tokens // length)
             log(args.out, "stage %d: sequences of %d tokens, %d per step" % (s, length, batch))
         lr = lr_at(args, local_step, progress)
