@@ -217,7 +217,8 @@ absl::StatusOr<std::unique_ptr<eval::EvalEngine>> MakeEngine(const std::string& 
   if (engine == "cpu") {
     ModelOptions options;
     options.threads = absl::GetFlag(FLAGS_threads);
-    options.max_kv_tokens = std::max<int64_t>(int64_t{max_context} + 64, 4096);
+    // A document's prefilled prefix and one mode's copy of it at a time.
+    options.max_kv_tokens = std::max<int64_t>(2 * (int64_t{max_context} + 64), 4096);
     MPA_ASSIGN_OR_RETURN(*cpu_model, Model::Load(dir, options));
     return eval::MakeCpuEngine(cpu_model->get());
   }

@@ -126,6 +126,60 @@ TEST_F(ScoreDocumentTest, DenseAgainstDenseIsExactAndATinyBudgetIsNot) {
   EXPECT_GT(dense.perplexity(), 1.0);
 }
 
+// The CPU engine without its copy of the prefill: every mode prefills on its own.
+class PrefillEveryModeEngine : public EvalEngine {
+ public:
+  explicit PrefillEveryModeEngine(EvalEngine* inner) : inner_(inner) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  const char* name() const override { return "cpu, no copies"; }
+  absl::Status Supports(const AttentionOptions& o) const override { return inner_->Supports(o); }
+  absl::StatusOr<std::unique_ptr<EvalSequence>> NewSequence(const AttentionOptions& o) override {
+    return inner_->NewSequence(o);
+  }
+  absl::Status Prefill(EvalSequence& s, absl::Span<const int32_t> t, float* l) override {
+    return inner_->Prefill(s, t, l);
+  }
+  absl::Status Decode(EvalSequence& s, int32_t t, float* l) override {
+    return inner_->Decode(s, t, l);
+  }
+
+ private:
+  EvalEngine* inner_;
+};
+
+TEST_F(ScoreDocumentTest, OnePrefillCopiedScoresAsAPrefillPerMode) {
+  ASSERT_TRUE(engine_->can_clone());
+  std::vector<ModeSpec> modes;
+  for (AttentionMode mode :
+       {AttentionMode::kMultipole, AttentionMode::kExactOnly, AttentionMode::kQuest}) {
+    ModeSpec spec;
+    spec.name = std::string(AttentionModeName(mode));
+    spec.options.mode = mode;
+    MultipoleConfig& c = spec.options.multipole;
+    c.sink_tokens = 4;
+    c.cluster_interval = 16;
+    c.tokens_per_centroid = 4;
+    c.block_tokens = 128;
+    c.final_window_min = 64;
+    c.final_window_max = 191;
+    c.min_clustered_tokens = 32;
+    c.token_budget = 16;
+    modes.push_back(spec);
+  }
+  std::vector<bool> long_range(tokens_.size(), false);
+  PrefillEveryModeEngine separate(engine_.get());
+  auto copied = ScoreDocument(*engine_, tokens_, 220, 40, long_range, modes);
+  auto own = ScoreDocument(separate, tokens_, 220, 40, long_range, modes);
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  ASSERT_TRUE(own.ok()) << own.status();
+  for (size_t m = 0; m < copied->size(); ++m) {
+    EXPECT_EQ((*copied)[m].kl_sum, (*own)[m].kl_sum) << m;
+    EXPECT_EQ((*copied)[m].nll_sum, (*own)[m].nll_sum) << m;
+    EXPECT_EQ((*copied)[m].tokens_attended_exact, (*own)[m].tokens_attended_exact) << m;
+  }
+  EXPECT_GT((*copied)[1].kl_sum, 0.0);
+}
+
 TEST_F(ScoreDocumentTest, RefusesADocumentTooShortForItsSteps) {
   auto r = ScoreDocument(*engine_, tokens_, 250, 50, std::vector<bool>(300), {});
   EXPECT_FALSE(r.ok());

@@ -18,6 +18,7 @@ class CpuSequence : public EvalSequence {
   explicit CpuSequence(std::unique_ptr<SequenceState> seq) : seq_(std::move(seq)) {}
   const AttentionStats& stats() const override { return seq_->stats(); }
   SequenceState& state() { return *seq_; }
+  const SequenceState& state() const { return *seq_; }
 
  private:
   std::unique_ptr<SequenceState> seq_;
@@ -43,6 +44,14 @@ class CpuEngine : public EvalEngine {
     SequenceState* batch[] = {&static_cast<CpuSequence&>(seq).state()};
     const int32_t ids[] = {token};
     return model_->Decode(absl::MakeSpan(batch), ids, logits);
+  }
+  bool can_clone() const override { return true; }
+  absl::StatusOr<std::unique_ptr<EvalSequence>> Clone(const EvalSequence& prefix,
+                                                      const AttentionOptions& options) override {
+    MPA_ASSIGN_OR_RETURN(
+        std::unique_ptr<SequenceState> seq,
+        model_->CloneSequence(static_cast<const CpuSequence&>(prefix).state(), options));
+    return std::make_unique<CpuSequence>(std::move(seq));
   }
 
  private:
@@ -143,7 +152,12 @@ absl::StatusOr<std::vector<ModeTally>> ScoreDocument(EvalEngine& engine,
   std::vector<double> dense_log_p(static_cast<size_t>(steps) * vocab);
   std::vector<int> dense_argmax(steps);
   std::vector<ModeTally> out(modes.size() + 1);
-  std::vector<double> log_p, log_q;
+  std::vector<double> log_q;
+  std::unique_ptr<EvalSequence> prefilled;  // dense, the prefix's tokens, never decoded
+  if (engine.can_clone()) {
+    MPA_ASSIGN_OR_RETURN(prefilled, engine.NewSequence(AttentionOptions{}));
+    MPA_RETURN_IF_ERROR(engine.Prefill(*prefilled, tokens.subspan(0, prefix), logits.data()));
+  }
   for (size_t m = 0; m <= modes.size(); ++m) {
     ModeTally& tally = out[m];
     const AttentionOptions options = m == 0 ? AttentionOptions{} : modes[m - 1].options;
@@ -151,8 +165,13 @@ absl::StatusOr<std::vector<ModeTally>> ScoreDocument(EvalEngine& engine,
       tally.skipped = std::string(s.message());
       continue;
     }
-    MPA_ASSIGN_OR_RETURN(std::unique_ptr<EvalSequence> seq, engine.NewSequence(options));
-    MPA_RETURN_IF_ERROR(engine.Prefill(*seq, tokens.subspan(0, prefix), logits.data()));
+    std::unique_ptr<EvalSequence> seq;
+    if (prefilled) {
+      MPA_ASSIGN_OR_RETURN(seq, engine.Clone(*prefilled, options));
+    } else {
+      MPA_ASSIGN_OR_RETURN(seq, engine.NewSequence(options));
+      MPA_RETURN_IF_ERROR(engine.Prefill(*seq, tokens.subspan(0, prefix), logits.data()));
+    }
     const AttentionStats before = seq->stats();
     tally.documents = 1;
     for (int i = 0; i < steps; ++i) {

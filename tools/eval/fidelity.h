@@ -2,7 +2,8 @@
 // mode fed the same tokens, each scored against dense attention on the same positions.
 //
 // For a document of L + 1 tokens and S scored steps, every mode prefills the first L - S tokens
-// (dense, as the engine always prefills; clustering happens at its end), then decodes the
+// (dense, as the engine always prefills; clustering happens at its end; on the CPU the prefill is
+// done once and copied, Model::CloneSequence), then decodes the
 // document's own next S tokens one at a time. Step i feeds token L - S + i and predicts token
 // L - S + i + 1 from a context of L - S + i + 1 tokens, so the last step sees L tokens. Each mode
 // keeps its own KV cache and cluster hierarchy, as a serving session would.
@@ -42,6 +43,15 @@ class EvalEngine {
   virtual absl::Status Prefill(EvalSequence& seq, absl::Span<const int32_t> tokens,
                                float* logits) = 0;
   virtual absl::Status Decode(EvalSequence& seq, int32_t token, float* logits) = 0;
+  // Whether Clone works: then a document is prefilled once (dense, as every mode prefills) and
+  // each mode starts from a copy; otherwise each mode prefills on its own.
+  virtual bool can_clone() const { return false; }
+  // A sequence attending with `options` in the state a prefill of `prefix`'s tokens would have
+  // left it in.
+  virtual absl::StatusOr<std::unique_ptr<EvalSequence>> Clone(const EvalSequence& prefix,
+                                                              const AttentionOptions& options) {
+    return absl::UnimplementedError("this engine cannot copy sequences");
+  }
 };
 
 // The CPU engine over a loaded Model (the caller keeps the model alive).
