@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   if (csv) {
     std::fprintf(csv, "# device=%s\n", prop.name);
     std::fprintf(csv,
-                 "run,problems_per_layer,points_per_layer,iterations,layer_ms,model_ms,tflops\n");
+                 "run,problems_per_layer,points_per_layer,iterations,layer_ms,model_ms,tflops,"
+                 "cuda_core_layer_ms\n");
   }
   const std::vector<Run> runs = {
       {"prompt 32K", PromptBlocks(32768 - 10 - 256), 10, true},
@@ -130,19 +131,24 @@ int main(int argc, char** argv) {
     CHECK_CUDA(mpa::cuda::KMeansLloyd(p, nullptr));
     if (!r.seeded) p.seeds = nullptr;
     const double t = TimeIt([&](int) { CHECK_CUDA(mpa::cuda::KMeansLloyd(p, nullptr)); }, 5, 5);
+    // The same run with the assignment on CUDA cores (fp32), for comparison.
+    p.cuda_core_assign = true;
+    const double t_cc = TimeIt([&](int) { CHECK_CUDA(mpa::cuda::KMeansLloyd(p, nullptr)); }, 5, 5);
+    p.cuda_core_assign = false;
     // Assignment products: 2 * points * clusters-of-its-problem * head_dim per pass.
     double flops = 0;
     for (const auto& pr : problems) flops += 2.0 * pr.num_points * pr.num_clusters * kHeadDim;
     flops *= r.iterations + 1;
     std::printf(
         "%-28s %3zu problems/layer %8lld points/layer, %2d passes: %8.3f ms/layer, "
-        "%8.1f ms for %d layers, %.1f TFLOP/s in the assignment\n",
+        "%8.1f ms for %d layers, %.1f TFLOP/s in the assignment (CUDA-core assignment: %.3f "
+        "ms/layer)\n",
         r.name.c_str(), problems.size(), static_cast<long long>(points), r.iterations, t * 1e3,
-        t * 1e3 * kLayers, kLayers, flops / t * 1e-12);
+        t * 1e3 * kLayers, kLayers, flops / t * 1e-12, t_cc * 1e3);
     if (csv) {
-      std::fprintf(csv, "%s,%zu,%lld,%d,%.4f,%.3f,%.2f\n", r.name.c_str(), problems.size(),
+      std::fprintf(csv, "%s,%zu,%lld,%d,%.4f,%.3f,%.2f,%.4f\n", r.name.c_str(), problems.size(),
                    static_cast<long long>(points), r.iterations, t * 1e3, t * 1e3 * kLayers,
-                   flops / t * 1e-12);
+                   flops / t * 1e-12, t_cc * 1e3);
     }
     for (void* ptr : {static_cast<void*>(x), static_cast<void*>(d_problems),
                       static_cast<void*>(d_seeds), static_cast<void*>(labels),

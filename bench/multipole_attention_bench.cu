@@ -75,6 +75,11 @@ int main(int argc, char** argv) {
   const double copy_bw = CopyBandwidth();
   std::printf("device: %s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s (read + write)\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_bw * 1e-9);
+  int clock_khz = 0;
+  CHECK_CUDA(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
+  const double clock_mhz = clock_khz * 1e-3;  // clock64() ticks per microsecond
+  long long* trace;
+  CHECK_CUDA(cudaMalloc(&trace, 32 * sizeof(long long)));
   FILE* csv = out_path.empty() ? nullptr : std::fopen(out_path.c_str(), "w");
   if (csv) {
     std::fprintf(csv, "# device=%s copy_bw_gbs=%.1f\n", prop.name, copy_bw * 1e-9);
@@ -260,8 +265,43 @@ int main(int argc, char** argv) {
             },
             iters, 7);
       }
+      // The lookup on CUDA cores, for comparison with the tensor-core one above.
+      p.stop_after = 1;
+      p.kernel = mpa::cuda::DecodeKernel::kCudaCore;
+      const double lookup_cc_t = TimeIt(
+          [&](int i) {
+            bind(caches[i % copies]);
+            CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
+          },
+          iters, 7);
+      p.kernel = mpa::cuda::DecodeKernel::kAuto;
       const double t = step_t[2];
       const double floor_t = bytes / copy_bw;
+      // Where the selection of the first (sequence, KV head) spends its time: phase clocks of one
+      // call (the third of three, caches warm as in the timing loop).
+      p.stop_after = 0;
+      p.trace = trace;
+      for (int rep = 0; rep < 3; ++rep) {
+        CHECK_CUDA(cudaMemset(trace, 0, 32 * sizeof(long long)));
+        bind(caches[rep % copies]);
+        CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
+      }
+      p.trace = nullptr;
+      long long tr[32];
+      CHECK_CUDA(cudaMemcpy(tr, trace, sizeof(tr), cudaMemcpyDeviceToHost));
+      std::printf(
+          "  lookup on CUDA cores %.1f us; selection phases (us): start %.1f | scores %.1f | hist "
+          "%.1f | miss %.1f | "
+          "tail %.1f (rounds %.1f) | rows %.1f (scan %.1f) | approx %.1f (setup %.1f) | merge %.1f "
+          "|| bin keys %lld, tail "
+          "rounds "
+          "%lld of %lld candidates, %lld clusters selected\n",
+          lookup_cc_t * 1e6, (tr[1] - tr[0]) / clock_mhz, (tr[2] - tr[1]) / clock_mhz,
+          tr[3] ? (tr[3] - tr[2]) / clock_mhz : 0.0,
+          tr[3] && tr[4] ? (tr[4] - tr[3]) / clock_mhz : 0.0,
+          tr[4] ? (tr[5] - tr[4]) / clock_mhz : (tr[5] - tr[2]) / clock_mhz,
+          tr[9] ? (tr[5] - tr[9]) / clock_mhz : 0.0, (tr[6] - tr[5]) / clock_mhz,
+          (tr[7] - tr[6]) / clock_mhz, (tr[8] - tr[7]) / clock_mhz, tr[16], tr[17], tr[18], tr[19]);
       std::printf("%7d %5d %-6s %9.0f %9.1f %9.1f %6.1f%% %9.1f %7.2fx %8.1f %8.1f\n", s.context,
                   s.batch, bud.name.c_str(), selected_total / heads, bytes / 1e6, t * 1e6,
                   100.0 * floor_t / t, dense_t * 1e6, dense_t / t, step_t[0] * 1e6,
@@ -290,6 +330,7 @@ int main(int argc, char** argv) {
     cudaFree(ws);
     cudaFree(dense_ws);
   }
+  cudaFree(trace);
   if (csv) std::fclose(csv);
   return 0;
 }

@@ -2,7 +2,10 @@
 //   mpa_client generate --prompt="Once upon a time"   streams one generation to the terminal
 //   mpa_client chat                                     multi-turn conversation on one session
 //   mpa_client bench --concurrency=8 --duration=10s     load generator with latency percentiles
+//   mpa_client health                                   the server's gRPC health status
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/random.h>
 
 #include <atomic>
 #include <cerrno>
@@ -24,6 +27,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -39,7 +43,9 @@ ABSL_FLAG(std::string, server, "localhost:50051", "Server address host:port");
 ABSL_FLAG(std::string, prompt, "", "generate: input text");
 ABSL_FLAG(std::string, prompt_ids, "",
           "generate: input as comma- or space-separated token ids (instead of --prompt)");
-ABSL_FLAG(std::string, session, "", "generate: continue this session (default: one-shot)");
+ABSL_FLAG(std::string, session, "",
+          "generate, chat: continue this session (default: generate runs one-shot, chat opens a "
+          "session with a random id and closes it at the end)");
 ABSL_FLAG(int, max_new_tokens, -1, "Tokens to generate (-1: the server's default)");
 ABSL_FLAG(double, temperature, 0.0, "0: greedy");
 ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling threshold (1: off)");
@@ -75,6 +81,9 @@ ABSL_FLAG(int, output_tokens, 64, "bench: tokens generated per request (EOS igno
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: how long to send requests");
 ABSL_FLAG(int, requests, 0, "bench: stop after this many requests (0: run for --duration)");
 ABSL_FLAG(std::string, json_out, "", "bench: also write the results as JSON to this file");
+// health
+ABSL_FLAG(std::string, health_service, "multipole.v1.DecodeService",
+          "health: the service whose status to ask for (\"\": the server as a whole)");
 
 namespace v1 = ::multipole::v1;
 
@@ -145,12 +154,29 @@ const std::string& ApiKey() {
   return *key;
 }
 
-// Every call's deadline and credentials.
-void PrepareContext(grpc::ClientContext& context) {
+// Every call's deadline and credentials, and for a call of a session its id as "x-session-id"
+// metadata, which a proxy in front of several servers routes by (decode.proto).
+void PrepareContext(grpc::ClientContext& context, const std::string& session_id = "") {
   context.set_deadline(
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1000)));
   if (!ApiKey().empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", ApiKey()));
+  if (!session_id.empty()) context.AddMetadata("x-session-id", session_id);
+}
+
+// A new session's id, chosen here so that a proxy can route its CreateSession to the replica
+// that will hold it: 128 bits from the kernel's cryptographic generator, so it cannot be guessed.
+absl::StatusOr<std::string> NewSessionId() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return absl::InternalError(absl::StrCat("getrandom: ", std::strerror(errno)));
+    got += static_cast<size_t>(n);
+  }
+  return absl::StrCat("cli-", absl::BytesToHexString(absl::string_view(
+                                  reinterpret_cast<const char*>(bytes), sizeof(bytes))));
 }
 
 int Fail(const std::string& what, const grpc::Status& status) {
@@ -222,7 +248,7 @@ const char* FinishName(v1::FinishReason r) {
 // Streams one Generate call to stdout in the --output format. Returns the exit code.
 int StreamGenerate(v1::DecodeService::Stub& stub, const v1::GenerateRequest& request) {
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, request.session_id());
   const std::string format = absl::GetFlag(FLAGS_output);
   const absl::Time start = absl::Now();
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -298,12 +324,21 @@ int RunGenerate(const std::shared_ptr<grpc::Channel>& channel) {
 int RunChat(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = v1::DecodeService::NewStub(channel);
   v1::CreateSessionResponse session;
-  {
+  const bool opened = absl::GetFlag(FLAGS_session).empty();
+  if (opened) {
+    absl::StatusOr<std::string> id = NewSessionId();
+    if (!id.ok()) {
+      std::fprintf(stderr, "mpa_client: %s\n", std::string(id.status().message()).c_str());
+      return 1;
+    }
     grpc::ClientContext context;
-    PrepareContext(context);
+    PrepareContext(context, *id);
     v1::CreateSessionRequest request;
+    request.set_session_id(*id);
     grpc::Status status = stub->CreateSession(&context, request, &session);
     if (!status.ok()) return Fail("CreateSession", status);
+  } else {
+    session.set_session_id(absl::GetFlag(FLAGS_session));
   }
   std::fprintf(stderr, "session %s (an empty line or end of input ends the chat)\n",
                session.session_id().c_str());
@@ -328,14 +363,57 @@ int RunChat(const std::shared_ptr<grpc::Channel>& channel) {
     rc = StreamGenerate(*stub, request);
     if (rc != 0) break;
   }
+  if (!opened) return rc;  // a session given with --session stays open
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, session.session_id());
   v1::CloseSessionRequest close;
   close.set_session_id(session.session_id());
   v1::CloseSessionResponse closed;
   grpc::Status status = stub->CloseSession(&context, close, &closed);
   if (!status.ok() && rc == 0) return Fail("CloseSession", status);
   return rc;
+}
+
+// grpc.health.v1.Health/Check of --health_service through the generic stub (the messages are
+// one string field and one enum field, encoded here). Prints the status; exit 0 only if SERVING.
+int RunHealth(const std::shared_ptr<grpc::Channel>& channel) {
+  const std::string service = absl::GetFlag(FLAGS_health_service);
+  std::string request_bytes;
+  if (!service.empty()) {
+    if (service.size() > 127) {
+      std::fprintf(stderr, "mpa_client: --health_service: longer than 127 bytes\n");
+      return 2;
+    }
+    request_bytes = std::string("\x0a") + static_cast<char>(service.size()) + service;
+  }
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  PrepareContext(context);
+  grpc::CompletionQueue queue;
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  auto call = generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &queue);
+  call->StartCall();
+  call->Finish(&response, &status, nullptr);
+  void* tag;
+  bool ok;
+  queue.Next(&tag, &ok);
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
+  }
+  if (!status.ok()) return Fail("Health/Check", status);
+  std::vector<grpc::Slice> slices;
+  (void)response.Dump(&slices);
+  std::string bytes;
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  // HealthCheckResponse{status = 1}: field 1, varint; absent means UNKNOWN (0).
+  const int code = bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : (bytes.empty() ? 0 : -1);
+  const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  std::printf("%s\n", code >= 0 && code <= 3 ? names[code] : "unparsable answer");
+  return code == 1 ? 0 : 1;
 }
 
 struct RequestSample {
@@ -497,10 +575,11 @@ int RunBench(const std::shared_ptr<grpc::Channel>& channel) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "mpa_client <generate|chat|bench> [--server=host:port] [--tls_ca=FILE] [flags]\n"
+      "mpa_client <generate|chat|bench|health> [--server=host:port] [--tls_ca=FILE] [flags]\n"
       "  generate  stream one generation (--prompt or --prompt_ids) to stdout\n"
       "  chat      multi-turn conversation on one session, one turn per input line\n"
-      "  bench     load generator: --concurrency --prompt_tokens --output_tokens --duration");
+      "  bench     load generator: --concurrency --prompt_tokens --output_tokens --duration\n"
+      "  health    grpc.health.v1 status of --health_service; exit 0 only if SERVING");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
@@ -511,6 +590,7 @@ int main(int argc, char** argv) {
   if (command == "generate") run = RunGenerate;
   if (command == "chat") run = RunChat;
   if (command == "bench") run = RunBench;
+  if (command == "health") run = RunHealth;
   if (run == nullptr) {
     std::fprintf(stderr, "mpa_client: unknown command '%s'\n%s\n", command.c_str(),
                  absl::ProgramUsageMessage().data());

@@ -205,16 +205,18 @@ SchedulerSnapshot DecodeScheduler::snapshot() const {
 // ---- Commands ------------------------------------------------------------------------------
 
 void DecodeScheduler::CreateSession(std::string owner, AttentionOverride attention,
+                                    std::string requested_id,
                                     std::function<void(absl::StatusOr<SessionInfo>)> done) {
   auto refuse = [done] { done(absl::UnavailableError("the server is shutting down")); };
   if (draining()) return refuse();
   Post(
-      [this, owner = std::move(owner), attention, done] {
+      [this, owner = std::move(owner), attention, requested_id = std::move(requested_id), done] {
         if (draining()) return done(absl::UnavailableError("the server is shutting down"));
         const AttentionOptions options = attention.ApplyTo(options_.default_attention);
         if (absl::Status st = CheckAttentionSupported(options.mode); !st.ok()) return done(st);
-        absl::StatusOr<Session*> s = sessions_.Create(engine_->NewSequence(options), options,
-                                                      /*ephemeral=*/false, absl::Now(), owner);
+        absl::StatusOr<Session*> s =
+            sessions_.Create(engine_->NewSequence(options), options, /*ephemeral=*/false,
+                             absl::Now(), owner, requested_id);
         if (!s.ok()) return done(s.status());
         done(Describe(**s));
       },
@@ -251,7 +253,7 @@ void DecodeScheduler::CloseSession(std::string owner, std::string session_id,
         absl::StatusOr<Session*> s = sessions_.FindOwned(session_id, owner);
         if (!s.ok()) return done(s.status());
         if ((*s)->active != nullptr) FinishGeneration(*(*s)->active, FinishReason::kCancelled);
-        sessions_.Remove(session_id);
+        sessions_.Remove(*s);
         done(absl::OkStatus());
       },
       [done] { done(absl::UnavailableError("the server is shutting down")); });
@@ -268,10 +270,10 @@ void DecodeScheduler::GetSession(std::string owner, std::string session_id,
       [done] { done(absl::UnavailableError("the server is shutting down")); });
 }
 
-void DecodeScheduler::StreamClosed(std::string session_id) {
+void DecodeScheduler::StreamClosed(std::string owner, std::string session_id) {
   Post(
-      [this, session_id] {
-        absl::StatusOr<Session*> s = sessions_.Find(session_id);
+      [this, owner = std::move(owner), session_id = std::move(session_id)] {
+        absl::StatusOr<Session*> s = sessions_.FindOwned(session_id, owner);
         if (!s.ok()) return;  // closed, evicted or ephemeral: nothing ages
         (*s)->open_streams = std::max(0, (*s)->open_streams - 1);
         (*s)->last_used = absl::Now();
@@ -347,8 +349,8 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
   if (params.session_id.empty()) {
     const AttentionOptions options = params.attention.ApplyTo(options_.default_attention);
     if (absl::Status st = CheckAttentionSupported(options.mode); !st.ok()) return sink->Fail(st);
-    absl::StatusOr<Session*> s =
-        sessions_.Create(engine_->NewSequence(options), options, /*ephemeral=*/true, now);
+    absl::StatusOr<Session*> s = sessions_.Create(engine_->NewSequence(options), options,
+                                                  /*ephemeral=*/true, now, params.owner);
     if (!s.ok()) return sink->Fail(s.status());
     session = *s;
   } else {
@@ -363,7 +365,7 @@ void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<Gen
     }
   }
   auto refuse = [&](absl::Status status) {
-    if (session->ephemeral) sessions_.Remove(session->id);
+    if (session->ephemeral) sessions_.Remove(session);
     sink->Fail(status);
   };
   if (params.attention.mode.has_value()) {
@@ -546,10 +548,11 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
   if (!status.ok()) {
     // The sequences' caches may be half-written: their sessions cannot continue.
     for (Generation* gen : batch) {
-      const std::string id = gen->session->id;
+      Session* session = gen->session;
+      const bool ephemeral = session->ephemeral;  // then FailGeneration frees it
       FailGeneration(*gen, absl::InternalError(absl::StrCat(
                                "decode step failed (the session was closed): ", status.message())));
-      sessions_.Remove(id);
+      if (!ephemeral) sessions_.Remove(session);
     }
     return;
   }
@@ -660,11 +663,11 @@ void DecodeScheduler::EndGeneration(Generation& gen) {
   Session& s = *gen.session;
   s.active = nullptr;
   s.last_used = absl::Now();
-  if (s.ephemeral) sessions_.Remove(s.id);
+  if (s.ephemeral) sessions_.Remove(&s);
 }
 
 void DecodeScheduler::EvictExpired() {
-  for (const std::string& id : sessions_.Expired(absl::Now())) sessions_.Remove(id);
+  for (Session* s : sessions_.Expired(absl::Now())) sessions_.Remove(s);
 }
 
 }  // namespace mpa::server

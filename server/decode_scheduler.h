@@ -75,7 +75,9 @@ class DecodeScheduler {
   // and must not block. `owner` is who asks (an API key's owner string, empty without keys):
   // a session is bound to its creator, and a command naming another owner's session fails
   // with NotFound exactly as for an unknown id.
-  void CreateSession(std::string owner, AttentionOverride attention,
+  // requested_id: the id the client chose (validated, see session_id.h), empty for a fresh one;
+  // an id `owner` already holds is AlreadyExists.
+  void CreateSession(std::string owner, AttentionOverride attention, std::string requested_id,
                      std::function<void(absl::StatusOr<SessionInfo>)> done);
   // Errors (unknown session, limits, busy session, drain) go to sink->Fail.
   void Generate(GenerateParams params, std::shared_ptr<GenerationSink> sink);
@@ -88,7 +90,7 @@ class DecodeScheduler {
                   std::function<void(absl::StatusOr<SessionInfo>)> done);
   // A sink that reports_close() delivered its whole stream (or its client went away): the
   // session's idle time starts now.
-  void StreamClosed(std::string session_id);
+  void StreamClosed(std::string owner, std::string session_id);
 
   // Drain: from now on CreateSession and Generate are refused with UNAVAILABLE; running
   // generations continue.

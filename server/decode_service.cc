@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "google/protobuf/descriptor.h"
 #include "server/request_parser.h"
+#include "server/session_id.h"
 #include "server/status_translation.h"
 
 namespace mpa::server {
@@ -303,9 +305,9 @@ void DecodeService::RegisterUnary(absl::string_view name, UnaryMethod<Request, R
   auto handler = [this, method](grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
                                 Response* response) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    absl::StatusOr<std::string> owner = Authenticate(*context);
-    if (!owner.ok()) {
-      reactor->Finish(Translate(owner.status(), observer_));
+    absl::StatusOr<Caller> caller = Identify(*context);
+    if (!caller.ok()) {
+      reactor->Finish(Translate(caller.status(), observer_));
       return reactor;
     }
     Request request;
@@ -313,7 +315,7 @@ void DecodeService::RegisterUnary(absl::string_view name, UnaryMethod<Request, R
       reactor->Finish(Translate(s, observer_));
       return reactor;
     }
-    (this->*method)(reactor, *std::move(owner), request, response);
+    (this->*method)(reactor, *std::move(caller), request, response);
     return reactor;
   };
   MarkMethodRawCallback(
@@ -321,17 +323,34 @@ void DecodeService::RegisterUnary(absl::string_view name, UnaryMethod<Request, R
       new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, Response>(std::move(handler)));
 }
 
-absl::StatusOr<std::string> DecodeService::Authenticate(
+absl::StatusOr<DecodeService::Caller> DecodeService::Identify(
     const grpc::CallbackServerContext& context) const {
-  if (api_keys_ == nullptr) return std::string();
+  Caller caller;
   const auto& metadata = context.client_metadata();
-  std::optional<absl::string_view> authorization;
-  if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    authorization = absl::string_view(it->second.data(), it->second.size());
+  if (api_keys_ != nullptr) {
+    std::optional<absl::string_view> authorization;
+    if (auto it = metadata.find("authorization"); it != metadata.end()) {
+      authorization = absl::string_view(it->second.data(), it->second.size());
+    }
+    absl::StatusOr<const ApiKey*> key = api_keys_->Authenticate(authorization);
+    if (!key.ok()) return key.status();
+    caller.owner = (*key)->owner;
   }
-  absl::StatusOr<const ApiKey*> key = api_keys_->Authenticate(authorization);
-  if (!key.ok()) return key.status();
-  return (*key)->owner;
+  // Only after the key check: a caller without a key learns nothing about its metadata.
+  auto [first, last] = metadata.equal_range(kSessionIdMetadata);
+  if (first != last) {
+    if (std::next(first) != last) {
+      return absl::InvalidArgumentError(absl::StrCat(kSessionIdMetadata, " metadata: sent ",
+                                                     std::distance(first, last),
+                                                     " times; a call belongs to one session"));
+    }
+    if (first->second.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kSessionIdMetadata, " metadata: empty; send the session's id, or no metadata"));
+    }
+    caller.routed_session_id.emplace(first->second.data(), first->second.size());
+  }
+  return caller;
 }
 
 void OpenStreams::Add() {
@@ -539,26 +558,72 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   return p;
 }
 
-absl::StatusOr<AttentionOverride> ParseCreateSessionRequest(
-    const v1::CreateSessionRequest& request) {
-  return ParseAttentionConfig(request.attention(), "attention");
+namespace {
+
+absl::Status RoutingMismatch(absl::string_view session_id, absl::string_view routed) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      kSessionIdMetadata, " metadata ", QuoteSessionId(routed), " differs from session_id ",
+      QuoteSessionId(session_id),
+      ": a proxy routes the call by the metadata, so both must name the same session"));
 }
 
-absl::Status CheckSessionId(absl::string_view session_id) {
+}  // namespace
+
+absl::StatusOr<CreateSessionParams> ParseCreateSessionRequest(
+    const v1::CreateSessionRequest& request, const std::optional<std::string>& routed) {
+  absl::StatusOr<AttentionOverride> attention =
+      ParseAttentionConfig(request.attention(), "attention");
+  if (!attention.ok()) return attention.status();
+  CreateSessionParams p;
+  p.attention = *attention;
+  if (!request.session_id().empty()) {
+    if (absl::Status s = ValidateClientSessionId(request.session_id(), "session_id"); !s.ok()) {
+      return s;
+    }
+    if (routed.has_value() && *routed != request.session_id()) {
+      return RoutingMismatch(request.session_id(), *routed);
+    }
+    p.session_id = request.session_id();
+  } else if (routed.has_value()) {
+    const std::string field = absl::StrCat(kSessionIdMetadata, " metadata");
+    if (absl::Status s = ValidateClientSessionId(*routed, field); !s.ok()) return s;
+    p.session_id = *routed;
+  }
+  return p;
+}
+
+absl::Status CheckSessionId(absl::string_view session_id,
+                            const std::optional<std::string>& routed) {
   if (session_id.empty()) return absl::InvalidArgumentError("session_id: empty");
+  if (routed.has_value() && *routed != session_id) return RoutingMismatch(session_id, *routed);
   return absl::OkStatus();
 }
 
-void DecodeService::HandleCreateSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+absl::Status CheckGenerateRouting(absl::string_view session_id,
+                                  const std::optional<std::string>& routed) {
+  if (!routed.has_value()) return absl::OkStatus();
+  if (session_id.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kSessionIdMetadata, " metadata names session ", QuoteSessionId(*routed),
+                     " but session_id is empty (a one-shot generation): set session_id to "
+                     "continue that session, or send no ",
+                     kSessionIdMetadata));
+  }
+  if (*routed != session_id) return RoutingMismatch(session_id, *routed);
+  return absl::OkStatus();
+}
+
+void DecodeService::HandleCreateSession(grpc::ServerUnaryReactor* reactor, Caller caller,
                                         const v1::CreateSessionRequest& request,
                                         v1::CreateSessionResponse* response) {
-  absl::StatusOr<AttentionOverride> attention = ParseCreateSessionRequest(request);
-  if (!attention.ok()) {
-    reactor->Finish(Translate(attention.status(), observer_));
+  absl::StatusOr<CreateSessionParams> params =
+      ParseCreateSessionRequest(request, caller.routed_session_id);
+  if (!params.ok()) {
+    reactor->Finish(Translate(params.status(), observer_));
     return;
   }
   scheduler_->CreateSession(
-      std::move(owner), *attention,
+      std::move(caller.owner), params->attention, std::move(params->session_id),
       [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
         if (info.ok()) {
           response->set_session_id(info->session_id);
@@ -577,17 +642,21 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::HandleGenerate(
     return refuse(
         absl::UnavailableError("the server is shutting down: not accepting new requests"));
   }
-  absl::StatusOr<std::string> owner = Authenticate(*context);
-  if (!owner.ok()) return refuse(owner.status());
+  absl::StatusOr<Caller> caller = Identify(*context);
+  if (!caller.ok()) return refuse(caller.status());
   v1::GenerateRequest request;
   if (absl::Status s = ParseRequest(request_bytes, &request); !s.ok()) return refuse(s);
+  if (absl::Status s = CheckGenerateRouting(request.session_id(), caller->routed_session_id);
+      !s.ok()) {
+    return refuse(s);
+  }
   absl::StatusOr<GenerateParams> params =
       ParseGenerateRequest(request, scheduler_->engine(), limits_);
   if (!params.ok()) return refuse(params.status());
-  params->owner = *std::move(owner);
-  auto stream =
-      std::make_shared<GenerateStream>(observer_, [scheduler = scheduler_](std::string session_id) {
-        scheduler->StreamClosed(std::move(session_id));
+  params->owner = caller->owner;
+  auto stream = std::make_shared<GenerateStream>(
+      observer_, [scheduler = scheduler_, owner = caller->owner](std::string session_id) {
+        scheduler->StreamClosed(owner, std::move(session_id));
       });
   stream->set_return_logprobs(params->return_logprobs);
   auto* reactor = new GenerateStream::Reactor(stream, &open_streams_);
@@ -596,50 +665,50 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::HandleGenerate(
   return reactor;
 }
 
-void DecodeService::HandleCancelGeneration(grpc::ServerUnaryReactor* reactor, std::string owner,
+void DecodeService::HandleCancelGeneration(grpc::ServerUnaryReactor* reactor, Caller caller,
                                            const v1::CancelGenerationRequest& request,
                                            v1::CancelGenerationResponse* response) {
-  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) {
+  if (absl::Status s = CheckSessionId(request.session_id(), caller.routed_session_id); !s.ok()) {
     reactor->Finish(Translate(s, observer_));
     return;
   }
   scheduler_->CancelGeneration(
-      std::move(owner), request.session_id(),
+      std::move(caller.owner), request.session_id(),
       [reactor, response, observer = observer_](absl::StatusOr<bool> cancelled) {
         if (cancelled.ok()) response->set_cancelled(*cancelled);
         reactor->Finish(Translate(cancelled.status(), observer));
       });
 }
 
-void DecodeService::HandleCloseSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+void DecodeService::HandleCloseSession(grpc::ServerUnaryReactor* reactor, Caller caller,
                                        const v1::CloseSessionRequest& request,
                                        v1::CloseSessionResponse* response) {
-  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) {
+  if (absl::Status s = CheckSessionId(request.session_id(), caller.routed_session_id); !s.ok()) {
     reactor->Finish(Translate(s, observer_));
     return;
   }
-  scheduler_->CloseSession(std::move(owner), request.session_id(),
+  scheduler_->CloseSession(std::move(caller.owner), request.session_id(),
                            [reactor, observer = observer_](absl::Status status) {
                              reactor->Finish(Translate(status, observer));
                            });
 }
 
-void DecodeService::HandleGetSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+void DecodeService::HandleGetSession(grpc::ServerUnaryReactor* reactor, Caller caller,
                                      const v1::GetSessionRequest& request,
                                      v1::GetSessionResponse* response) {
-  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) {
+  if (absl::Status s = CheckSessionId(request.session_id(), caller.routed_session_id); !s.ok()) {
     reactor->Finish(Translate(s, observer_));
     return;
   }
   scheduler_->GetSession(
-      std::move(owner), request.session_id(),
+      std::move(caller.owner), request.session_id(),
       [reactor, response, observer = observer_](absl::StatusOr<SessionInfo> info) {
         if (info.ok()) SessionInfoToProto(*info, response);
         reactor->Finish(Translate(info.status(), observer));
       });
 }
 
-void DecodeService::HandleGetModelInfo(grpc::ServerUnaryReactor* reactor, std::string owner,
+void DecodeService::HandleGetModelInfo(grpc::ServerUnaryReactor* reactor, Caller caller,
                                        const v1::GetModelInfoRequest& request,
                                        v1::GetModelInfoResponse* response) {
   const EngineInfo& info = scheduler_->engine().info();

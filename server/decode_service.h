@@ -7,6 +7,8 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -62,12 +64,29 @@ absl::StatusOr<AttentionOverride> ParseAttentionConfig(const multipole::v1::Atte
                                                        absl::string_view field);
 void AttentionToProto(const AttentionOptions& options, multipole::v1::AttentionConfig* out);
 
-// CreateSessionRequest's checks: its attention settings.
-absl::StatusOr<AttentionOverride> ParseCreateSessionRequest(
-    const multipole::v1::CreateSessionRequest& request);
+// A CreateSession request, checked.
+struct CreateSessionParams {
+  AttentionOverride attention;
+  // The id the client chose (or the routing metadata proposed); empty: the server draws one.
+  std::string session_id;
+};
+
+// CreateSessionRequest's checks: its attention settings and the new session's id, which is the
+// request's session_id, else `routed` (the x-session-id metadata, see session_id.h; nullopt when
+// the call has none), else none. Either one must pass ValidateClientSessionId, and when both are
+// there they must be equal. InvalidArgument naming the field otherwise.
+absl::StatusOr<CreateSessionParams> ParseCreateSessionRequest(
+    const multipole::v1::CreateSessionRequest& request,
+    const std::optional<std::string>& routed = std::nullopt);
 // The session id of CancelGeneration, CloseSession and GetSession: InvalidArgument when empty
-// (an unknown id is the scheduler's NOT_FOUND).
-absl::Status CheckSessionId(absl::string_view session_id);
+// (an unknown id is the scheduler's NOT_FOUND), or when the x-session-id metadata (`routed`)
+// names another session.
+absl::Status CheckSessionId(absl::string_view session_id,
+                            const std::optional<std::string>& routed = std::nullopt);
+// A Generate's session id against its x-session-id metadata: InvalidArgument when the metadata
+// names another session, or a session for a one-shot generation (empty session_id).
+absl::Status CheckGenerateRouting(absl::string_view session_id,
+                                  const std::optional<std::string>& routed);
 
 // The DecodeService on gRPC's callback API. Each method is registered with a handler that
 // receives the request's bytes (gRPC's own deserializer would turn a request that does not parse
@@ -94,36 +113,43 @@ class DecodeService final : public multipole::v1::DecodeService::Service {
   OpenStreams& open_streams() { return open_streams_; }
 
  private:
-  // A unary method, called with its caller's owner string and parsed request; it finishes
-  // `reactor`. The request lives only for the call (what outlives it is copied).
+  // Who calls, and the session the call is routed by.
+  struct Caller {
+    std::string owner;  // the API key's owner string ("" without keys)
+    // The x-session-id metadata (session_id.h); nullopt when the call has none.
+    std::optional<std::string> routed_session_id;
+  };
+
+  // A unary method, called with its caller and parsed request; it finishes `reactor`. The
+  // request lives only for the call (what outlives it is copied).
   template <typename Request, typename Response>
-  using UnaryMethod = void (DecodeService::*)(grpc::ServerUnaryReactor* reactor, std::string owner,
+  using UnaryMethod = void (DecodeService::*)(grpc::ServerUnaryReactor* reactor, Caller caller,
                                               const Request& request, Response* response);
   // Registers `method` as the DecodeService's method `name` behind the bytes handler.
   template <typename Request, typename Response>
   void RegisterUnary(absl::string_view name, UnaryMethod<Request, Response> method);
 
-  void HandleCreateSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+  void HandleCreateSession(grpc::ServerUnaryReactor* reactor, Caller caller,
                            const multipole::v1::CreateSessionRequest& request,
                            multipole::v1::CreateSessionResponse* response);
   grpc::ServerWriteReactor<multipole::v1::GenerateResponse>* HandleGenerate(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer& request_bytes);
-  void HandleCancelGeneration(grpc::ServerUnaryReactor* reactor, std::string owner,
+  void HandleCancelGeneration(grpc::ServerUnaryReactor* reactor, Caller caller,
                               const multipole::v1::CancelGenerationRequest& request,
                               multipole::v1::CancelGenerationResponse* response);
-  void HandleCloseSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+  void HandleCloseSession(grpc::ServerUnaryReactor* reactor, Caller caller,
                           const multipole::v1::CloseSessionRequest& request,
                           multipole::v1::CloseSessionResponse* response);
-  void HandleGetSession(grpc::ServerUnaryReactor* reactor, std::string owner,
+  void HandleGetSession(grpc::ServerUnaryReactor* reactor, Caller caller,
                         const multipole::v1::GetSessionRequest& request,
                         multipole::v1::GetSessionResponse* response);
-  void HandleGetModelInfo(grpc::ServerUnaryReactor* reactor, std::string owner,
+  void HandleGetModelInfo(grpc::ServerUnaryReactor* reactor, Caller caller,
                           const multipole::v1::GetModelInfoRequest& request,
                           multipole::v1::GetModelInfoResponse* response);
 
-  // The caller's owner string ("" without keys); Unauthenticated when keys are required and
-  // the call carries none that matches.
-  absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext& context) const;
+  // The caller: Unauthenticated when keys are required and the call carries none that matches;
+  // then InvalidArgument when the call has more than one x-session-id or an empty one.
+  absl::StatusOr<Caller> Identify(const grpc::CallbackServerContext& context) const;
 
   DecodeScheduler* scheduler_;
   ServerObserver* observer_;

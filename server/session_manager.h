@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -50,21 +51,25 @@ class SessionManager {
   SessionManager(int max_sessions, absl::Duration ttl, int max_sessions_per_owner = 0)
       : max_sessions_(max_sessions), max_sessions_per_owner_(max_sessions_per_owner), ttl_(ttl) {}
 
-  // ResourceExhausted at the session limit or the owner's limit (ephemeral sessions are not
-  // limited here). Internal if the system's random source fails.
+  // Ids are per owner: two owners may each hold a session "x", and nothing one owner does
+  // tells it whether another owner's id exists (no error depends on it).
+  //
+  // `requested_id`: the id a client chose (already validated, see session_id.h); empty: a fresh
+  // one drawn here ("ses-" or, ephemeral, "gen-" and 32 hex digits). AlreadyExists when the
+  // owner holds a session of that id (a client that retries a CreateSession whose answer it
+  // lost learns so). ResourceExhausted at the session limit or the owner's limit (ephemeral
+  // sessions are not limited here). Internal if the system's random source fails.
   absl::StatusOr<Session*> Create(std::unique_ptr<EngineSequence> sequence,
                                   const AttentionOptions& attention, bool ephemeral, absl::Time now,
-                                  absl::string_view owner = "");
-  // A client's request for session `id`: NotFound naming the id when there is none or it
-  // belongs to another owner (the same message either way, so a client cannot tell whether
-  // someone else's session exists).
+                                  absl::string_view owner = "",
+                                  absl::string_view requested_id = "");
+  // A client's request for session `id`: NotFound naming the id when `owner` has none of that
+  // id (whether or not another owner has one: the same message either way).
   absl::StatusOr<Session*> FindOwned(absl::string_view id, absl::string_view owner);
-  // The session `id` whoever owns it (the server's own bookkeeping); NotFound naming the id.
-  absl::StatusOr<Session*> Find(absl::string_view id);
-  void Remove(absl::string_view id);
-  // Ids of explicit sessions idle (no generation running, no stream open) for longer than the
-  // TTL.
-  std::vector<std::string> Expired(absl::Time now) const;
+  // Frees the session (`session` is invalid afterwards).
+  void Remove(Session* session);
+  // Explicit sessions idle (no generation running, no stream open) for longer than the TTL.
+  std::vector<Session*> Expired(absl::Time now) const;
   // The earliest time a session can expire (InfiniteFuture if none).
   absl::Time NextExpiry() const;
 
@@ -75,14 +80,17 @@ class SessionManager {
   bool has_ttl() const { return ttl_ > absl::ZeroDuration() && ttl_ != absl::InfiniteDuration(); }
 
  private:
-  absl::StatusOr<std::string> NewId(bool ephemeral);
+  // (owner, id): ids are unique per owner.
+  using Key = std::pair<std::string, std::string>;
+
+  absl::StatusOr<std::string> NewId(bool ephemeral, absl::string_view owner);
 
   int max_sessions_;
   int max_sessions_per_owner_;
   absl::Duration ttl_;
   int explicit_count_ = 0;
   absl::flat_hash_map<std::string, int> explicit_per_owner_;  // owners with at least one
-  absl::flat_hash_map<std::string, std::unique_ptr<Session>> sessions_;
+  absl::flat_hash_map<Key, std::unique_ptr<Session>> sessions_;
 };
 
 }  // namespace mpa::server

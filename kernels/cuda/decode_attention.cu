@@ -16,6 +16,7 @@ using detail::MmaBf16;
 using detail::PackBf16;
 using detail::PackBf16TwoTerms;
 using detail::SharedAddress;
+using detail::Transpose8x8;
 using detail::WaitAsync;
 
 constexpr int kThreads = 256;
@@ -311,16 +312,6 @@ __global__ void MergeSplitsKernel(DecodeArgs a) {
 namespace tc {
 
 constexpr int kTile = 16;  // tokens per tile; a tile never crosses a page (pages >= 16, aligned)
-
-// Transposes an 8x8 bf16 matrix held in the ldmatrix fragment layout (lane holds row lane / 4,
-// columns 2 (lane % 4) and 2 (lane % 4) + 1).
-__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
-  uint32_t y = x;
-#if __CUDA_ARCH__ >= 800
-  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-#endif
-  return y;
-}
 
 template <int HD, int kWarps, int kStages>
 __host__ __device__ constexpr int RingBytes() {

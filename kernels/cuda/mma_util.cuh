@@ -81,4 +81,14 @@ __device__ __forceinline__ void PackBf16TwoTerms(float lo, float hi, uint32_t& b
   small = PackBf16(lo - back.x, hi - back.y);
 }
 
+// Transposes an 8x8 bf16 matrix held in the ldmatrix fragment layout (lane holds row lane / 4,
+// columns 2 (lane % 4) and 2 (lane % 4) + 1).
+__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
+  uint32_t y = x;
+#if __CUDA_ARCH__ >= 800
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+#endif
+  return y;
+}
+
 }  // namespace mpa::cuda::detail

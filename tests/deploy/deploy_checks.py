@@ -416,6 +416,182 @@ def check_manifests(case, path, flag_sources):
     print(f"manifests ({case}): {len(docs)} documents, {len(args)} server args checked")
 
 
+# ---------------------------------------------------------------- router
+
+
+def check_router(case, json_path, shared_config_path, slots, autoscaled):
+    """The chart with router.enabled, as rendered documents (JSON from validate_manifests.mjs)."""
+    import hashlib
+    import json
+    with open(json_path) as f:
+        docs = json.load(f)
+    with open(shared_config_path) as f:
+        shared = f.read()
+    by_kind = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    sets = by_kind.get("StatefulSet", [])
+    if not check(len(sets) == 1 and len(by_kind.get("Deployment", [])) == 1,
+                 f"{case}: want the servers' StatefulSet and the router's Deployment, got "
+                 f"{sorted(by_kind)}"):
+        return
+    servers = sets[0]
+    fullname = servers["metadata"]["name"]
+    router = by_kind["Deployment"][0]
+    check(router["metadata"]["name"] == f"{fullname}-router", f"{case}: router name")
+    server_labels = servers["spec"]["template"]["metadata"]["labels"]
+    router_labels = router["spec"]["template"]["metadata"]["labels"]
+    check(server_labels.get("app.kubernetes.io/component") == "server"
+          and router_labels.get("app.kubernetes.io/component") == "router",
+          f"{case}: pod labels {server_labels} / {router_labels}")
+
+    def selects(selector, labels):
+        return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+    # Discovery: the StatefulSet's headless Service, one DNS name per ready pod.
+    headless = named.get(("Service", servers["spec"]["serviceName"]))
+    if check(headless is not None, f"{case}: no Service {servers['spec']['serviceName']}"):
+        check(headless["spec"].get("clusterIP") == "None", f"{case}: replicas Service not headless")
+        check(headless["spec"].get("publishNotReadyAddresses") is False,
+              f"{case}: not-ready pods are published")
+        check(selects(headless["spec"]["selector"], server_labels), f"{case}: headless selector")
+    # Clients keep the address <fullname>: it leads to the routers now.
+    front = named.get(("Service", fullname))
+    if check(front is not None, f"{case}: no Service {fullname}"):
+        check(selects(front["spec"]["selector"], router_labels)
+              and not selects(front["spec"]["selector"], server_labels),
+              f"{case}: Service {fullname} selects {front['spec']['selector']}")
+        check("sessionAffinity" not in front["spec"], f"{case}: session affinity in front of routers")
+        ports = {p["name"]: p for p in front["spec"]["ports"]}
+        check(ports.get("grpc", {}).get("targetPort") == "grpc", f"{case}: Service grpc port")
+
+    # The router's configuration: the tested file as it is, then one server per slot.
+    configs = by_kind.get("ConfigMap", [])
+    if check(len(configs) == 1, f"{case}: want one ConfigMap"):
+        config = configs[0]["data"]["haproxy.cfg"]
+        check(config.startswith(shared), f"{case}: the ConfigMap's haproxy.cfg does not start with "
+              f"{shared_config_path} byte for byte")
+        servers_text = config[len(shared):]
+        want = "".join(
+            f"  server mpa{i} {fullname}-{i}.{headless['metadata']['name']}.default.svc."
+            f"cluster.local:50051\n" for i in range(slots))
+        check(servers_text == want, f"{case}: server lines\n{servers_text!r}\nwant\n{want!r}")
+        annotations = router["spec"]["template"]["metadata"].get("annotations", {})
+        check(annotations.get("checksum/config") == hashlib.sha256(config.encode()).hexdigest(),
+              f"{case}: checksum/config is not the configuration's SHA-256")
+        with open(json_path + ".haproxy.cfg", "w") as f:
+            f.write(config)
+    pod = router["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    check(container["image"] == "haproxy:2.6", f"{case}: router image {container['image']}")
+    check(container["command"][-2:] == ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
+          f"{case}: router command {container['command']}")
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    check(mounts.get("config", {}).get("mountPath") == "/usr/local/etc/haproxy"
+          and volumes.get("config", {}).get("configMap", {}).get("name") == configs[0]["metadata"]["name"],
+          f"{case}: the router does not mount its ConfigMap")
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    check(env.get("MPA_ROUTER_BIND") == ":50051" and env.get("MPA_ROUTER_MONITOR_BIND") == ":8404"
+          and env.get("MPA_ROUTER_HARD_STOP") == "30s", f"{case}: router environment {env}")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(ports == {"grpc": 50051, "monitor": 8404}, f"{case}: router ports {ports}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container.get(probe, {}).get("httpGet", {})
+        check(get.get("path") == "/healthz" and get.get("port") == "monitor", f"{case}: router {probe}")
+    stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    check("sleep 5" in stop and "kill -USR1 1" in stop, f"{case}: router preStop {stop}")
+    check(pod["terminationGracePeriodSeconds"] > 5 + 30, f"{case}: router grace period")
+    check(pod["securityContext"].get("runAsNonRoot") is True, f"{case}: router may run as root")
+
+    # The servers: drained within their grace period, not scaled by two owners.
+    spec = servers["spec"]
+    server_pod = spec["template"]["spec"]
+    server = server_pod["containers"][0]
+    drain = next(a for a in server["args"] if a.startswith("--drain_timeout="))
+    drain_seconds = int(drain.split("=")[1].rstrip("s"))
+    pre_stop = int(server["lifecycle"]["preStop"]["exec"]["command"][1])
+    check(server_pod["terminationGracePeriodSeconds"] > pre_stop + drain_seconds,
+          f"{case}: server grace {server_pod['terminationGracePeriodSeconds']} <= preStop "
+          f"{pre_stop} + drain {drain_seconds}")
+    check(spec.get("podManagementPolicy") == "Parallel", f"{case}: podManagementPolicy")
+    check(not any(a.startswith("--tls") for a in server["args"]), f"{case}: TLS behind the router")
+    check(("replicas" in spec) != autoscaled, f"{case}: StatefulSet replicas {spec.get('replicas')} "
+          f"with autoscaling {autoscaled}")
+
+    # Disruption budgets for both, each selecting its own pods.
+    budgets = {d["metadata"]["name"]: d for d in by_kind.get("PodDisruptionBudget", [])}
+    server_budget = budgets.get(fullname, {}).get("spec", {})
+    check(server_budget.get("maxUnavailable") == 1
+          and selects(server_budget.get("selector", {}).get("matchLabels"), server_labels),
+          f"{case}: server PodDisruptionBudget {server_budget}")
+    router_budget = budgets.get(f"{fullname}-router", {}).get("spec", {})
+    check(router_budget.get("minAvailable") == 1
+          and selects(router_budget.get("selector", {}).get("matchLabels"), router_labels),
+          f"{case}: router PodDisruptionBudget {router_budget}")
+
+    scalers = by_kind.get("HorizontalPodAutoscaler", [])
+    if autoscaled:
+        if check(len(scalers) == 1, f"{case}: no HorizontalPodAutoscaler"):
+            hpa = scalers[0]["spec"]
+            check(hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                            "name": fullname}, f"{case}: HPA target {hpa['scaleTargetRef']}")
+            check(hpa["maxReplicas"] == slots, f"{case}: {slots} slots for up to {hpa['maxReplicas']}")
+            metric = hpa["metrics"][0]["pods"]["metric"]["name"]
+            check(metric == "mpa_active_generations", f"{case}: HPA metric {metric}")
+    else:
+        check(not scalers, f"{case}: HPA without autoscaling.enabled")
+    for monitor in by_kind.get("ServiceMonitor", []):
+        labels = monitor["spec"]["selector"]["matchLabels"]
+        check(selects(labels, headless["metadata"]["labels"])
+              and not selects(labels, front["metadata"]["labels"]),
+              f"{case}: the ServiceMonitor does not select the replicas' Service")
+    print(f"router ({case}): {len(docs)} documents, {slots} server slots checked")
+
+
+# ---------------------------------------------------------------- router health check
+
+
+def check_health_bytes(config_path, generator_path):
+    """The router's tcp-check sends what tools/grpc_health_check_bytes.py writes, and that is one
+    well-formed HTTP/2 gRPC call of grpc.health.v1.Health/Check for multipole.v1.DecodeService."""
+    import importlib.util
+    import struct
+    with open(config_path) as f:
+        config = f.read()
+    sent = bytes.fromhex("".join(re.findall(r"^\s*tcp-check send-binary ([0-9a-fA-F]+)", config, re.M)))
+    spec = importlib.util.spec_from_file_location("grpc_health_check_bytes", generator_path)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    check(sent == generator.check_bytes("multipole.v1.DecodeService"),
+          f"{config_path}: the tcp-check bytes are not tools/grpc_health_check_bytes.py's")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    if not check(sent.startswith(preface), "health check: no HTTP/2 client preface"):
+        return
+    frames, at = [], len(preface)
+    while at + 9 <= len(sent):
+        length = int.from_bytes(sent[at:at + 3], "big")
+        kind, flags = sent[at + 3], sent[at + 4]
+        stream = struct.unpack(">I", sent[at + 5:at + 9])[0]
+        frames.append((kind, flags, stream, sent[at + 9:at + 9 + length]))
+        at += 9 + length
+    check(at == len(sent), "health check: frames do not add up to the bytes sent")
+    check([(k, f, s) for k, f, s, _ in frames] == [(4, 0, 0), (1, 4, 1), (0, 1, 1)],
+          f"health check: frames {[(k, f, s) for k, f, s, _ in frames]}")
+    headers = frames[1][3] if len(frames) > 1 else b""
+    for text in (b"/grpc.health.v1.Health/Check", b"application/grpc", b"trailers"):
+        check(text in headers, f"health check: {text} not in the HEADERS frame")
+    data = frames[2][3] if len(frames) > 2 else b""
+    message = b"\x0a\x1amultipole.v1.DecodeService"
+    check(data == b"\x00" + struct.pack(">I", len(message)) + message,
+          f"health check: DATA {data!r}")
+    # The answer it passes on: HealthCheckResponse{status: SERVING}, framed.
+    check(re.search(r"tcp-check expect min-recv 0 binary 00000000020801\b", config),
+          "health check: no expectation of SERVING")
+    print(f"router health check: {len(sent)} bytes, {len(frames)} HTTP/2 frames, as the generator writes")
+
+
 # ---------------------------------------------------------------- live
 
 
@@ -452,6 +628,10 @@ def main():
         check_dashboard(sys.argv[2])
     elif len(sys.argv) >= 5 and sys.argv[1] == "manifests":
         check_manifests(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "health-bytes":
+        check_health_bytes(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 7 and sys.argv[1] == "router":
+        check_router(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "1")
     elif len(sys.argv) == 5 and sys.argv[1] == "live":
         check_live(sys.argv[2], sys.argv[3], sys.argv[4])
     elif len(sys.argv) == 3 and sys.argv[1] == "queries":

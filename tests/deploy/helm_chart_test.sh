@@ -9,7 +9,14 @@
 #     GPU + ServiceMonitor setup (with multipole knobs for CPU-side defaults) and with mutual TLS;
 #     the rendered manifests carry the server's args, ports, gRPC probes (on the plaintext
 #     health-only port with TLS), the TLS secret mount, drain grace period and resources; bad
-#     values are refused. Exits 77 (skipped) without helm (tools/install-helm.sh installs it).
+#     values are refused. With router.enabled (replicaCount 3, and with autoscaling and a
+#     ServiceMonitor): the router's ConfigMap holds files/haproxy.cfg (the file the router
+#     end-to-end test runs) byte for byte plus one server line per StatefulSet pod, the headless
+#     Service, the Services' selectors, disruption budgets, grace periods covering the drains, the
+#     HPA. Every rendering is validated offline against the Kubernetes 1.27 schemas, strictly
+#     (tests/deploy/validate_manifests.mjs; a broken manifest is shown to fail). Exits 77
+#     (skipped) without helm (tools/install-helm.sh installs it), or after the helm checks without
+#     node or the schemas (tools/install-kube-schemas.sh installs them).
 set -euo pipefail
 mode=${1:?usage: helm_chart_test.sh dashboard|chart REPO_ROOT}
 root=$(cd "${2:?usage: helm_chart_test.sh dashboard|chart REPO_ROOT}" && pwd)
@@ -71,6 +78,7 @@ if [ -z "$helm" ]; then
 fi
 chart="$root/deploy/helm/multipole"
 echo "chart: $("$helm" version --short) on $chart"
+python3 "$checks" health-bytes "$chart/files/haproxy.cfg" "$root/tools/grpc_health_check_bytes.py"
 
 cat >"$work/gpu.yaml" <<'EOF'
 gpu:
@@ -112,6 +120,29 @@ EOF
   { cat "$work/lint.log"; fail "helm lint (tls values)"; }
 "$helm" lint --strict "$chart" -f "$work/gpu.yaml" >"$work/lint.log" 2>&1 ||
   { cat "$work/lint.log"; fail "helm lint (gpu values)"; }
+
+cat >"$work/router.yaml" <<'EOF'
+router:
+  enabled: true
+replicaCount: 3
+EOF
+cat >"$work/router-hpa.yaml" <<'EOF'
+router:
+  enabled: true
+replicaCount: 3
+autoscaling:
+  enabled: true
+  minReplicas: 2
+  maxReplicas: 6
+metrics:
+  serviceMonitor:
+    enabled: true
+EOF
+for values in router router-hpa; do
+  "$helm" lint --strict "$chart" -f "$work/$values.yaml" >"$work/lint.log" 2>&1 ||
+    { cat "$work/lint.log"; fail "helm lint ($values values)"; }
+  "$helm" template test-release "$chart" -f "$work/$values.yaml" >"$work/$values-rendered.yaml"
+done
 "$helm" template test-release "$chart" >"$work/default.yaml"
 python3 "$checks" manifests default "$work/default.yaml" "$root/server/server_main.cc" \
   "$root/model/config/multipole_flags.cc"
@@ -129,10 +160,14 @@ cp -r "$chart" "$work/notes-chart"
 printf 'notes: |\n{{ include "multipole/templates/NOTES.txt" . | indent 2 }}\n' \
   >"$work/notes-chart/templates/notes-rendered.yaml"
 for values in "" "model.volume.type=persistentVolumeClaim,replicaCount=2" \
-  "model.volume.type=hostPath,model.volume.hostPath=/srv/models,metrics.enabled=false"; do
+  "model.volume.type=hostPath,model.volume.hostPath=/srv/models,metrics.enabled=false" \
+  "router.enabled=true,replicaCount=3" "router.enabled=true,autoscaling.enabled=true"; do
   "$helm" template test-release "$work/notes-chart" --show-only templates/notes-rendered.yaml \
     ${values:+--set "$values"} >"$work/notes.txt" || fail "NOTES.txt with '$values'"
   grep -q -- '--server=127.0.0.1:50051' "$work/notes.txt" || fail "NOTES.txt with '$values'"
+  if [[ $values == router* ]]; then
+    grep -q 'x-session-id' "$work/notes.txt" || fail "NOTES.txt with '$values': no routing"
+  fi
 done
 for values in "tls.enabled=true,tls.secretName=mpa-tls" \
   "tls.enabled=true,tls.secretName=mpa-tls,tls.clientCaKey=ca.crt,tls.reloadIntervalSeconds=0"; do
@@ -170,4 +205,42 @@ refuse "probes.healthPort (50051) must differ" --set tls.enabled=true --set tls.
 "$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=multipole \
   >"$work/gpu-multipole.yaml" 2>&1 || { cat "$work/gpu-multipole.yaml"; fail "gpu + multipole"; }
 grep -q -- '--attention=multipole' "$work/gpu-multipole.yaml" || fail "gpu + multipole flag"
+refuse "router.enabled needs tls.enabled=false" -f "$work/router.yaml" --set tls.enabled=true \
+  --set tls.secretName=s
+refuse "autoscaling.maxReplicas (1) must be at least autoscaling.minReplicas (2)" \
+  --set autoscaling.enabled=true --set autoscaling.maxReplicas=1
+# Several replicas without the router get a disruption budget; one replica none.
+"$helm" template test-release "$chart" --set replicaCount=2 >"$work/two.yaml"
+grep -q '^kind: PodDisruptionBudget' "$work/two.yaml" || fail "no PodDisruptionBudget for 2 replicas"
+if grep -q '^kind: PodDisruptionBudget' "$work/default.yaml"; then
+  fail "a PodDisruptionBudget for 1 replica"
+fi
+
+# Offline schema validation of every rendering, and the router's manifests in detail.
+modules="$root/third_party_data/kube-schemas/node_modules"
+if ! command -v node >/dev/null || [ ! -d "$modules/kubernetes-models" ]; then
+  echo "chart: helm checks PASS"
+  echo "SKIP: Kubernetes schemas not installed (bash tools/install-kube-schemas.sh): manifests not validated"
+  exit 77
+fi
+validate="$root/tests/deploy/validate_manifests.mjs"
+for rendered in default gpu-rendered tls-rendered router-rendered router-hpa-rendered two \
+  gpu-multipole; do
+  node "$validate" "$modules" --json "$work/$rendered.json" "$work/$rendered.yaml" ||
+    fail "$rendered.yaml does not validate"
+done
+shared="$chart/files/haproxy.cfg"
+python3 "$checks" router router "$work/router-rendered.json" "$shared" 3 0
+python3 "$checks" router hpa "$work/router-hpa-rendered.json" "$shared" 6 1
+# The validator fails where it should: an unknown field, a wrong type.
+sed -e 's/^      automountServiceAccountToken: false/&\n      automountServiceAcountToken: false/' \
+  -e 's/^  replicas: 2$/  replicas: "2"/' "$work/router-rendered.yaml" >"$work/broken.yaml"
+if node "$validate" "$modules" "$work/broken.yaml" >"$work/broken.log" 2>&1; then
+  fail "the schema validation passed a broken manifest"
+fi
+if ! grep -q 'automountServiceAcountToken is not a field' "$work/broken.log" ||
+  ! grep -q '/spec/replicas must be integer' "$work/broken.log"; then
+  cat "$work/broken.log"
+  fail "the schema validation missed a problem of the broken manifest"
+fi
 echo "chart: PASS"

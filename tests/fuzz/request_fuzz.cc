@@ -17,6 +17,7 @@
 #include "multipole/v1/decode.pb.h"
 #include "server/decode_service.h"
 #include "server/request_parser.h"
+#include "server/session_id.h"
 #include "tests/server/fake_engine.h"
 
 namespace {
@@ -108,13 +109,19 @@ void Generate(absl::string_view bytes) {
 void CreateSession(absl::string_view bytes) {
   v1::CreateSessionRequest request;
   if (!Parse(bytes, &request)) return;
-  absl::StatusOr<mpa::server::AttentionOverride> o =
+  absl::StatusOr<mpa::server::CreateSessionParams> p =
       mpa::server::ParseCreateSessionRequest(request);
-  if (!o.ok()) return;
-  if (o->token_budget.has_value()) Check(*o->token_budget >= 1, "budget >= 1");
-  if (o->token_budget_fraction.has_value()) {
-    Check(*o->token_budget_fraction > 0.0f && *o->token_budget_fraction <= 1.0f, "fraction");
+  if (!p.ok()) return;
+  const mpa::server::AttentionOverride& o = p->attention;
+  if (o.token_budget.has_value()) Check(*o.token_budget >= 1, "budget >= 1");
+  if (o.token_budget_fraction.has_value()) {
+    Check(*o.token_budget_fraction > 0.0f && *o.token_budget_fraction <= 1.0f, "fraction");
   }
+  // A chosen id is taken only if it is a valid one (and then as it is).
+  Check(p->session_id == request.session_id(), "the id is the request's");
+  Check(p->session_id.empty() ||
+            mpa::server::ValidateClientSessionId(p->session_id, "session_id").ok(),
+        "only a valid id is taken");
 }
 
 template <typename Request>

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -75,7 +76,7 @@ struct GpuResult {
 };
 
 GpuResult RunGpu(const Batch& b, const std::vector<int32_t>* seeds, const std::vector<float>& start,
-                 int iterations) {
+                 int iterations, bool cuda_core_assign = false) {
   DeviceBuffer<uint16_t> points(b.point_bits);
   DeviceBuffer<KMeansProblem> problems(b.problems);
   DeviceBuffer<float> centroids(start.empty() ? std::vector<float>(b.total_clusters * b.dim)
@@ -100,6 +101,7 @@ GpuResult RunGpu(const Batch& b, const std::vector<int32_t>* seeds, const std::v
   p.counts = counts.get();
   p.workspace = ws.get();
   p.workspace_bytes = bytes;
+  p.cuda_core_assign = cuda_core_assign;
   EXPECT_EQ(KMeansLloyd(p, nullptr), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return {centroids.Download(), labels.Download(), counts.Download()};
@@ -145,13 +147,16 @@ void ExpectConsistent(const Batch& b, const GpuResult& r) {
 
 TEST(KMeansGpuTest, AssignmentDisagreesOnlyOnNearTies) {
   MPA_SKIP_WITHOUT_GPU();
-  for (int dim : {8, 64, 128}) {
+  // Head dims 64 and 128 run the tensor-core assignment unless the CUDA-core one is asked for.
+  for (const auto& [dim, cuda_core] :
+       std::vector<std::pair<int, bool>>{{8, false}, {64, false}, {128, false}, {128, true}}) {
     const uint64_t seed = testing::FreshSeed();
-    SCOPED_TRACE("dim " + std::to_string(dim) + " seed " + std::to_string(seed));
+    SCOPED_TRACE("dim " + std::to_string(dim) + (cuda_core ? " cuda-core" : "") + " seed " +
+                 std::to_string(seed));
     std::mt19937_64 rng(seed);
     const Batch b = MakeBatch({{1000, 37}, {129, 129}, {4100, 300}, {65, 1}}, dim, 0, 1.0f, rng);
     std::vector<float> start = testing::RandomNormal(b.total_clusters * dim, rng);
-    const GpuResult r = RunGpu(b, nullptr, start, 0);
+    const GpuResult r = RunGpu(b, nullptr, start, 0, cuda_core);
     int disagreements = 0;
     for (const KMeansProblem& pr : b.problems) {
       const float* cents = start.data() + pr.cluster_begin * dim;

@@ -65,7 +65,8 @@ class SchedulerTest : public ::testing::Test {
   }
   absl::StatusOr<SessionInfo> CreateSession() {
     std::promise<absl::StatusOr<SessionInfo>> done;
-    scheduler_->CreateSession("", {}, [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
+    scheduler_->CreateSession("", {}, "",
+                              [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
     return done.get_future().get();
   }
   absl::StatusOr<SessionInfo> GetSession(const std::string& id) {
@@ -311,7 +312,7 @@ TEST_F(SchedulerTest, ModesTheEngineCannotRunAreRefusedNamingModeAndDevice) {
     override_mode.mode = refused.mode;
     // CreateSession with the mode.
     std::promise<absl::StatusOr<SessionInfo>> done;
-    scheduler_->CreateSession("", override_mode,
+    scheduler_->CreateSession("", override_mode, "",
                               [&](absl::StatusOr<SessionInfo> r) { done.set_value(r); });
     absl::StatusOr<SessionInfo> created = done.get_future().get();
     EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument);

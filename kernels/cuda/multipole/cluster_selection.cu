@@ -28,50 +28,67 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBins = 256;       // radix digit of 8 bits
-constexpr int kHistBins = 2048;  // bins of the first pass over the score range
+constexpr int kPer = kMaxClustersPerHead / kThreads;  // clusters per thread at most
+constexpr int kBins = 256;                            // radix digit of 8 bits
+constexpr int kHistBins = 2048;  // bins of the first pass over the score range (at most)
+constexpr int kBinList = 1024;   // keys of the first miss's bin searched directly (at most)
+
+// Rank keys: (score bits + 1) << 32 | (kIdMax - cluster) << kCountBits | min(count, kCountMax).
+// A larger key ranks first; the lower cluster id first on equal scores (ids are unique, so the
+// count bits never decide the order); NaN scores (bits 0) after every number; empty clusters are
+// key 0, never selected. The count rides along so that the passes after the scores read no
+// cluster bounds; a count too large for its bits is looked up.
+constexpr int kIdBits = 14;
+static_assert(kMaxClustersPerHead == 1 << kIdBits, "cluster ids fill the id bits");
+constexpr int kCountBits = 32 - kIdBits;
+constexpr uint32_t kIdMax = (1u << kIdBits) - 1;
+constexpr uint32_t kCountMax = (1u << kCountBits) - 1;
+
+__device__ __forceinline__ uint64_t RankKey(float score, int c, int count) {
+  if (count <= 0) return 0;
+  const uint32_t bits = isnan(score) ? 0u : __float_as_uint(score) + 1u;  // score >= 0
+  const uint32_t n = count < static_cast<int>(kCountMax) ? static_cast<uint32_t>(count) : kCountMax;
+  return (static_cast<uint64_t>(bits) << 32) | ((kIdMax - static_cast<uint32_t>(c)) << kCountBits) |
+         n;
+}
+__device__ __forceinline__ int ClusterOf(uint64_t key) {
+  return static_cast<int>(kIdMax - ((static_cast<uint32_t>(key) >> kCountBits) & kIdMax));
+}
+__device__ __forceinline__ int CountOf(uint64_t key, const int32_t* begin) {
+  const uint32_t n = static_cast<uint32_t>(key) & kCountMax;
+  if (n < kCountMax) return static_cast<int>(n);
+  const int c = ClusterOf(key);
+  return begin[c + 1] - begin[c];
+}
 
 // Exclusive prefix sum over the block (every thread passes one value); returns this thread's
-// offset and sets *total. scratch: kWarps ints. Starts and ends with a barrier.
-__device__ int BlockExclusiveScan(int x, int* scratch, int* total) {
+// offset and sets *total. scratch: kWarps values. Starts and ends with a barrier.
+template <typename T>
+__device__ T BlockExclusiveScan(T x, T* scratch, T* total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int inclusive = x;
+  T inclusive = x;
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
-    const int y = __shfl_up_sync(0xffffffffu, inclusive, off);
+    const T y = __shfl_up_sync(0xffffffffu, inclusive, off);
     if (lane >= off) inclusive += y;
   }
   __syncthreads();
   if (lane == 31) scratch[warp] = inclusive;
   __syncthreads();
-  if (warp == 0) {
-    int w = scratch[lane];
+  T w = scratch[lane];
 #pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, w, off);
-      if (lane >= off) w += y;
-    }
-    scratch[lane] = w;  // inclusive over warps
+  for (int off = 1; off < 32; off <<= 1) {
+    const T y = __shfl_up_sync(0xffffffffu, w, off);
+    if (lane >= off) w += y;
   }
+  // w: inclusive over warps up to `lane`; this thread wants the warps before its own.
+  const T before_warp = __shfl_sync(0xffffffffu, w, warp > 0 ? warp - 1 : 0);
+  *total = __shfl_sync(0xffffffffu, w, kWarps - 1);
   __syncthreads();
-  const int before = (warp > 0 ? scratch[warp - 1] : 0) + inclusive - x;
-  *total = scratch[kWarps - 1];
-  __syncthreads();
-  return before;
+  return (warp > 0 ? before_warp : T{0}) + inclusive - x;
 }
 
-// The largest value over the block (every thread passes one); every thread gets it.
-__device__ uint64_t BlockMaxKey(uint64_t x, uint64_t* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const uint64_t y = __shfl_xor_sync(0xffffffffu, x, off);
-    x = y > x ? y : x;
-  }
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = scratch[lane];
+__device__ __forceinline__ uint64_t WarpMaxKey(uint64_t x) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     const uint64_t y = __shfl_xor_sync(0xffffffffu, x, off);
@@ -80,13 +97,26 @@ __device__ uint64_t BlockMaxKey(uint64_t x, uint64_t* scratch) {
   return x;
 }
 
-__device__ __forceinline__ uint64_t RankKey(float score, int c, bool live) {
-  if (!live) return 0;
-  const uint32_t bits = isnan(score) ? 0u : __float_as_uint(score) + 1u;  // score >= 0
-  return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(~c);
+// The largest value over the block (every thread passes one); every thread gets it. One barrier:
+// callers alternate between two scratch buffers of kWarps values, so a buffer is written again
+// only after every thread has passed the barrier that follows its last read.
+__device__ __forceinline__ uint64_t BlockMaxKey(uint64_t x, uint64_t* scratch) {
+  x = WarpMaxKey(x);
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = x;
+  __syncthreads();
+  return WarpMaxKey(scratch[threadIdx.x & 31]);
 }
-__device__ __forceinline__ int ClusterOf(uint64_t key) {
-  return static_cast<int>(~static_cast<uint32_t>(key));
+
+// Phase marks of the benchmark's trace (block (0, 0) only; a.trace null: none).
+__device__ __forceinline__ void Mark(const StepArgs& a, int i, long long value) {
+  if (a.trace != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+    a.trace[i] = value;
+  }
+}
+__device__ __forceinline__ void MarkTime(const StepArgs& a, int i) {
+  if (a.trace != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+    a.trace[i] = clock64();
+  }
 }
 
 // The approximation partial of a (sequence, KV head) that has none: exact-only, or no clusters.
@@ -106,21 +136,26 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   uint64_t* keys = reinterpret_cast<uint64_t*>(smem);                       // [max_clusters]
   int32_t* begin = reinterpret_cast<int32_t*>(keys + a.max_clusters);       // [max_clusters + 1]
   uint8_t* flags = reinterpret_cast<uint8_t*>(begin + a.max_clusters + 1);  // [max_clusters]
-  __shared__ int scan_scratch[kWarps];
-  __shared__ uint64_t max_scratch[kWarps];
-  __shared__ float reduce_scratch[32];
+  __shared__ long long scan_scratch[kWarps];
+  __shared__ uint64_t max_scratch[2][kWarps];
+  __shared__ float red_m[G][kWarps], red_z[G][kWarps];
   __shared__ unsigned long long bin_tokens[kBins];
   __shared__ int bin_keys[kBins];
   __shared__ long long shared_above;
-  __shared__ int shared_digit, shared_unique, shared_bin;
+  __shared__ int shared_digit, shared_unique, shared_bin, bin_count;
+  __shared__ unsigned shared_lo, shared_hi;
+  __shared__ long long shared_total;
   __shared__ uint64_t shared_key;
-  // The selected clusters' value terms [G][head_dim] in step 6; the score histogram in step 4.
-  __shared__ float corr_o[8 * 256 > kHistBins ? 8 * 256 : kHistBins];
+  // Step 4: the score histogram, then the keys of the first miss's bin; step 6: the selected
+  // clusters' value terms [G][head_dim].
+  __shared__ __align__(16) float corr_o[8 * 256 > kHistBins ? 8 * 256 : kHistBins];
   __shared__ float corr_l[8];  // and their weights [G]
+  __shared__ float group_m[8], group_z[8], rest_l[8];  // the group's softmax max and normaliser
+  static_assert(kBinList * sizeof(uint64_t) <= sizeof(corr_o), "the bin list reuses corr_o");
 
   const int kvh = blockIdx.x, b = blockIdx.y;
   const int hb = b * a.num_kv_heads + kvh;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int len = a.seq_lens[b];
   const int sink = min(a.sink_end[b], len);
   const int clustered_end = max(sink, min(a.clustered_end[b], len));
@@ -128,6 +163,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   const int64_t budget = a.token_budget[b];
   int32_t* rows = a.rows + static_cast<int64_t>(hb) * a.max_seq_len;
   const int mask = a.page_size - 1;
+  MarkTime(a, 0);
 
   // 1. Sink and recent window.
   const int exact_positions = sink + (len - clustered_end);
@@ -137,7 +173,6 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     rows[t] = (table[pos >> a.page_shift] * a.num_kv_heads + kvh) * a.page_size + (pos & mask);
   }
 
-  for (int c = tid; c < a.max_clusters; c += kThreads) flags[c] = 0;
   float* scores = a.scores + static_cast<int64_t>(hb) * a.max_clusters;
   uint8_t* selected = a.selected + static_cast<int64_t>(hb) * a.max_clusters;
   if (num_clusters <= 0) {
@@ -153,49 +188,115 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     WriteNoApproximation<G>(a, b, kvh);
     return;
   }
-  const int32_t* cluster_begin = a.cluster_begin[hb];
-  for (int c = tid; c <= num_clusters; c += kThreads) begin[c] = cluster_begin[c];
+  // The cluster bounds (all loads issued before any store), the flags, the histogram.
+  {
+    const int32_t* cluster_begin = a.cluster_begin[hb];
+    int32_t v[kPer + 1];
+#pragma unroll
+    for (int i = 0; i <= kPer; ++i) {
+      const int c = tid + i * kThreads;
+      v[i] = c <= num_clusters ? __ldg(cluster_begin + c) : 0;
+    }
+#pragma unroll
+    for (int i = 0; i <= kPer; ++i) {
+      const int c = tid + i * kThreads;
+      if (c <= num_clusters) begin[c] = v[i];
+    }
+  }
+  for (int c = tid; c < a.max_clusters; c += kThreads) flags[c] = 0;
+  int* hist = reinterpret_cast<int*>(corr_o);
+  for (int i = tid; i < kHistBins; i += kThreads) hist[i] = 0;
+  if (tid == 0) {
+    shared_lo = 0xffffffffu;
+    shared_hi = 0;
+    shared_total = 0;
+    bin_count = 0;
+  }
 
-  // 2. Normalisers from the lookup blocks' partials.
+  // 2. Normalisers from the lookup blocks' partials (one reduction for every query head).
   const float* logits = a.logits2 + static_cast<int64_t>(hb) * G * a.max_clusters;
   const float* norms = a.norms + static_cast<int64_t>(hb) * G * a.lookup_blocks * 2;
   const int used_blocks = (num_clusters + kLookupClustersPerBlock - 1) / kLookupClustersPerBlock;
   float m[G], z[G], inv_z[G];
+  {
+    float bm[G], bz[G];
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    float bm = -INFINITY, bz = 0.0f;
-    if (tid < used_blocks) {
-      bm = norms[(g * a.lookup_blocks + tid) * 2];
-      bz = norms[(g * a.lookup_blocks + tid) * 2 + 1];
+    for (int g = 0; g < G; ++g) {
+      bm[g] = tid < used_blocks ? norms[(g * a.lookup_blocks + tid) * 2] : -INFINITY;
+      bz[g] = tid < used_blocks ? norms[(g * a.lookup_blocks + tid) * 2 + 1] : 0.0f;
+      const float wm = detail::WarpMax(bm[g]);
+      if (lane == 0) red_m[g][warp] = wm;
     }
-    m[g] = detail::BlockMax(bm, reduce_scratch);
-    z[g] = detail::BlockSum(m[g] != -INFINITY && bm != -INFINITY ? bz * exp2f(bm - m[g]) : 0.0f,
-                            reduce_scratch);
-    inv_z[g] = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      m[g] = detail::WarpMax(red_m[g][lane]);
+      const float wz = detail::WarpSum(
+          m[g] != -INFINITY && bm[g] != -INFINITY ? bz[g] * exp2f(bm[g] - m[g]) : 0.0f);
+      if (lane == 0) red_z[g][warp] = wz;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      z[g] = detail::WarpSum(red_z[g][lane]);
+      inv_z[g] = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
+    }
+    // Kept in shared memory for the approximation (registers are scarce at 1024 threads).
+    if (tid == 0) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        group_m[g] = m[g];
+        group_z[g] = z[g];
+      }
+    }
   }
-  __syncthreads();  // begin[] is complete
+  MarkTime(a, 1);
 
-  // 3. Scores and rank keys (one pass over the logits).
-  long long total_tokens_local = 0;
-  for (int c = tid; c < a.max_clusters; c += kThreads) {
-    uint64_t key = 0;
-    float score = 0.0f;
-    if (c < num_clusters) {
-      const int count = begin[c + 1] - begin[c];
+  // 3. Scores and rank keys (one pass over the logits, loads of four clusters in flight), with
+  // the live clusters' token total and the range of their score bits.
+  {
+    long long tokens_local = 0;
+    unsigned lo_local = 0xffffffffu, hi_local = 0;
+#pragma unroll 4
+    for (int i = 0; i < kPer; ++i) {
+      const int c = tid + i * kThreads;
+      if (c >= a.max_clusters) break;
+      float lg[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) lg[g] = __ldcg(logits + g * a.max_clusters + c);
+      const int count = c < num_clusters ? begin[c + 1] - begin[c] : 0;
+      float score = 0.0f;
+      uint64_t key = 0;
       if (count > 0) {
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          if (m[g] != -INFINITY) score += exp2f(logits[g * a.max_clusters + c] - m[g]) * inv_z[g];
+          if (m[g] != -INFINITY) score += exp2f(lg[g] - m[g]) * inv_z[g];
         }
-        key = RankKey(score, c, true);
-        total_tokens_local += count;
+        key = RankKey(score, c, count);
+        tokens_local += count;
+        const unsigned u = static_cast<unsigned>(key >> 32);
+        lo_local = min(lo_local, u);
+        hi_local = max(hi_local, u);
       }
+      scores[c] = score;
+      keys[c] = key;
     }
-    scores[c] = score;
-    keys[c] = key;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      tokens_local += __shfl_xor_sync(0xffffffffu, tokens_local, off);
+      lo_local = min(lo_local, __shfl_xor_sync(0xffffffffu, lo_local, off));
+      hi_local = max(hi_local, __shfl_xor_sync(0xffffffffu, hi_local, off));
+    }
+    if (lane == 0 && tokens_local > 0) {
+      atomicAdd(reinterpret_cast<unsigned long long*>(&shared_total),
+                static_cast<unsigned long long>(tokens_local));
+      atomicMin(&shared_lo, lo_local);
+      atomicMax(&shared_hi, hi_local);
+    }
   }
-  int total_tokens;
-  BlockExclusiveScan(static_cast<int>(total_tokens_local), scan_scratch, &total_tokens);
+  __syncthreads();
+  const long long total_tokens = shared_total;
+  MarkTime(a, 2);
 
   // 4. The rule.
   if (budget > 0 && total_tokens > 0) {
@@ -206,40 +307,28 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       // clusters use (float bits of positive scores are close to a log scale, and the map is
       // monotone in the key): the first miss lies in the bin where the running total from the
       // top first passes the budget. Bins spread the keys, so the shared atomics rarely collide.
-      unsigned lo_local = 0xffffffffu, hi_local = 0;
-      for (int c = tid; c < num_clusters; c += kThreads) {
-        const uint64_t key = keys[c];
-        if (key == 0) continue;
-        const unsigned u = static_cast<unsigned>(key >> 32);
-        lo_local = min(lo_local, u);
-        hi_local = max(hi_local, u);
-      }
-      const unsigned lo = ~static_cast<unsigned>(BlockMaxKey(~lo_local, max_scratch));
-      const unsigned hi = static_cast<unsigned>(BlockMaxKey(hi_local, max_scratch));
-      const uint64_t span = static_cast<uint64_t>(hi - lo) + 1;
+      const unsigned lo = shared_lo;
+      const unsigned span_bits = 32 - __clz(shared_hi - lo);  // bits of the largest offset
+      const int bin_shift = span_bits > 11 ? static_cast<int>(span_bits) - 11 : 0;
       auto bin_of = [&](uint64_t key) {
-        return static_cast<int>(
-            (static_cast<uint64_t>(static_cast<unsigned>(key >> 32) - lo) * kHistBins) / span);
+        return static_cast<int>((static_cast<unsigned>(key >> 32) - lo) >> bin_shift);
       };
-      int* hist = reinterpret_cast<int*>(corr_o);  // step 6 reuses it
-      for (int i = tid; i < kHistBins; i += kThreads) hist[i] = 0;
-      __syncthreads();
       for (int c = tid; c < num_clusters; c += kThreads) {
         const uint64_t key = keys[c];
-        if (key != 0) atomicAdd(&hist[bin_of(key)], begin[c + 1] - begin[c]);
+        if (key != 0) atomicAdd(&hist[bin_of(key)], CountOf(key, begin));
       }
       __syncthreads();
       // Thread t owns bins kHistBins - 1 - t * per down; a scan from the top.
-      constexpr int kPer = kHistBins / kThreads;
-      int local = 0;
+      constexpr int kHistPer = kHistBins / kThreads;
+      long long local = 0;
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) local += hist[kHistBins - 1 - tid * kPer - i];
-      int all;
-      int run = BlockExclusiveScan(local, scan_scratch, &all);
+      for (int i = 0; i < kHistPer; ++i) local += hist[kHistBins - 1 - tid * kHistPer - i];
+      long long all;
+      long long run = BlockExclusiveScan(local, scan_scratch, &all);
       if (run <= budget && run + local > budget) {
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-          const int bin = kHistBins - 1 - tid * kPer - i;
+        for (int i = 0; i < kHistPer; ++i) {
+          const int bin = kHistBins - 1 - tid * kHistPer - i;
           if (run + hist[bin] > budget) {
             shared_bin = bin;
             shared_above = run;
@@ -250,133 +339,185 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       }
       __syncthreads();
       const int miss_bin = shared_bin;
-
-      // 4b. Radix select of the first miss among the keys of that bin: the largest key K with
-      // tokens(keys > K) + count(K) > budget. prefix/prefix_mask: the digits decided so far;
-      // above: tokens of larger keys.
-      uint64_t prefix = 0, prefix_mask = 0;
       long long above = shared_above;
-      for (int shift = 56; shift >= 0; shift -= 8) {
-        for (int i = tid; i < kBins; i += kThreads) {
-          bin_tokens[i] = 0;
-          bin_keys[i] = 0;
-        }
-        __syncthreads();
-        for (int c = tid; c < num_clusters; c += kThreads) {
-          const uint64_t key = keys[c];
-          if (key == 0 || (key & prefix_mask) != prefix || bin_of(key) != miss_bin) continue;
-          const int digit = static_cast<int>((key >> shift) & 0xff);
-          atomicAdd(&bin_tokens[digit], static_cast<unsigned long long>(begin[c + 1] - begin[c]));
-          atomicAdd(&bin_keys[digit], 1);
-        }
-        __syncthreads();
-        if (tid < 32) {
-          // Lane l owns bins 255 - 8l down to 248 - 8l; the first bin from the top where the
-          // running total passes the budget is the one that holds the first miss.
-          const int lane = tid;
-          long long sum = 0;
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            sum += static_cast<long long>(bin_tokens[kBins - 1 - 8 * lane - i]);
-          long long before = sum;
-#pragma unroll
-          for (int off = 1; off < 32; off <<= 1) {
-            const long long y = __shfl_up_sync(0xffffffffu, before, off);
-            if (lane >= off) before += y;
-          }
-          before -= sum;  // tokens of the bins above this lane's
-          long long run = above + before;
-          int digit = -1;
-          long long run_at = 0;
-          for (int i = 0; i < 8; ++i) {
-            const int d = kBins - 1 - 8 * lane - i;
-            const long long t = static_cast<long long>(bin_tokens[d]);
-            if (digit < 0 && run + t > budget) {
-              digit = d;
-              run_at = run;
-            }
-            run += t;
-          }
-          const unsigned crossing = __ballot_sync(0xffffffffu, digit >= 0);
-          if (lane == __ffs(crossing) - 1) {
-            shared_above = run_at;
-            shared_digit = digit;
-            shared_unique = bin_keys[digit] == 1;
-          }
-        }
-        __syncthreads();
-        above = shared_above;
-        prefix |= static_cast<uint64_t>(shared_digit) << shift;
-        prefix_mask |= uint64_t{0xff} << shift;
-        if (shared_unique) break;
-      }
-      // The first miss is the one key of the bin under the prefix.
+      MarkTime(a, 3);
+
+      // 4b. The first miss: the key K of that bin with above + tokens(bin keys > K) <= budget <
+      // that + count(K). The bin's keys are listed (the histogram is no longer needed) and each
+      // thread tests one against the others; a bin with more keys than the list holds (scores
+      // that all but tie) is narrowed by a radix select instead.
+      uint64_t* bin_list = reinterpret_cast<uint64_t*>(corr_o);
       for (int c = tid; c < num_clusters; c += kThreads) {
         const uint64_t key = keys[c];
-        if (key != 0 && (key & prefix_mask) == prefix && bin_of(key) == miss_bin) shared_key = key;
+        if (key != 0 && bin_of(key) == miss_bin) {
+          const int i = atomicAdd(&bin_count, 1);
+          if (i < kBinList) bin_list[i] = key;
+        }
+      }
+      __syncthreads();
+      const int listed = bin_count;
+      Mark(a, 16, listed);
+      if (listed <= kBinList) {
+        if (tid < listed) {
+          const uint64_t key = bin_list[tid];
+          long long larger = 0;
+          for (int j = 0; j < listed; ++j) {
+            const uint64_t other = bin_list[j];
+            if (other > key) larger += CountOf(other, begin);
+          }
+          const long long before = above + larger;
+          if (before <= budget && before + CountOf(key, begin) > budget) {
+            shared_key = key;
+            shared_above = before;
+          }
+        }
+      } else {
+        // Radix select among the keys of the bin: the largest key K with tokens(keys > K) +
+        // count(K) > budget. prefix/prefix_mask: the digits decided so far; above: tokens of
+        // larger keys.
+        uint64_t prefix = 0, prefix_mask = 0;
+        for (int shift = 56; shift >= 0; shift -= 8) {
+          for (int i = tid; i < kBins; i += kThreads) {
+            bin_tokens[i] = 0;
+            bin_keys[i] = 0;
+          }
+          __syncthreads();
+          for (int c = tid; c < num_clusters; c += kThreads) {
+            const uint64_t key = keys[c];
+            if (key == 0 || (key & prefix_mask) != prefix || bin_of(key) != miss_bin) continue;
+            const int digit = static_cast<int>((key >> shift) & 0xff);
+            atomicAdd(&bin_tokens[digit], static_cast<unsigned long long>(CountOf(key, begin)));
+            atomicAdd(&bin_keys[digit], 1);
+          }
+          __syncthreads();
+          if (tid < 32) {
+            // Lane l owns bins 255 - 8l down to 248 - 8l; the first bin from the top where the
+            // running total passes the budget is the one that holds the first miss.
+            long long sum = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+              sum += static_cast<long long>(bin_tokens[kBins - 1 - 8 * lane - i]);
+            long long before = sum;
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+              const long long y = __shfl_up_sync(0xffffffffu, before, off);
+              if (lane >= off) before += y;
+            }
+            before -= sum;  // tokens of the bins above this lane's
+            long long r = above + before;
+            int digit = -1;
+            long long run_at = 0;
+            for (int i = 0; i < 8; ++i) {
+              const int d = kBins - 1 - 8 * lane - i;
+              const long long t = static_cast<long long>(bin_tokens[d]);
+              if (digit < 0 && r + t > budget) {
+                digit = d;
+                run_at = r;
+              }
+              r += t;
+            }
+            const unsigned crossing = __ballot_sync(0xffffffffu, digit >= 0);
+            if (lane == __ffs(crossing) - 1) {
+              shared_above = run_at;
+              shared_digit = digit;
+              shared_unique = bin_keys[digit] == 1;
+            }
+          }
+          __syncthreads();
+          above = shared_above;
+          prefix |= static_cast<uint64_t>(shared_digit) << shift;
+          prefix_mask |= uint64_t{0xff} << shift;
+          if (shared_unique) break;
+        }
+        // The first miss is the one key of the bin under the prefix.
+        for (int c = tid; c < num_clusters; c += kThreads) {
+          const uint64_t key = keys[c];
+          if (key != 0 && (key & prefix_mask) == prefix && bin_of(key) == miss_bin) {
+            shared_key = key;
+          }
+        }
       }
       __syncthreads();
       const uint64_t miss = shared_key;
+      above = shared_above;
+      MarkTime(a, 4);
       if (above == 0) {
         // The top cluster alone exceeds the budget: selected alone (boundary rule).
         if (tid == 0) flags[ClusterOf(miss)] = 1;
       } else {
         long long left = budget - above;
         // 4c. The prefix; and the tail's candidates (smaller keys that fit in what is left)
-        // compacted into the start of `keys` after every thread has read its own.
-        uint64_t mine[kMaxClustersPerHead / kThreads];
+        // compacted into the start of `keys` after every thread has read its own. The largest
+        // candidate is the first taken.
+        uint64_t mine[kPer];
         int held = 0;
-        for (int c = tid; c < num_clusters; c += kThreads) {
+        uint64_t best = 0;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+          const int c = tid + i * kThreads;
+          if (c >= num_clusters) break;
           const uint64_t key = keys[c];
           if (key > miss) {
             flags[c] = 1;
-          } else if (key != 0 && key < miss && begin[c + 1] - begin[c] <= left) {
+          } else if (key != 0 && key < miss && CountOf(key, begin) <= left) {
             mine[held++] = key;
+            best = key > best ? key : best;
           }
         }
-        int num_candidates;
-        const int offset = BlockExclusiveScan(held, scan_scratch, &num_candidates);
+        long long num_candidates;
+        const long long offset =
+            BlockExclusiveScan(static_cast<long long>(held), scan_scratch, &num_candidates);
         for (int i = 0; i < held; ++i) keys[offset + i] = mine[i];
-        __syncthreads();
+        int buffer = 0;
+        best = BlockMaxKey(best, max_scratch[buffer]);  // its barrier also orders the compaction
+        MarkTime(a, 9);
+        int rounds = 0;
         // The walk in rank order takes every candidate that fits in what is left: the next one
         // taken is the largest key below the last taken that fits (one ranked between them did
         // not fit in more than is left now).
-        uint64_t bound = miss;
-        while (left > 0 && num_candidates > 0) {
-          uint64_t best = 0;
-          for (int i = tid; i < num_candidates; i += kThreads) {
-            const uint64_t key = keys[i];
-            if (key < bound && key > best &&
-                begin[ClusterOf(key) + 1] - begin[ClusterOf(key)] <= left) {
-              best = key;
-            }
-          }
-          best = BlockMaxKey(best, max_scratch);
-          if (best == 0) break;
+        while (best != 0) {
+          ++rounds;
           const int c = ClusterOf(best);
-          left -= begin[c + 1] - begin[c];
+          left -= CountOf(best, begin);
           if (tid == 0) flags[c] = 1;
-          bound = best;
+          if (left <= 0) break;
+          const uint64_t bound = best;
+          best = 0;
+          for (int i = tid; i < static_cast<int>(num_candidates); i += kThreads) {
+            const uint64_t key = keys[i];
+            if (key < bound && key > best && CountOf(key, begin) <= left) best = key;
+          }
+          buffer ^= 1;
+          best = BlockMaxKey(best, max_scratch[buffer]);
         }
+        Mark(a, 17, rounds);
+        Mark(a, 18, num_candidates);
       }
     }
   }
   __syncthreads();
+  MarkTime(a, 5);
 
   // 5. The selected clusters' slots in cluster order: (cluster, first token) pairs of the
-  // selected clusters, compacted into `keys`, then every token placed by a binary search.
+  // selected clusters, compacted into `keys`, then every token placed by a binary search. One
+  // scan carries both counts (clusters in the high 24 bits, tokens in the low 40).
   const int per = (num_clusters + kThreads - 1) / kThreads;
   const int c0 = min(num_clusters, tid * per), c1 = min(num_clusters, c0 + per);
-  int my_clusters = 0, my_tokens = 0;
+  long long my_clusters = 0, my_tokens = 0;
   for (int c = c0; c < c1; ++c) {
     if (flags[c]) {
       ++my_clusters;
       my_tokens += begin[c + 1] - begin[c];
     }
   }
-  int num_selected, selected_total;
-  const int cluster_offset = BlockExclusiveScan(my_clusters, scan_scratch, &num_selected);
-  int token_offset = BlockExclusiveScan(my_tokens, scan_scratch, &selected_total);
+  constexpr int kTokenBits = 40;
+  long long both_total;
+  const long long both =
+      BlockExclusiveScan((my_clusters << kTokenBits) | my_tokens, scan_scratch, &both_total);
+  const int num_selected = static_cast<int>(both_total >> kTokenBits);
+  const int selected_total = static_cast<int>(both_total & ((1ll << kTokenBits) - 1));
+  int cluster_offset = static_cast<int>(both >> kTokenBits);
+  int token_offset = static_cast<int>(both & ((1ll << kTokenBits) - 1));
   int32_t* sel_cluster = reinterpret_cast<int32_t*>(keys);
   int32_t* sel_first = sel_cluster + num_selected;
   for (int c = c0, i = cluster_offset; c < c1; ++c) {
@@ -389,21 +530,52 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   }
   for (int c = tid; c < a.max_clusters; c += kThreads) selected[c] = flags[c];
   __syncthreads();
+  MarkTime(a, 11);
   const int32_t* ctable = a.clustered_pages + static_cast<int64_t>(b) * a.max_clustered_pages;
   const int slot_base = a.slots_after_sink ? a.sink_end[b] : 0;  // in place: rows of the region
-  for (int t = tid; t < selected_total; t += kThreads) {
-    int lo = 0, hi = num_selected - 1;  // the last selected cluster starting at or before t
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) >> 1;
-      if (sel_first[mid] <= t) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
+  {
+    // Each thread writes a contiguous run of tokens: one binary search for its first token's
+    // cluster, then a walk; the page-table loads of eight tokens are issued together.
+    const int run = (selected_total + kThreads - 1) / kThreads;
+    const int t0 = min(selected_total, tid * run), t1 = min(selected_total, t0 + run);
+    int k = 0;
+    if (t0 < t1) {
+      int lo = 0, hi = num_selected - 1;  // the last selected cluster starting at or before t0
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (sel_first[mid] <= t0) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      k = lo;
+    }
+    int next_first = k + 1 < num_selected ? sel_first[k + 1] : selected_total;
+    int s = t0 < t1 ? begin[sel_cluster[k]] + (t0 - sel_first[k]) + slot_base : 0;
+    for (int t = t0; t < t1; t += 8) {
+      int slots[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (t + u == next_first && t + u < t1) {
+          ++k;
+          next_first = k + 1 < num_selected ? sel_first[k + 1] : selected_total;
+          s = begin[sel_cluster[k]] + slot_base;
+        }
+        slots[u] = s++;
+      }
+      int32_t page[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+        page[u] = t + u < t1 ? __ldg(ctable + (slots[u] >> a.page_shift)) : 0;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (t + u < t1) {
+          rows[exact_positions + t + u] =
+              (page[u] * a.num_kv_heads + kvh) * a.page_size + (slots[u] & mask);
+        }
       }
     }
-    const int s = begin[sel_cluster[lo]] + (t - sel_first[lo]) + slot_base;
-    rows[exact_positions + t] =
-        (ctable[s >> a.page_shift] * a.num_kv_heads + kvh) * a.page_size + (s & mask);
   }
   if (tid == 0) {
     a.row_counts[hb] = exact_positions + selected_total;
@@ -413,6 +585,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
                 static_cast<unsigned long long>(exact_positions) + selected_total);
     }
   }
+  Mark(a, 19, num_selected);
+  MarkTime(a, 6);
 
   // 6. The approximation partial: the lookup summed N_c 2^(s_c - m_b) Vc_c over every cluster of
   // its block; merged here to the group max and less the selected clusters' terms, it is the sum
@@ -432,12 +606,17 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
                     : vecs <= 8  ? 8
                     : vecs <= 16 ? 16
                                  : 32;
-  const int slot = tid / lanes, lane = tid % lanes, slots_per_block = kThreads / lanes;
+  const int slot = tid / lanes, vlane = tid % lanes, slots_per_block = kThreads / lanes;
   for (int i = tid; i < G * hd; i += kThreads) corr_o[i] = 0.0f;
   if (tid < G) corr_l[tid] = 0.0f;
   __syncthreads();
+  MarkTime(a, 10);
   const bf16* value_centroids = a.value_centroids[hb];
-  constexpr int kGc = G < 2 ? G : 2;  // query heads per pass (registers: 8 accumulators each)
+  // Per pass, kGc query heads; per trip, kTrip selected clusters per slot, every load issued
+  // before any is used (the value rows, the clusters' logits: the same address for a slot's
+  // lanes, one transaction).
+  constexpr int kGc = G < 2 ? G : 2;
+  constexpr int kTrip = 4;
 #pragma unroll
   for (int g0 = 0; g0 < G; g0 += kGc) {
     float acc[kGc][8], acc_l[kGc];
@@ -447,31 +626,36 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
     }
-    for (int i = slot; i < num_selected; i += 2 * slots_per_block) {
-      // Two selected clusters per step, both loads issued first.
-      const int j = i + slots_per_block;
-      const int c0 = sel_cluster[i], c1 = j < num_selected ? sel_cluster[j] : -1;
-      const uint4 r0 = lane < vecs
-                           ? __ldg(reinterpret_cast<const uint4*>(
-                                 value_centroids + static_cast<int64_t>(c0) * hd + lane * 8))
-                           : make_uint4(0, 0, 0, 0);
-      const uint4 r1 = lane < vecs && c1 >= 0
-                           ? __ldg(reinterpret_cast<const uint4*>(
-                                 value_centroids + static_cast<int64_t>(c1) * hd + lane * 8))
-                           : make_uint4(0, 0, 0, 0);
-      float v0[8], v1[8];
-      detail::Bf16x8ToFloat(r0, v0);
-      detail::Bf16x8ToFloat(r1, v1);
-      const float n0 = static_cast<float>(begin[c0 + 1] - begin[c0]);
-      const float n1 = c1 >= 0 ? static_cast<float>(begin[c1 + 1] - begin[c1]) : 0.0f;
+    for (int i0 = slot; i0 < num_selected; i0 += kTrip * slots_per_block) {
+      int sc[kTrip];
+      uint4 raw[kTrip];
+      float lg[kTrip][kGc];
 #pragma unroll
-      for (int g = 0; g < kGc; ++g) {
-        const float* lg = logits + (g0 + g) * a.max_clusters;
-        const float w0 = n0 * exp2f(lg[c0] - m[g0 + g]);
-        const float w1 = c1 >= 0 ? n1 * exp2f(lg[c1] - m[g0 + g]) : 0.0f;
-        acc_l[g] += w0 + w1;
+      for (int r = 0; r < kTrip; ++r) {
+        const int i = i0 + r * slots_per_block;
+        sc[r] = i < num_selected ? sel_cluster[i] : -1;
+        raw[r] = vlane < vecs && sc[r] >= 0
+                     ? __ldg(reinterpret_cast<const uint4*>(
+                           value_centroids + static_cast<int64_t>(sc[r]) * hd + vlane * 8))
+                     : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w0, v0[e], fmaf(w1, v1[e], acc[g][e]));
+        for (int g = 0; g < kGc; ++g) {
+          lg[r][g] = sc[r] >= 0 ? __ldcg(logits + (g0 + g) * a.max_clusters + sc[r]) : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kTrip; ++r) {
+        if (sc[r] < 0) continue;
+        float v[8];
+        detail::Bf16x8ToFloat(raw[r], v);
+        const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
+#pragma unroll
+        for (int g = 0; g < kGc; ++g) {
+          const float w = n * exp2f(lg[r][g] - group_m[g0 + g]);
+          acc_l[g] += w;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, v[e], acc[g][e]);
+        }
       }
     }
     // Lanes that hold the same dimensions within a warp, then one atomic per warp and value.
@@ -488,23 +672,22 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     if ((tid & 31) < lanes) {
 #pragma unroll
       for (int g = 0; g < kGc; ++g) {
-        if (lane < vecs) {
+        if (vlane < vecs) {
 #pragma unroll
-          for (int e = 0; e < 8; ++e) atomicAdd(&corr_o[(g0 + g) * hd + lane * 8 + e], acc[g][e]);
+          for (int e = 0; e < 8; ++e) atomicAdd(&corr_o[(g0 + g) * hd + vlane * 8 + e], acc[g][e]);
         }
-        if (lane == 0) atomicAdd(&corr_l[g0 + g], acc_l[g]);
+        if (vlane == 0) atomicAdd(&corr_l[g0 + g], acc_l[g]);
       }
     }
   }
   __syncthreads();
+  MarkTime(a, 7);
   const float* block_o = a.approx_o + static_cast<int64_t>(hb) * G * a.lookup_blocks * hd;
-  __shared__ float group_m[8], rest_l[8];
   if (tid == 0) {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      group_m[g] = m[g];
-      const float l = z[g] - corr_l[g];
-      rest_l[g] = m[g] != -INFINITY && l > z[g] * 0x1p-20f ? l : 0.0f;
+      const float l = group_z[g] - corr_l[g];
+      rest_l[g] = group_m[g] != -INFINITY && l > group_z[g] * 0x1p-20f ? l : 0.0f;
     }
   }
   __syncthreads();
@@ -515,17 +698,27 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     const float l = rest_l[g];
     float total = 0.0f;
     if (l > 0.0f) {
-      for (int blk = 0; blk < used_blocks; ++blk) {
-        const float bm = norms[(g * a.lookup_blocks + blk) * 2];
-        if (bm != -INFINITY) {
-          total = fmaf(block_o[(static_cast<int64_t>(g) * a.lookup_blocks + blk) * hd + d],
-                       exp2f(bm - group_m[g]), total);
+      // Eight blocks' loads in flight at a time.
+      for (int blk0 = 0; blk0 < used_blocks; blk0 += 8) {
+        float bo[8], bm[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int blk = blk0 + u;
+          bm[u] = blk < used_blocks ? __ldcg(norms + (g * a.lookup_blocks + blk) * 2) : -INFINITY;
+          bo[u] = blk < used_blocks
+                      ? __ldcg(block_o + (static_cast<int64_t>(g) * a.lookup_blocks + blk) * hd + d)
+                      : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          if (bm[u] != -INFINITY) total = fmaf(bo[u], exp2f(bm[u] - group_m[g]), total);
         }
       }
     }
     a.partial_o[(first_row + g) * hd + d] = l > 0.0f ? (total - corr_o[t]) / l : 0.0f;
     if (d == 0) a.partial_lse[first_row + g] = l > 0.0f ? group_m[g] + log2f(l) : -INFINITY;
   }
+  MarkTime(a, 8);
 }
 
 template <int G>

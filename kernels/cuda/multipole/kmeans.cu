@@ -7,6 +7,8 @@
 //                   among clusters of >= 2 members), then means and squared norms
 #include <cmath>
 
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/mma_util.cuh"
 #include "kernels/cuda/multipole/kmeans.h"
 
 namespace mpa::cuda {
@@ -67,6 +69,210 @@ __global__ void NormKernel(KMeansParams p, Workspace ws) {
   for (int off = 16; off > 0; off >>= 1) norm += __shfl_xor_sync(0xffffffffu, norm, off);
   if (threadIdx.x == 0) ws.norms[row] = norm;
 }
+
+// The assignment on the tensor cores (head_dim 64 and 128): x.c as a bf16 matrix product with
+// fp32 accumulators. The points are bf16 already (exact); each fp32 centroid is split into three
+// bf16 terms (c = c1 + c2 + c3, 24 significant bits), so the dot products carry the precision of
+// the fp32 kernel below. A block holds 128 points (32 per warp: two m16 tiles) and streams the
+// problem's centroids in chunks of 64 (eight n8 tiles per term); rows are stored with their
+// 16-byte chunks XOR-swizzled by (row & 7) for ldmatrix.
+namespace tca {
+
+constexpr int kWarps = 4;
+constexpr int kPoints = 32 * kWarps;
+constexpr int kChunk = 64;
+constexpr int kTerms = 3;
+
+template <int D>
+constexpr int SharedBytes() {
+  return (kPoints + kTerms * kChunk) * D * 2 + kChunk * 4;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32)
+    AssignTensorCoreKernel(KMeansParams p, Workspace ws) {
+  constexpr int kVecs = D / 8;  // 16-byte chunks per row
+  constexpr int kRowBytes = D * 2;
+  constexpr int kSteps = D / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t xs = detail::SharedAddress(smem);
+  unsigned char* cs_ptr = smem + kPoints * kRowBytes;  // [kTerms][kChunk] rows
+  const uint32_t cs = detail::SharedAddress(cs_ptr);
+  float* cnorm = reinterpret_cast<float*>(cs_ptr + kTerms * kChunk * kRowBytes);
+  const KMeansProblem pr = p.problems[blockIdx.y];
+  const int first = blockIdx.x * kPoints;
+  if (first >= pr.num_points || pr.num_clusters <= 0) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3, quad = lane >> 3;
+
+  for (int i = tid; i < kPoints * kVecs; i += kWarps * 32) {
+    const int r = i / kVecs, ch = i % kVecs;
+    const bool valid = first + r < pr.num_points;
+    const int64_t row = pr.point_begin + (valid ? first + r : 0);
+    detail::CopyAsync16OrZero(xs + r * kRowBytes + ((ch ^ (r & 7)) << 4),
+                              p.points + row * D + ch * 8, valid);
+  }
+  detail::CommitAsync();
+
+  // Running minimum of |c|^2 - 2 x.c per point row this lane holds: [m tile][row g, g + 8].
+  float best[2][2];
+  int best_id[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      best[mt][rr] = INFINITY;
+      best_id[mt][rr] = 0;
+    }
+  }
+  const int a_row = (lane & 7) + ((quad & 1) << 3), a_half = quad >> 1;
+  const int b_row = (lane & 7) + ((quad >> 1) << 3), b_half = quad & 1;
+  const float* centroids = p.centroids + pr.cluster_begin * D;
+  const float* norms = ws.norms + pr.cluster_begin;
+
+  // The centroid chunk's fp32 rows are loaded into registers one chunk ahead, so their latency
+  // hides behind the previous chunk's products: thread tid holds items tid + 128 i (row, 16-byte
+  // chunk of 8 values) of the chunk.
+  constexpr int kItems = kChunk * kVecs / (kWarps * 32);
+  float4 next[kItems][2];
+  auto load_chunk = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = tid + i * kWarps * 32, r = item / kVecs, ch = item % kVecs;
+      if (c0 + r < pr.num_clusters) {
+        const float4* src = reinterpret_cast<const float4*>(centroids + (c0 + r) * D + ch * 8);
+        next[i][0] = __ldg(src);
+        next[i][1] = __ldg(src + 1);
+      } else {
+        next[i][0] = next[i][1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+    }
+  };
+  load_chunk(0);
+  float next_norm = tid < kChunk && tid < pr.num_clusters ? norms[tid] : INFINITY;
+  for (int c0 = 0; c0 < pr.num_clusters; c0 += kChunk) {
+    __syncthreads();  // the previous chunk is consumed
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = tid + i * kWarps * 32, r = item / kVecs, ch = item % kVecs;
+      float v[8] = {next[i][0].x, next[i][0].y, next[i][0].z, next[i][0].w,
+                    next[i][1].x, next[i][1].y, next[i][1].z, next[i][1].w};
+      const uint32_t to = r * kRowBytes + ((ch ^ (r & 7)) << 4);
+#pragma unroll
+      for (int term = 0; term < kTerms; ++term) {
+        uint32_t packed[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
+          const float2 back = __bfloat1622float2(h);
+          v[2 * e] -= back.x;
+          v[2 * e + 1] -= back.y;
+          packed[e] = *reinterpret_cast<const uint32_t*>(&h);
+        }
+        *reinterpret_cast<uint4*>(cs_ptr + term * kChunk * kRowBytes + to) =
+            make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      }
+    }
+    if (tid < kChunk) cnorm[tid] = next_norm;
+    if (c0 + kChunk < pr.num_clusters) {
+      load_chunk(c0 + kChunk);
+      next_norm =
+          tid < kChunk && c0 + kChunk + tid < pr.num_clusters ? norms[c0 + kChunk + tid] : INFINITY;
+    }
+    detail::WaitAsync<0>();
+    __syncthreads();
+
+    float acc[2][kChunk / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kChunk / 8; ++nt)
+        acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      uint32_t af[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int row = warp * 32 + mt * 16 + a_row, c = 2 * kk + a_half;
+        detail::LoadMatrixX4(xs + row * kRowBytes + ((c ^ (row & 7)) << 4), af[mt]);
+      }
+#pragma unroll
+      for (int term = 0; term < kTerms; ++term) {
+#pragma unroll
+        for (int np = 0; np < kChunk / 16; ++np) {
+          uint32_t bf[4];
+          const int row = np * 16 + b_row, c = 2 * kk + b_half;
+          detail::LoadMatrixX4(
+              cs + term * kChunk * kRowBytes + row * kRowBytes + ((c ^ (row & 7)) << 4), bf);
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            detail::MmaBf16(acc[mt][2 * np], af[mt], bf[0], bf[1]);
+            detail::MmaBf16(acc[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+          }
+        }
+      }
+    }
+    // acc[mt][nt]: [0], [1] point row g, centroids nt 8 + 2t (+1); [2], [3] row g + 8. Ids grow
+    // along this lane's columns, so a strict < keeps the lowest of equal distances.
+#pragma unroll
+    for (int nt = 0; nt < kChunk / 8; ++nt) {
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int col = nt * 8 + 2 * t + jj;
+        const float norm = cnorm[col];  // +inf past the last centroid: never taken
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const float dist = fmaf(-2.0f, acc[mt][nt][2 * rr + jj], norm);
+            if (dist < best[mt][rr]) {
+              best[mt][rr] = dist;
+              best_id[mt][rr] = c0 + col;
+            }
+          }
+        }
+      }
+    }
+  }
+  // The four lanes of a row: (distance, id) minimum; and the point's |x|^2, a quarter each.
+  const unsigned char* xs_ptr = smem;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float d = best[mt][rr];
+      int id = best_id[mt][rr];
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        const float od = __shfl_xor_sync(0xffffffffu, d, off);
+        const int oid = __shfl_xor_sync(0xffffffffu, id, off);
+        if (od < d || (od == d && oid < id)) {
+          d = od;
+          id = oid;
+        }
+      }
+      const int r = warp * 32 + mt * 16 + g + 8 * rr;
+      float norm = 0.0f;
+      for (int ch = t; ch < kVecs; ch += 4) {
+        float x[8];
+        detail::Bf16x8ToFloat(
+            *reinterpret_cast<const uint4*>(xs_ptr + r * kRowBytes + ((ch ^ (r & 7)) << 4)), x);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) norm = fmaf(x[e], x[e], norm);
+      }
+      norm += __shfl_xor_sync(0xffffffffu, norm, 1);
+      norm += __shfl_xor_sync(0xffffffffu, norm, 2);
+      if (t == 0 && first + r < pr.num_points) {
+        const int64_t row = pr.point_begin + first + r;
+        p.labels[row] = id;
+        ws.distance[row] = fmaxf(norm + d, 0.0f);
+      }
+    }
+  }
+}
+
+}  // namespace tca
 
 // Dynamic shared memory: points [D][kStride] and centroids [D][kStride], fp32, transposed.
 __global__ void __launch_bounds__(kAssignThreads) AssignKernel(KMeansParams p, Workspace ws) {
@@ -251,6 +457,17 @@ __global__ void __launch_bounds__(kFinalizeThreads) FinalizeKernel(KMeansParams 
   }
 }
 
+template <int D>
+cudaError_t AssignOnTensorCores(const KMeansParams& p, const Workspace& ws, cudaStream_t stream) {
+  constexpr int bytes = tca::SharedBytes<D>();
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      tca::AssignTensorCoreKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid((p.max_points + tca::kPoints - 1) / tca::kPoints, p.num_problems);
+  tca::AssignTensorCoreKernel<D><<<grid, tca::kWarps * 32, bytes, stream>>>(p, ws);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 size_t KMeansWorkspaceBytes(int64_t total_points, int64_t total_clusters, int head_dim) {
@@ -280,9 +497,17 @@ cudaError_t KMeansLloyd(const KMeansParams& p, cudaStream_t stream) {
   }
   const dim3 assign_grid((p.max_points + kTile - 1) / kTile, p.num_problems);
   const dim3 accumulate_grid((p.max_points + 7) / 8, p.num_problems);
-  AssignKernel<<<assign_grid, kAssignThreads, assign_smem, stream>>>(p, ws);
+  auto assign = [&]() -> cudaError_t {
+    if (D == 128 && !p.cuda_core_assign) return AssignOnTensorCores<128>(p, ws, stream);
+    if (D == 64 && !p.cuda_core_assign) return AssignOnTensorCores<64>(p, ws, stream);
+    AssignKernel<<<assign_grid, kAssignThreads, assign_smem, stream>>>(p, ws);
+    return cudaSuccess;
+  };
+  if (cudaError_t err = assign(); err != cudaSuccess) return err;
   for (int it = 0; it < p.iterations; ++it) {
-    if (it > 0) AssignKernel<<<assign_grid, kAssignThreads, assign_smem, stream>>>(p, ws);
+    if (it > 0) {
+      if (cudaError_t err = assign(); err != cudaSuccess) return err;
+    }
     cudaError_t err = cudaMemsetAsync(ws.sums, 0, sizeof(float) * p.total_clusters * D, stream);
     if (err != cudaSuccess) return err;
     err = cudaMemsetAsync(p.counts, 0, sizeof(int32_t) * p.total_clusters, stream);

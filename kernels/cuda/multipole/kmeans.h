@@ -3,7 +3,7 @@
 // the same passes (assign to the nearest centroid, ties to the lower id; move each centroid to the
 // mean of its members; an emptied cluster takes the point farthest from its own centroid among
 // clusters with more than one member, lowest point index on ties), seeded from the same points.
-// Distances are |x|^2 + |c|^2 - 2 x.c in fp32 rather than the reference's sum of squared
+// Distances are |x|^2 + |c|^2 - 2 x.c (fp32 accumulators) rather than the reference's sum of squared
 // differences, so a point almost equidistant from two centroids may take the other one; the
 // parity test checks that every disagreement is such a near tie.
 #pragma once
@@ -40,6 +40,9 @@ struct KMeansParams {
   int32_t* counts = nullptr;   // [total_clusters] out: members of each cluster
   void* workspace = nullptr;   // KMeansWorkspaceBytes
   size_t workspace_bytes = 0;
+  // The assignment runs on the tensor cores for head_dim 64 and 128 (three bf16 terms per
+  // centroid: the precision of the fp32 CUDA-core kernel); true keeps the CUDA-core kernel.
+  bool cuda_core_assign = false;
 };
 
 size_t KMeansWorkspaceBytes(int64_t total_points, int64_t total_clusters, int head_dim);

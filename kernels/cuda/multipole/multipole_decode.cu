@@ -167,6 +167,8 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.partial_o = static_cast<float*>(w.partials);
   a.partial_lse = a.partial_o + static_cast<size_t>(p.batch) * slots * p.num_q_heads * hd;
   a.exact_splits = shape.exact_splits;
+  a.trace = p.trace;
+  a.cuda_core_lookup = p.kernel == DecodeKernel::kCudaCore;
 
   cudaError_t err = multipole::LaunchCentroidLookup(a, stream);
   if (err != cudaSuccess || p.stop_after == 1) return err;

@@ -16,6 +16,7 @@
 //   1. CentroidLookup   base-2 logits of the group's query heads against every key centroid, and
 //                       in the same pass over the centroids, per block of clusters, the
 //                       count-weighted softmax sums and N_c 2^(s_c) Vc_c summed over the block
+//                       (tensor cores for head_dim 64 and 128, like the dense decode kernel)
 //   2. SelectClusters   GQA-summed scores exp(s) / sum_j N_j exp(s_j), the budgeted greedy
 //                       selection of cluster_selection.h (boundary rule included), the rows
 //                       list (sink, recent window, then the selected clusters' slots), and the
@@ -71,13 +72,18 @@ struct MultipoleDecodeParams {
   float* out_f32 = nullptr;
   void* workspace = nullptr;  // MultipoleDecodeWorkspaceBytes
   size_t workspace_bytes = 0;
-  DecodeKernel kernel = DecodeKernel::kAuto;  // the exact part's kernel (tests force one)
+  // The exact part's kernel (tests force one); kCudaCore also keeps the lookup on CUDA cores
+  // (otherwise on tensor cores for head_dim 64 and 128).
+  DecodeKernel kernel = DecodeKernel::kAuto;
   // Optional [batch] device counters: each call adds, per sequence, the tokens attended exactly
   // (sink + recent + selected) summed over its KV heads (statistics of the sparsity).
   unsigned long long* exact_tokens = nullptr;
   // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection
   // (the output is then not written).
   int stop_after = 0;
+  // Benchmarks: [32] device values, the selection kernel's phase clocks and counts of its first
+  // (sequence, KV head) (multipole_kernels.h, StepArgs::trace); null: none.
+  long long* trace = nullptr;
 };
 
 // Where the intermediate results sit inside the workspace (tests and statistics read them).

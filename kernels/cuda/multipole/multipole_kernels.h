@@ -50,6 +50,12 @@ struct StepArgs {
   float* partial_o;
   float* partial_lse;
   int exact_splits;
+  // Benchmarks only: the selection kernel's block (0, 0) writes clock64() at its phase ends
+  // (0..11) and counts (16: keys in the first miss's bin, 17: tail rounds, 18: tail candidates,
+  // 19: clusters selected); null: nothing.
+  long long* trace;
+  // The lookup on CUDA cores even where the tensor-core one applies (head_dim 64 and 128).
+  bool cuda_core_lookup;
 };
 
 // Clusters per lookup block, and the lookup's blocks per (sequence, KV head).

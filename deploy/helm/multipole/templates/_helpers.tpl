@@ -75,3 +75,54 @@ gRPC probes cannot speak TLS).
 {{- int64 .Values.server.grpcPort -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Labels that select the router's pods. */}}
+{{- define "multipole.routerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "multipole.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: router
+{{- end -}}
+
+{{- define "multipole.routerLabels" -}}
+{{ include "multipole.routerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: multipole
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The headless Service that governs the servers' StatefulSet (router.enabled). */}}
+{{- define "multipole.replicasService" -}}
+{{- printf "%s-replicas" (include "multipole.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The router's server slots: one per pod the StatefulSet can have (replicaCount, or with
+autoscaling its maxReplicas), so a pod the autoscaler adds is already in the router's list.
+*/}}
+{{- define "multipole.serverSlots" -}}
+{{- $slots := int64 .Values.replicaCount -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- $slots = max $slots (int64 .Values.autoscaling.maxReplicas) -}}
+{{- end -}}
+{{- $slots -}}
+{{- end -}}
+
+{{/*
+The router's configuration: files/haproxy.cfg as it is (the file the router end-to-end test
+runs), then one `server` line per slot naming the StatefulSet pod through the headless Service.
+*/}}
+{{- define "multipole.routerConfig" -}}
+{{- $fullname := include "multipole.fullname" . -}}
+{{- $replicas := include "multipole.replicasService" . -}}
+{{- $config := .Files.Get "files/haproxy.cfg" -}}
+{{- range $i := until (int (include "multipole.serverSlots" .)) -}}
+{{- $config = printf "%s  server mpa%d %s-%d.%s.%s.svc.%s:%d\n" $config $i $fullname $i $replicas $.Release.Namespace $.Values.router.clusterDomain (int64 $.Values.server.grpcPort) -}}
+{{- end -}}
+{{- $config -}}
+{{- end -}}
+
+{{/* The router's grace period: its preStop sleep and drain, and 10 s to exit. */}}
+{{- define "multipole.routerTerminationGracePeriodSeconds" -}}
+{{- add (int64 .Values.router.preStopSleepSeconds) (int64 .Values.router.drainSeconds) 10 -}}
+{{- end -}}
