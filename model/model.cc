@@ -236,6 +236,31 @@ absl::Status Model::Prefill(SequenceState& seq, absl::Span<const int32_t> tokens
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<SequenceState>> Model::CloneSequence(
+    const SequenceState& source, const AttentionOptions& options) {
+  MPA_RETURN_IF_ERROR(options.multipole.Validate());
+  std::unique_ptr<SequenceState> seq = NewSequence(options);
+  const int n = source.num_tokens();
+  if (n == 0) return seq;
+  MPA_RETURN_IF_ERROR(seq->Reserve(n));
+  seq->CommitTokens(source.tokens().data(), n);
+  const size_t row_floats = static_cast<size_t>(n) * config_.head_dim;
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    const LayerKv& from = source.layer(layer);
+    LayerKv& to = seq->layer(layer);
+    for (int h = 0; h < config_.num_kv_heads; ++h) {
+      const int64_t src = h * from.head_stride();
+      const int64_t dst = h * to.head_stride();
+      std::memcpy(&to.k[dst], &from.k[src], sizeof(float) * row_floats);
+      std::memcpy(&to.k_raw[dst], &from.k_raw[src], sizeof(float) * row_floats);
+      std::memcpy(&to.v[dst], &from.v[src], sizeof(float) * row_floats);
+    }
+    // As after a one-chunk prefill: every row of the layer written, then its maintenance.
+    backend_->OnAppend(layer, *seq, 0);
+  }
+  return seq;
+}
+
 absl::Status Model::Decode(absl::Span<SequenceState* const> seqs, absl::Span<const int32_t> tokens,
                            float* logits) {
   if (seqs.size() != tokens.size()) {

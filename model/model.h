@@ -44,6 +44,13 @@ class Model {
   // pass max_position_embeddings; ResourceExhausted if the KV pool is full.
   absl::Status Prefill(SequenceState& seq, absl::Span<const int32_t> tokens, float* logits);
 
+  // A new sequence holding `source`'s tokens and KV cache, attending with `options`, in the state
+  // a prefill of those tokens would have left it (clusters or Quest pages built as at the end of
+  // a prefill; the KV rows are source's as they are). Prefill is dense in every mode, so one
+  // prefill can serve several modes (mpa_eval). ResourceExhausted if the KV pool is full.
+  absl::StatusOr<std::unique_ptr<SequenceState>> CloneSequence(const SequenceState& source,
+                                                               const AttentionOptions& options);
+
   // One token for each sequence; logits[batch, vocab]. Attention per sequence follows its
   // AttentionOptions.
   absl::Status Decode(absl::Span<SequenceState* const> seqs, absl::Span<const int32_t> tokens,
