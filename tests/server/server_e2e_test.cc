@@ -203,10 +203,14 @@ TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
   std::vector<v1::GenerateRequest> running;
   for (int i = 0; i < kRunning; ++i) running.push_back(IdsRequest(RandomPrompt(8), 440));
   std::vector<StreamResult> results(kRunning);
-  std::atomic<int> started{0};
+  // finished counts the streams whose result is in (results[i] is only read after the joins).
+  std::atomic<int> started{0}, finished{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < kRunning; ++i) {
-    threads.emplace_back([&, i] { results[i] = Generate(*stub_, running[i], &started); });
+    threads.emplace_back([&, i] {
+      results[i] = Generate(*stub_, running[i], &started);
+      ++finished;
+    });
   }
   while (started < kRunning) absl::SleepFor(absl::Milliseconds(1));
   const std::string busy = CreateSession();
@@ -292,8 +296,7 @@ TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
     EXPECT_EQ(s.error_code(), grpc::NOT_FOUND);
     EXPECT_THAT(s.error_message(), HasSubstr("session_id"));
   }
-  int still_running = 0;
-  for (int i = 0; i < kRunning; ++i) still_running += results[i].result.has_value() ? 0 : 1;
+  const int still_running = kRunning - finished.load();
   for (auto& t : threads) t.join();
   busy_thread.join();
   EXPECT_GT(still_running, 0) << "the streams ended before the bad inputs were tested";
@@ -427,10 +430,14 @@ TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
   std::vector<v1::GenerateRequest> running;
   for (int i = 0; i < kRunning; ++i) running.push_back(IdsRequest(RandomPrompt(8), 440));
   std::vector<StreamResult> results(kRunning);
-  std::atomic<int> started{0};
+  // finished counts the streams whose result is in (results[i] is only read after the joins).
+  std::atomic<int> started{0}, finished{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < kRunning; ++i) {
-    threads.emplace_back([&, i] { results[i] = Generate(*stub_, running[i], &started); });
+    threads.emplace_back([&, i] {
+      results[i] = Generate(*stub_, running[i], &started);
+      ++finished;
+    });
   }
   while (started < kRunning) absl::SleepFor(absl::Milliseconds(1));
   server_->Signal(SIGTERM);
@@ -449,8 +456,7 @@ TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
     EXPECT_EQ(stub_->CreateSession(&context, v1::CreateSessionRequest(), &r).error_code(),
               grpc::UNAVAILABLE);
   }
-  int unfinished_at_refusal = 0;
-  for (int i = 0; i < kRunning; ++i) unfinished_at_refusal += results[i].result ? 0 : 1;
+  const int unfinished_at_refusal = kRunning - finished.load();
   for (auto& t : threads) t.join();
   EXPECT_GT(unfinished_at_refusal, 0) << "streams ended before the refusal was tested";
   for (int i = 0; i < kRunning; ++i) {
