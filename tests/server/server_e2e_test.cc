@@ -196,6 +196,35 @@ TEST_F(ServerE2eTest, ThirtyTwoConcurrentStreamsEqualRunningAlone) {
   }
 }
 
+// With --reference (plain fp32 matrix products instead of OpenBLAS, whose rounding depends on
+// the batch size) a request's tokens do not depend on what shares its decode steps, sampled ones
+// included: what bench/server_soak.cc relies on when it demands identical tokens under load.
+TEST_F(ServerE2eTest, ReferenceMathSampledStreamsEqualRunningAlone) {
+  StartServer({"--threads=1", "--reference"});
+  constexpr int kStreams = 24;
+  std::vector<v1::GenerateRequest> requests;
+  std::uniform_int_distribution<int> len(1, 60), out(60, 160);
+  for (int i = 0; i < kStreams; ++i) {
+    requests.push_back(IdsRequest(RandomPrompt(len(rng_)), out(rng_)));
+    requests.back().mutable_sampling()->set_temperature(1.0f);
+    requests.back().mutable_sampling()->set_top_p(0.95f);
+    requests.back().mutable_sampling()->set_seed(1000 + i);
+  }
+  std::vector<StreamResult> alone, together(kStreams);
+  for (const auto& r : requests) alone.push_back(Generate(*stub_, r));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(*stub_, requests[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    EXPECT_EQ(alone[i].ids.size(), static_cast<size_t>(requests[i].sampling().max_new_tokens()));
+    EXPECT_EQ(together[i].ids, alone[i].ids) << "stream " << i;
+  }
+}
+
 TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
   StartServer({"--threads=1", "--max_prompt_tokens=100"});
   // Long streams that keep the engine busy while the bad requests arrive.
