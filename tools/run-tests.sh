@@ -9,11 +9,17 @@ cd "$(dirname "$0")/.."
 build=${MPA_BUILD_DIR:-build}
 jobs=${MPA_JOBS:-$(nproc)}
 steps=()
+summary() { printf 'run-tests: %s\n' "${steps[@]}" "$(printf '%-12s %5d s' total $SECONDS)"; }
+# Runs a step and records its duration; a failing step ends the run (after the summary).
 step() {
-  local name=$1 start=$SECONDS
+  local name=$1 start=$SECONDS rc=0
   shift
-  "$@"
-  steps+=("$(printf '%-12s %5d s' "$name" $((SECONDS - start)))")
+  "$@" || rc=$?
+  steps+=("$(printf '%-12s %5d s' "$name" $((SECONDS - start)))$([ $rc = 0 ] || echo "  FAILED ($rc)")")
+  if [ $rc != 0 ]; then
+    summary
+    exit $rc
+  fi
 }
 step deps bash tools/install-deps.sh
 step build bash -c "cmake -S . -B '$build' -G Ninja -DCMAKE_BUILD_TYPE=Release &&
@@ -23,4 +29,4 @@ step format bash tools/check-format.sh
 step fuzz env MPA_FUZZ_RUNS="${MPA_FUZZ_RUNS:-100000}" bash tools/run-fuzz.sh
 step ctest ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout 600
 step sanitizers bash tools/run-sanitizers.sh
-printf 'run-tests: %s\n' "${steps[@]}"
+summary
