@@ -48,6 +48,20 @@ std::string GetString(const json& object, const char* key, std::string fallback 
   return it != object.end() && it->is_string() ? it->get<std::string>() : fallback;
 }
 
+// The member `key` of `object` (null when absent, or when `object` is not an object), by
+// reference. Copying a JSON value recurses once per level of nesting, so copying a deeply nested
+// member of a crafted file would exhaust the stack (a 2 MB tokenizer.json nests a million deep).
+const json& Member(const json& object, const char* key) {
+  static const json kNull;
+  if (!object.is_object()) return kNull;
+  auto it = object.find(key);
+  return it == object.end() ? kNull : *it;
+}
+
+// How deep a Sequence (of normalizers, pre-tokenizers, decoders or post-processors) may hold
+// Sequences. Hugging Face files nest them a level or two; deeper is refused, not recursed into.
+constexpr int kMaxSequenceDepth = 8;
+
 // The first code point of a UTF-8 string (HF stores `char` fields as one-character strings).
 char32_t FirstChar(std::string_view s) {
   if (s.empty()) return 0;
@@ -397,10 +411,10 @@ class BpeTokenizer final : public Tokenizer {
 
   absl::Status ParseModel(const json& model);
   absl::Status ParseAddedTokens(const json& added);
-  absl::Status ParseNormalizer(const json& node);
-  absl::Status ParsePreTokenizer(const json& node);
-  absl::Status ParseDecoder(const json& node);
-  absl::Status ParsePostProcessor(const json& node);
+  absl::Status ParseNormalizer(const json& node, int depth = 0);
+  absl::Status ParsePreTokenizer(const json& node, int depth = 0);
+  absl::Status ParseDecoder(const json& node, int depth = 0);
+  absl::Status ParsePostProcessor(const json& node, int depth = 0);
   absl::Status ParseConfigs(std::string_view config_json, std::string_view generation_json);
   std::optional<int32_t> TokenId(const std::string& content) const;
 
@@ -546,7 +560,7 @@ absl::Status BpeTokenizer::ParseAddedTokens(const json& added) {
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::ParseNormalizer(const json& node) {
+absl::Status BpeTokenizer::ParseNormalizer(const json& node, int depth) {
   if (node.is_null()) return absl::OkStatus();
   const std::string type = GetString(node, "type");
   if (type == "Sequence") {
@@ -554,7 +568,11 @@ absl::Status BpeTokenizer::ParseNormalizer(const json& node) {
     if (it == node.end() || !it->is_array()) {
       return Invalid(kTokenizerFile, "normalizer Sequence has no normalizers array");
     }
-    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParseNormalizer(child));
+    if (depth >= kMaxSequenceDepth) {
+      return Invalid(kTokenizerFile, absl::StrCat("normalizer Sequences nested more than ",
+                                                  kMaxSequenceDepth, " deep"));
+    }
+    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParseNormalizer(child, depth + 1));
     return absl::OkStatus();
   }
   NormalizerStep step{};
@@ -570,7 +588,7 @@ absl::Status BpeTokenizer::ParseNormalizer(const json& node) {
   } else if (type == "Replace") {
     step.kind = NormalizerStep::Kind::kReplace;
     step.content = GetString(node, "content");
-    const json pattern = node.value("pattern", json());
+    const json& pattern = Member(node, "pattern");
     if (pattern.contains("String") && pattern["String"].is_string()) {
       step.text = pattern["String"].get<std::string>();
     } else if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
@@ -598,7 +616,7 @@ absl::Status BpeTokenizer::ParseNormalizer(const json& node) {
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::ParsePreTokenizer(const json& node) {
+absl::Status BpeTokenizer::ParsePreTokenizer(const json& node, int depth) {
   if (node.is_null()) return absl::OkStatus();
   const std::string type = GetString(node, "type");
   if (type == "Sequence") {
@@ -606,13 +624,17 @@ absl::Status BpeTokenizer::ParsePreTokenizer(const json& node) {
     if (it == node.end() || !it->is_array()) {
       return Invalid(kTokenizerFile, "pre_tokenizer Sequence has no pretokenizers array");
     }
-    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParsePreTokenizer(child));
+    if (depth >= kMaxSequenceDepth) {
+      return Invalid(kTokenizerFile, absl::StrCat("pre_tokenizer Sequences nested more than ",
+                                                  kMaxSequenceDepth, " deep"));
+    }
+    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParsePreTokenizer(child, depth + 1));
     return absl::OkStatus();
   }
   PreTokenizerStep step{};
   if (type == "Split") {
     step.kind = PreTokenizerStep::Kind::kSplit;
-    const json pattern = node.value("pattern", json());
+    const json& pattern = Member(node, "pattern");
     absl::StatusOr<std::unique_ptr<ti::SplitPattern>> compiled;
     if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
       compiled = ti::SplitPattern::FromRegex(pattern["Regex"].get<std::string>());
@@ -672,7 +694,7 @@ absl::Status BpeTokenizer::ParsePreTokenizer(const json& node) {
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::ParseDecoder(const json& node) {
+absl::Status BpeTokenizer::ParseDecoder(const json& node, int depth) {
   if (node.is_null()) return absl::OkStatus();
   has_decoder_ = true;
   const std::string type = GetString(node, "type");
@@ -681,7 +703,11 @@ absl::Status BpeTokenizer::ParseDecoder(const json& node) {
     if (it == node.end() || !it->is_array()) {
       return Invalid(kTokenizerFile, "decoder Sequence has no decoders array");
     }
-    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParseDecoder(child));
+    if (depth >= kMaxSequenceDepth) {
+      return Invalid(kTokenizerFile, absl::StrCat("decoder Sequences nested more than ",
+                                                  kMaxSequenceDepth, " deep"));
+    }
+    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParseDecoder(child, depth + 1));
     return absl::OkStatus();
   }
   DecoderStep step{};
@@ -693,7 +719,7 @@ absl::Status BpeTokenizer::ParseDecoder(const json& node) {
     step.kind = DecoderStep::Kind::kFuse;
   } else if (type == "Replace") {
     step.kind = DecoderStep::Kind::kReplace;
-    const json pattern = node.value("pattern", json());
+    const json& pattern = Member(node, "pattern");
     if (!pattern.contains("String") || !pattern["String"].is_string()) {
       return Invalid(kTokenizerFile, "Replace decoder: only String patterns are supported");
     }
@@ -704,8 +730,18 @@ absl::Status BpeTokenizer::ParseDecoder(const json& node) {
   } else if (type == "Strip") {
     step.kind = DecoderStep::Kind::kStrip;
     step.strip_char = FirstChar(GetString(node, "content", " "));
-    step.strip_start = node.value("start", 0);
-    step.strip_stop = node.value("stop", 0);
+    // Counts of characters (absent: 0); anything else is refused, never thrown on.
+    for (auto [key, out] : {std::pair{"start", &step.strip_start}, {"stop", &step.strip_stop}}) {
+      const json& count = Member(node, key);
+      if (count.is_null()) continue;
+      if (!count.is_number_integer() || count.get<int64_t>() < 0 ||
+          count.get<int64_t>() > (1 << 20)) {
+        return Invalid(kTokenizerFile,
+                       absl::StrCat("Strip decoder: '", key,
+                                    "' must be a count of characters, not ", JsonExcerpt(count)));
+      }
+      *out = count.get<int>();
+    }
   } else if (type == "Metaspace") {
     step.kind = DecoderStep::Kind::kMetaspace;
     step.replacement = FirstChar(GetString(node, "replacement", "\xE2\x96\x81"));
@@ -718,7 +754,7 @@ absl::Status BpeTokenizer::ParseDecoder(const json& node) {
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::ParsePostProcessor(const json& node) {
+absl::Status BpeTokenizer::ParsePostProcessor(const json& node, int depth) {
   if (node.is_null()) return absl::OkStatus();
   const std::string type = GetString(node, "type");
   if (type == "Sequence") {
@@ -726,7 +762,11 @@ absl::Status BpeTokenizer::ParsePostProcessor(const json& node) {
     if (it == node.end() || !it->is_array()) {
       return Invalid(kTokenizerFile, "post_processor Sequence has no processors array");
     }
-    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParsePostProcessor(child));
+    if (depth >= kMaxSequenceDepth) {
+      return Invalid(kTokenizerFile, absl::StrCat("post_processor Sequences nested more than ",
+                                                  kMaxSequenceDepth, " deep"));
+    }
+    for (const json& child : *it) MPA_RETURN_IF_ERROR(ParsePostProcessor(child, depth + 1));
     return absl::OkStatus();
   }
   if (type == "ByteLevel") return absl::OkStatus();  // offsets only
@@ -862,11 +902,11 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(
   }
   std::unique_ptr<BpeTokenizer> tokenizer(new BpeTokenizer());
   MPA_RETURN_IF_ERROR(tokenizer->ParseModel(*model));
-  MPA_RETURN_IF_ERROR(tokenizer->ParseAddedTokens(root.value("added_tokens", json())));
-  MPA_RETURN_IF_ERROR(tokenizer->ParseNormalizer(root.value("normalizer", json())));
-  MPA_RETURN_IF_ERROR(tokenizer->ParsePreTokenizer(root.value("pre_tokenizer", json())));
-  MPA_RETURN_IF_ERROR(tokenizer->ParseDecoder(root.value("decoder", json())));
-  MPA_RETURN_IF_ERROR(tokenizer->ParsePostProcessor(root.value("post_processor", json())));
+  MPA_RETURN_IF_ERROR(tokenizer->ParseAddedTokens(Member(root, "added_tokens")));
+  MPA_RETURN_IF_ERROR(tokenizer->ParseNormalizer(Member(root, "normalizer")));
+  MPA_RETURN_IF_ERROR(tokenizer->ParsePreTokenizer(Member(root, "pre_tokenizer")));
+  MPA_RETURN_IF_ERROR(tokenizer->ParseDecoder(Member(root, "decoder")));
+  MPA_RETURN_IF_ERROR(tokenizer->ParsePostProcessor(Member(root, "post_processor")));
   MPA_RETURN_IF_ERROR(tokenizer->ParseConfigs(config_json, generation_json));
   for (const auto& token : tokenizer->added_) {
     if (token->normalized) {

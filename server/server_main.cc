@@ -91,6 +91,11 @@ ABSL_FLAG(std::string, health_address, "",
           "Kubernetes gRPC probes, which cannot speak TLS; port 0: pick a free one, printed). "
           "Empty: off");
 ABSL_FLAG(int, threads, 0, "BLAS threads (0: the library default)");
+ABSL_FLAG(bool, reference, false,
+          "CPU: plain fp32 loops instead of OpenBLAS for the matrix products. Slower, but a "
+          "request's tokens no longer depend on what is batched with it (BLAS rounds "
+          "differently at different batch sizes, which can flip a near-tie); for soak tests "
+          "and reproductions");
 ABSL_FLAG(int, prefill_chunk_tokens, 64,
           "Input tokens prefilled per engine step (bounds how long running streams wait)");
 ABSL_FLAG(int, max_batch_size, 64, "Sequences per decode call");
@@ -120,6 +125,7 @@ absl::StatusOr<std::unique_ptr<mpa::server::Engine>> LoadEngine(const std::strin
     options.max_kv_tokens = absl::GetFlag(FLAGS_max_kv_tokens);
     options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
     options.threads = absl::GetFlag(FLAGS_threads);
+    options.use_blas = !absl::GetFlag(FLAGS_reference);
     absl::StatusOr<std::unique_ptr<mpa::server::ModelEngine>> engine =
         mpa::server::ModelEngine::Load(model_dir, options);
     if (!engine.ok()) return engine.status();
