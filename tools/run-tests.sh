@@ -2,7 +2,7 @@
 # The project's test command: installs dependencies, builds everything (the CUDA code too when the
 # toolkit is present, even without a GPU), checks formatting, runs the fuzz targets, every test
 # with ctest, then the CPU tests again under AddressSanitizer + UBSan and the server's tests under
-# ThreadSanitizer (tools/run-sanitizers.sh) when MPA_SANITIZERS names them. GPU tests skip cleanly
+# ThreadSanitizer (tools/run-sanitizers.sh; MPA_SANITIZERS="" skips them). GPU tests skip cleanly
 # on a machine without a device. Each step's duration is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +28,8 @@ step format bash tools/check-format.sh
 # Coverage-guided fuzzing (clang, ASan + UBSan) of the file parsers, bounded and seeded.
 step fuzz env MPA_FUZZ_RUNS="${MPA_FUZZ_RUNS:-100000}" bash tools/run-fuzz.sh
 step ctest ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout 600
-# The sanitizer runs (about two more builds) are opt-in until a timed run on the CI machine shows
-# they fit its budget: MPA_SANITIZERS="address thread" bash tools/run-tests.sh.
-if [ -n "${MPA_SANITIZERS:-}" ]; then
+# MPA_SANITIZERS="" leaves the sanitizer runs out (default: "address thread").
+if [ -n "${MPA_SANITIZERS-address thread}" ]; then
   step sanitizers bash tools/run-sanitizers.sh
 fi
 summary
