@@ -4,7 +4,8 @@ small block-YAML reader that covers what `helm template` prints.
 
 Usage:
   deploy_checks.py dashboard REPO_ROOT
-  deploy_checks.py manifests CASE RENDERED_YAML FLAG_SOURCE...   (CASE: default | gpu | tls)
+  deploy_checks.py manifests CASE RENDERED_YAML FLAG_SOURCE...
+      (CASE: default | gpu | tls | apikeys)
       FLAG_SOURCE: the source files whose ABSL_FLAGs are mpa_server's flags
   deploy_checks.py queries DASHBOARD_JSON         (prints one PromQL expression per line)
   deploy_checks.py live PROMETHEUS_URL JOB DASHBOARD_JSON
@@ -349,6 +350,11 @@ def check_manifests(case, path, flag_sources):
     if case != "tls":
         check(not tls_flags & set(flags), f"{case}: TLS flags without tls.enabled: {flags}")
         check("health" not in ports and "tls" not in mounts, f"{case}: TLS port or mount")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    key_flags = {"api_keys_file", "max_sessions_per_key"}
+    if case != "apikeys":
+        check(not key_flags & set(flags), f"{case}: API key flags without apiKeys.enabled: {flags}")
+        check("api-keys" not in mounts and "api-keys" not in volumes, f"{case}: API key mount")
     if case == "default":
         check(container["image"] == "multipole/mpa-server:0.1.0", f"{case}: image {container['image']}")
         check("nvidia.com/gpu" not in resources.get("limits", {}), f"{case}: GPU requested")
@@ -413,6 +419,22 @@ def check_manifests(case, path, flag_sources):
         check(secret.get("defaultMode") == "0440", f"{case}: TLS files mode {secret.get('defaultMode')}")
         # The metrics port stays plain HTTP.
         check(flags.get("metrics_address") == "0.0.0.0:9464", f"{case}: metrics address")
+    elif case == "apikeys":
+        # values: apiKeys.enabled with secret "mpa-keys", secretKey keys.txt, maxSessionsPerKey 8.
+        directory = "/etc/multipole/api-keys"
+        check(flags.get("api_keys_file") == f"{directory}/keys.txt",
+              f"{case}: --api_keys_file={flags.get('api_keys_file')}")
+        check(flags.get("max_sessions_per_key") == "8",
+              f"{case}: --max_sessions_per_key={flags.get('max_sessions_per_key')}")
+        mount = mounts.get("api-keys", {})
+        check(mount.get("mountPath") == directory and mount.get("readOnly") == "true"
+              and "subPath" not in mount, f"{case}: API key secret mount {mount}")
+        secret = volumes.get("api-keys", {}).get("secret") or {}
+        check(secret.get("secretName") == "mpa-keys"
+              and secret.get("items") == [{"key": "keys.txt", "path": "keys.txt"}],
+              f"{case}: API key volume {volumes.get('api-keys')}")
+        check(secret.get("defaultMode") == "0440", f"{case}: key file mode {secret.get('defaultMode')}")
+        check(not tls_flags & set(flags), f"{case}: TLS flags {flags}")
     print(f"manifests ({case}): {len(docs)} documents, {len(args)} server args checked")
 
 

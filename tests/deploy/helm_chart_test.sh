@@ -6,7 +6,8 @@
 #     present, every query parses as PromQL.
 #   helm_chart_test.sh chart REPO_ROOT
 #     `helm lint` and `helm template` on deploy/helm/multipole with the default values, with a
-#     GPU + ServiceMonitor setup (with multipole knobs for CPU-side defaults) and with mutual TLS;
+#     GPU + ServiceMonitor setup (with multipole knobs for CPU-side defaults), with mutual TLS,
+#     with API keys;
 #     the rendered manifests carry the server's args, ports, gRPC probes (on the plaintext
 #     health-only port with TLS), the TLS secret mount, drain grace period and resources; bad
 #     values are refused. With router.enabled (replicaCount 3, and with autoscaling and a
@@ -115,7 +116,17 @@ tls:
   reloadIntervalSeconds: 300
 EOF
 
+cat >"$work/apikeys.yaml" <<'EOF'
+apiKeys:
+  enabled: true
+  secretName: mpa-keys
+  secretKey: keys.txt
+  maxSessionsPerKey: 8
+EOF
+
 "$helm" lint --strict "$chart" >"$work/lint.log" 2>&1 || { cat "$work/lint.log"; fail "helm lint"; }
+"$helm" lint --strict "$chart" -f "$work/apikeys.yaml" >"$work/lint.log" 2>&1 ||
+  { cat "$work/lint.log"; fail "helm lint (apikeys values)"; }
 "$helm" lint --strict "$chart" -f "$work/tls.yaml" >"$work/lint.log" 2>&1 ||
   { cat "$work/lint.log"; fail "helm lint (tls values)"; }
 "$helm" lint --strict "$chart" -f "$work/gpu.yaml" >"$work/lint.log" 2>&1 ||
@@ -154,6 +165,17 @@ python3 "$checks" manifests gpu "$work/gpu-rendered.yaml" "$root/server/server_m
 python3 "$checks" manifests tls "$work/tls-rendered.yaml" "$root/server/server_main.cc" \
   "$root/model/config/multipole_flags.cc"
 
+"$helm" template test-release "$chart" -f "$work/apikeys.yaml" >"$work/apikeys-rendered.yaml"
+python3 "$checks" manifests apikeys "$work/apikeys-rendered.yaml" "$root/server/server_main.cc" \
+  "$root/model/config/multipole_flags.cc"
+# API keys and TLS together: both secrets mounted, both sets of flags.
+"$helm" template test-release "$chart" -f "$work/apikeys.yaml" -f "$work/tls.yaml" \
+  >"$work/both.yaml" || fail "helm template (apikeys + tls)"
+for want in '--api_keys_file=/etc/multipole/api-keys/keys.txt' '--tls_cert=' \
+  'secretName: mpa-keys' 'secretName: mpa-tls'; do
+  grep -q -- "$want" "$work/both.yaml" || fail "apikeys + tls: no '$want' in the manifests"
+done
+
 # NOTES.txt renders for each model volume type (helm template does not print NOTES, so a copy of
 # the chart prints them through a wrapper template).
 cp -r "$chart" "$work/notes-chart"
@@ -179,6 +201,10 @@ for values in "tls.enabled=true,tls.secretName=mpa-tls" \
   fi
 done
 
+"$helm" template test-release "$work/notes-chart" --show-only templates/notes-rendered.yaml \
+  -f "$work/apikeys.yaml" >"$work/notes.txt" || fail "NOTES.txt with apikeys"
+grep -q 'MPA_API_KEY' "$work/notes.txt" || fail "NOTES.txt with apikeys: no MPA_API_KEY"
+
 # Values the chart must refuse, each with a message that names the value.
 refuse() {
   local expect=$1
@@ -202,6 +228,11 @@ refuse "tls.secretName must name" --set tls.enabled=true
 refuse "tls.clientCaKey needs tls.enabled" --set tls.clientCaKey=ca.crt
 refuse "probes.healthPort (50051) must differ" --set tls.enabled=true --set tls.secretName=s \
   --set probes.healthPort=50051
+refuse "apiKeys.secretName must name" --set apiKeys.enabled=true
+refuse "apiKeys.maxSessionsPerKey must be -1" --set apiKeys.enabled=true \
+  --set apiKeys.secretName=k --set apiKeys.maxSessionsPerKey=0
+refuse "apiKeys.mountPath must differ" --set apiKeys.enabled=true --set apiKeys.secretName=k \
+  --set tls.enabled=true --set tls.secretName=s --set apiKeys.mountPath=/etc/multipole/tls/
 "$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=multipole \
   >"$work/gpu-multipole.yaml" 2>&1 || { cat "$work/gpu-multipole.yaml"; fail "gpu + multipole"; }
 grep -q -- '--attention=multipole' "$work/gpu-multipole.yaml" || fail "gpu + multipole flag"

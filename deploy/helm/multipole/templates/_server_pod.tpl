@@ -29,6 +29,21 @@ checks of the values it reads: rendering fails with a message naming a bad value
 {{- else if .Values.tls.clientCaKey -}}
 {{- fail "tls.clientCaKey needs tls.enabled: client certificates are checked only over TLS" -}}
 {{- end -}}
+{{- if .Values.apiKeys.enabled -}}
+{{- if not .Values.apiKeys.secretName -}}
+{{- fail "apiKeys.secretName must name a secret holding the API key file when apiKeys.enabled" -}}
+{{- end -}}
+{{- if not .Values.apiKeys.secretKey -}}
+{{- fail "apiKeys.secretKey must name the key of the secret that holds the API key file" -}}
+{{- end -}}
+{{- $perKey := int64 .Values.apiKeys.maxSessionsPerKey -}}
+{{- if and (ne $perKey -1) (lt $perKey 1) -}}
+{{- fail (printf "apiKeys.maxSessionsPerKey must be -1 (maxSessions / 4) or at least 1, not %d" $perKey) -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (eq (clean .Values.apiKeys.mountPath) (clean .Values.tls.mountPath)) -}}
+{{- fail "apiKeys.mountPath must differ from tls.mountPath" -}}
+{{- end -}}
+{{- end -}}
 {{- $volumeTypes := list "existingClaim" "persistentVolumeClaim" "hostPath" -}}
 {{- if not (has .Values.model.volume.type $volumeTypes) -}}
 {{- fail (printf "model.volume.type must be one of %s, not %q" (join ", " $volumeTypes) .Values.model.volume.type) -}}
@@ -112,6 +127,10 @@ spec:
         # Kubernetes' gRPC probes cannot speak TLS: health alone, in plaintext, for them.
         - {{ printf "--health_address=0.0.0.0:%d" (int64 .Values.probes.healthPort) | quote }}
         {{- end }}
+        {{- if .Values.apiKeys.enabled }}
+        - {{ printf "--api_keys_file=%s/%s" .Values.apiKeys.mountPath .Values.apiKeys.secretKey | quote }}
+        - {{ printf "--max_sessions_per_key=%d" (int64 .Values.apiKeys.maxSessionsPerKey) | quote }}
+        {{- end }}
         {{- range .Values.server.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -186,6 +205,11 @@ spec:
           mountPath: {{ .Values.tls.mountPath }}
           readOnly: true
         {{- end }}
+        {{- if .Values.apiKeys.enabled }}
+        - name: api-keys
+          mountPath: {{ .Values.apiKeys.mountPath }}
+          readOnly: true
+        {{- end }}
   volumes:
     - name: models
       {{- if eq .Values.model.volume.type "hostPath" }}
@@ -205,6 +229,16 @@ spec:
       secret:
         secretName: {{ .Values.tls.secretName }}
         # Readable by the server through the pod's fsGroup, by no one else.
+        defaultMode: 0440
+    {{- end }}
+    {{- if .Values.apiKeys.enabled }}
+    - name: api-keys
+      secret:
+        secretName: {{ .Values.apiKeys.secretName }}
+        # Only the key file, readable by the server through the pod's fsGroup.
+        items:
+          - key: {{ .Values.apiKeys.secretKey }}
+            path: {{ .Values.apiKeys.secretKey }}
         defaultMode: 0440
     {{- end }}
   {{- with .Values.nodeSelector }}
