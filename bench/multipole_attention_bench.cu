@@ -289,19 +289,20 @@ int main(int argc, char** argv) {
       p.trace = nullptr;
       long long tr[32];
       CHECK_CUDA(cudaMemcpy(tr, trace, sizeof(tr), cudaMemcpyDeviceToHost));
+      // Phase marks (cluster_selection.cu): 0 start, 1 normalisers, 2 scores, 3 histogram, 4 first
+      // miss, 9 tail setup, 5 rule done, 11 selected clusters compacted, 6 rows written, 10
+      // approximation setup, 7 selected terms, 8 merge; 16..19 counts.
+      auto us = [&](int to, int from) {
+        return tr[to] && tr[from] ? (tr[to] - tr[from]) / clock_mhz : 0.0;
+      };
       std::printf(
           "  lookup on CUDA cores %.1f us; selection phases (us): start %.1f | scores %.1f | hist "
-          "%.1f | miss %.1f | "
-          "tail %.1f (rounds %.1f) | rows %.1f (scan %.1f) | approx %.1f (setup %.1f) | merge %.1f "
-          "|| bin keys %lld, tail "
-          "rounds "
-          "%lld of %lld candidates, %lld clusters selected\n",
-          lookup_cc_t * 1e6, (tr[1] - tr[0]) / clock_mhz, (tr[2] - tr[1]) / clock_mhz,
-          tr[3] ? (tr[3] - tr[2]) / clock_mhz : 0.0,
-          tr[3] && tr[4] ? (tr[4] - tr[3]) / clock_mhz : 0.0,
-          tr[4] ? (tr[5] - tr[4]) / clock_mhz : (tr[5] - tr[2]) / clock_mhz,
-          tr[9] ? (tr[5] - tr[9]) / clock_mhz : 0.0, (tr[6] - tr[5]) / clock_mhz,
-          (tr[7] - tr[6]) / clock_mhz, (tr[8] - tr[7]) / clock_mhz, tr[16], tr[17], tr[18], tr[19]);
+          "%.1f | miss %.1f | tail %.1f (rounds %.1f) | compact %.1f | rows %.1f | approx setup "
+          "%.1f | selected terms %.1f | merge %.1f || bin keys %lld, tail rounds %lld of %lld "
+          "candidates, %lld clusters selected\n",
+          lookup_cc_t * 1e6, us(1, 0), us(2, 1), us(3, 2), us(4, 3), tr[4] ? us(5, 4) : us(5, 2),
+          us(5, 9), us(11, 5), us(6, 11), us(10, 6), us(7, 10), us(8, 7), tr[16], tr[17], tr[18],
+          tr[19]);
       std::printf("%7d %5d %-6s %9.0f %9.1f %9.1f %6.1f%% %9.1f %7.2fx %8.1f %8.1f\n", s.context,
                   s.batch, bud.name.c_str(), selected_total / heads, bytes / 1e6, t * 1e6,
                   100.0 * floor_t / t, dense_t * 1e6, dense_t / t, step_t[0] * 1e6,
