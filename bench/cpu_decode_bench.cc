@@ -15,7 +15,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/matmul.h"
-#include "model/model.h"
+#include "model/cpu/model.h"
 
 ABSL_FLAG(std::string, stories, "../shared/models/stories260K", "stories260K folder");
 ABSL_FLAG(int, context, 1024, "tokens in the cache when decode is timed");

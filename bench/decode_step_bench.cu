@@ -18,7 +18,7 @@
 
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/linear.h"
-#include "model/cuda_model.h"
+#include "model/cuda/cuda_model.h"
 
 namespace {
 

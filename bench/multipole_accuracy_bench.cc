@@ -17,8 +17,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "model/attention_accuracy.h"
-#include "model/model.h"
+#include "model/attention/attention_accuracy.h"
+#include "model/cpu/model.h"
 
 ABSL_FLAG(std::string, model, "../shared/models/stories260K", "model folder (stories260K)");
 ABSL_FLAG(int, tokens, 400, "tokens generated greedily along the dense trajectory");

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "model/model_config.h"
-#include "model/status_macros.h"
+#include "model/config/model_config.h"
+#include "model/runtime/status_macros.h"
 #include "server/cuda_engine_module.h"
 
 namespace mpa::server {

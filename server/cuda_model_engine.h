@@ -12,7 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "model/cuda_model.h"
+#include "model/cuda/cuda_model.h"
 #include "server/tokenized_engine.h"
 
 namespace mpa::server {

@@ -6,7 +6,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "model/sampler.h"
+#include "model/runtime/sampler.h"
 
 namespace mpa::server {
 

@@ -14,9 +14,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "model/attention_backend.h"
-#include "model/sampler.h"
-#include "model/tokenizer.h"
+#include "model/attention/attention_backend.h"
+#include "model/runtime/sampler.h"
+#include "model/text/tokenizer.h"
 
 namespace mpa::server {
 

@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "model/status_macros.h"
+#include "model/runtime/status_macros.h"
 
 namespace mpa::server {
 namespace {

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "model/model.h"
+#include "model/cpu/model.h"
 #include "server/tokenized_engine.h"
 
 namespace mpa::server {

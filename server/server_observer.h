@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "model/attention_backend.h"
+#include "model/attention/attention_backend.h"
 #include "server/types.h"
 
 namespace mpa::server {

@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "model/attention_backend.h"
+#include "model/attention/attention_backend.h"
 #include "server/engine.h"
 
 namespace mpa::server {

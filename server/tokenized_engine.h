@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/model_config.h"
-#include "model/tokenizer.h"
+#include "model/config/model_config.h"
+#include "model/text/tokenizer.h"
 #include "server/engine.h"
 
 namespace mpa::server {

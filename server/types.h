@@ -9,8 +9,8 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "model/attention_backend.h"
-#include "model/sampler.h"
+#include "model/attention/attention_backend.h"
+#include "model/runtime/sampler.h"
 
 namespace mpa::server {
 

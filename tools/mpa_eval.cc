@@ -14,7 +14,7 @@
 // the cache read exactly, and decode time per scored token. --contexts 0 scores whole documents
 // (their last S tokens). Modes: multipole (one level), multipole2 (two levels), exact-only,
 // quest, dense (a second dense run: its KL must be 0). Budgets: a token count, or N% of the
-// clustered region. Knobs not given keep the design's defaults (model/multipole_config.h).
+// clustered region. Knobs not given keep the design's defaults (model/config/multipole_config.h).
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -32,10 +32,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "model/config/multipole_flags.h"
-#include "model/error_line.h"
-#include "model/model.h"
-#include "model/status_macros.h"
-#include "model/tokenizer.h"
+#include "model/cpu/model.h"
+#include "model/io/error_line.h"
+#include "model/runtime/status_macros.h"
+#include "model/text/tokenizer.h"
 #include "tools/eval/fidelity.h"
 
 #ifdef MPA_EVAL_WITH_CUDA

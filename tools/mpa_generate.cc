@@ -20,11 +20,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "model/config/multipole_flags.h"
-#include "model/error_line.h"
-#include "model/model.h"
-#include "model/sampler.h"
-#include "model/status_macros.h"
-#include "model/tokenizer.h"
+#include "model/cpu/model.h"
+#include "model/io/error_line.h"
+#include "model/runtime/sampler.h"
+#include "model/runtime/status_macros.h"
+#include "model/text/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model folder (config.json + safetensors)");
 ABSL_FLAG(std::string, prompt, "", "prompt text (needs tokenizer.json in the model folder)");

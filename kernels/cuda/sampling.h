@@ -17,10 +17,10 @@ struct SamplingRow {
   uint64_t seed = 0;         // the draw: u = SamplingUniform(seed) (combine seed and step)
 };
 
-// For each row, the CPU Sampler's rules (model/sampler.cc): ids ranked by logit (ties: lower id
-// first), p_i proportional to exp((logit_i - max) / temperature); keep the first top_k, then the
-// shortest prefix of those whose mass reaches top_p of theirs; the id chosen is the first in rank
-// order whose cumulative mass exceeds u * (kept mass). Masses are summed as exact integers
+// For each row, the CPU Sampler's rules (model/runtime/sampler.cc): ids ranked by logit (ties:
+// lower id first), p_i proportional to exp((logit_i - max) / temperature); keep the first top_k,
+// then the shortest prefix of those whose mass reaches top_p of theirs; the id chosen is the first
+// in rank order whose cumulative mass exceeds u * (kept mass). Masses are summed as exact integers
 // (exp(-d) in units of 2^-(62 - ceil(log2 vocab))), so a row's draw is deterministic. Rows with
 // temperature <= 0 or top_k == 1 take the argmax (lowest id on ties).
 // Cost: a few passes over the logits with many blocks per row, then one block per row over the

@@ -4,7 +4,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
-#include "model/status_macros.h"
+#include "model/runtime/status_macros.h"
 
 ABSL_FLAG(int, token_budget, -1,
           "Tokens of the clustered region attended exactly per KV head by the sparse attention "

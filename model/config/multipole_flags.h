@@ -14,7 +14,7 @@
 #include "absl/flags/declare.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "model/multipole_config.h"
+#include "model/config/multipole_config.h"
 
 ABSL_DECLARE_FLAG(int, token_budget);
 ABSL_DECLARE_FLAG(float, token_budget_fraction);

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-#include "model/safetensors.h"
+#include "model/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One file per process, rewritten for every input (the reader maps a path).

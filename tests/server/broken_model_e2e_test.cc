@@ -24,7 +24,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/model/safetensors_writer.h"
+#include "tests/model/io/safetensors_writer.h"
 #include "tests/server/server_process.h"
 
 namespace mpa::server {

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model/model.h"
-#include "model/weights.h"
+#include "model/cpu/model.h"
+#include "model/io/weights.h"
 
 namespace mpa::eval {
 namespace {

@@ -12,7 +12,7 @@ PATTERN keeps an identifier (letters, digits, '_') whole after at most one space
 punctuation likewise, a line break with the next line's indentation as one piece, and any other
 whitespace run as one piece. Python's `regex` module runs it here with \\s spelled out as Unicode
 White_Space (what Hugging Face's Oniguruma and our C++ tokenizer use), so the ids written here
-are the ids the C++ tokenizer and Hugging Face `tokenizers` give (tests/model/code_tokenizer_test.cc
+are the ids the C++ tokenizer and Hugging Face `tokenizers` give (tests/model/text/code_tokenizer_test.cc
 and the device run check that).
 
 Training counts the pre-tokenized pieces of a sample of the train split, then merges the most

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Golden outputs of a trained model folder, in the format of tests/fixtures/*/golden.json (see
-tests/fixtures/README.md), for tests/model/code_model_golden_test.cc:
+tests/fixtures/README.md), for tests/model/cpu/code_model_golden_test.cc:
 
   prompt_ids    the first --prompt_tokens ids of --ids (the committed held-out sample)
   greedy_ids    --new_tokens ids of greedy generation (no EOS stop)

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "model/cuda_model.h"
-#include "model/status_macros.h"
+#include "model/cuda/cuda_model.h"
+#include "model/runtime/status_macros.h"
 
 namespace mpa::eval {
 namespace {

@@ -1,5 +1,5 @@
-// mpa_eval's GPU engine: the CUDA model (model/cuda_model.h) behind eval::EvalEngine. Built only
-// where the CUDA model is (MPA_WITH_CUDA). Modes the GPU does not run (quest, two levels) are
+// mpa_eval's GPU engine: the CUDA model (model/cuda/cuda_model.h) behind eval::EvalEngine. Built
+// only where the CUDA model is (MPA_WITH_CUDA). Modes the GPU does not run (quest, two levels) are
 // reported by Supports() and left out of the table with the reason.
 #pragma once
 

@@ -8,7 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "model/status_macros.h"
+#include "model/runtime/status_macros.h"
 
 namespace mpa::eval {
 namespace {

@@ -17,8 +17,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "model/attention_backend.h"
-#include "model/model.h"
+#include "model/attention/attention_backend.h"
+#include "model/cpu/model.h"
 
 namespace mpa::eval {
 

@@ -1,0 +1,105 @@
+// LoadWeights on broken copies of stories260K: a config that does not match the tensors is
+// refused before anything is allocated from it, and NaN or Inf weights are refused by name.
+#include "model/io/weights.h"
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/config/model_config.h"
+
+namespace mpa {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char kStories[] = MPA_SOURCE_DIR "/../shared/models/stories260K";
+
+class WeightsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(std::string(kStories) + "/config.json")) {
+      GTEST_SKIP() << "stories260K not found at " << kStories;
+    }
+    std::string pattern = ::testing::TempDir() + "weights_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    for (const char* name : {"config.json", "model.safetensors"}) {
+      fs::copy_file(std::string(kStories) + "/" + name, dir_ + "/" + name);
+      fs::permissions(dir_ + "/" + name, fs::perms::owner_read | fs::perms::owner_write);
+    }
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  // Replaces `from` by `to` in the copy's config.json.
+  void EditConfig(const std::string& from, const std::string& to) {
+    std::ifstream in(dir_ + "/config.json");
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    const size_t at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+    std::ofstream(dir_ + "/config.json", std::ios::trunc) << text;
+  }
+  // Overwrites the first 4 bytes of the tensor data (an F32 value of the first tensor).
+  void PoisonFirstValue(uint32_t bits) {
+    std::fstream f(dir_ + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    uint64_t header = 0;
+    f.read(reinterpret_cast<char*>(&header), sizeof(header));
+    f.seekp(static_cast<std::streamoff>(8 + header));
+    f.write(reinterpret_cast<const char*>(&bits), sizeof(bits));
+  }
+  absl::Status Load() {
+    absl::StatusOr<ModelConfig> config = LoadModelConfig(dir_);
+    if (!config.ok()) return config.status();
+    return LoadWeights(dir_, *config).status();
+  }
+
+  std::string dir_;
+};
+
+TEST_F(WeightsTest, TheCopyLoads) { EXPECT_TRUE(Load().ok()); }
+
+// Large but within the config bounds: the shapes the config implies would need gigabytes; the
+// checkpoint's own shapes refuse them before any allocation.
+TEST_F(WeightsTest, ConfigShapesBeyondTheTensorsAreRefusedBeforeAllocating) {
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"\"vocab_size\": 512", "\"vocab_size\": 4000000"},
+           {"\"intermediate_size\": 172", "\"intermediate_size\": 500000"},
+           {"\"hidden_size\": 64", "\"hidden_size\": 65536"},
+           {"\"num_hidden_layers\": 5", "\"num_hidden_layers\": 1000"},
+       }) {
+    SetUp();
+    EditConfig(from, to);
+    const absl::Status status = Load();
+    // A shape that differs is InvalidArgument; a tensor the config calls for and the checkpoint
+    // lacks (more layers) is NotFound.
+    EXPECT_TRUE(status.code() == absl::StatusCode::kInvalidArgument ||
+                status.code() == absl::StatusCode::kNotFound)
+        << to << ": " << status;
+    TearDown();
+    dir_.clear();
+  }
+}
+
+TEST_F(WeightsTest, NanAndInfWeightsAreRefusedNamingTheTensor) {
+  PoisonFirstValue(0x7fc00000u);  // NaN
+  absl::Status status = Load();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("NaN at element 0"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("tensor '"), std::string::npos) << status;
+  PoisonFirstValue(0xff800000u);  // -Inf
+  status = Load();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("Inf at element 0"), std::string::npos) << status;
+}
+
+}  // namespace
+}  // namespace mpa
