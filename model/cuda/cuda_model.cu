@@ -18,6 +18,7 @@
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/sampling.h"
 #include "model/attention/cuda_clusters.h"
+#include "model/attention/cuda_quest_pages.h"
 #include "model/attention/multipole_attention.h"
 #include "model/cuda/cuda_model.h"
 #include "model/runtime/rope.h"
@@ -118,7 +119,7 @@ struct CudaModel::Impl {
   // Multipole decode (a batch with a sparse sequence): per-step metadata, staged in one copy.
   int32_t* mp_ints = nullptr;  // sink_end | clustered_end | budget [max_batch] | num_clusters
                                // [max_batch, nkv] | slot pages [max_batch, max_pages_per_seq]
-  uint8_t* mp_approximate = nullptr;  // [max_batch]
+  uint8_t* mp_approximate = nullptr;  // [2, max_batch]: approximate, then Quest flags
   uintptr_t* mp_ptrs = nullptr;       // [3, layers, max_batch, nkv]: key / value centroids, begins
   unsigned long long* mp_exact = nullptr;       // [max_batch] tokens attended exactly, this step
   unsigned long long* mp_exact_host = nullptr;  // pinned copy for the statistics
@@ -130,6 +131,7 @@ struct CudaModel::Impl {
   std::vector<uintptr_t> h_mp_ptrs;
   std::vector<uintptr_t> uploaded_mp_ptrs;  // what d.mp_ptrs holds
   bool step_sparse = false;                 // this step runs the multipole decode
+  bool step_quest = false;                  // ... and a sequence of the batch is Quest
   int step_cluster_bucket = 0;              // its max_clusters (a power of two)
   // Cluster maintenance timing: a pair of events per sequence updated in the step.
   struct Timing {
@@ -281,8 +283,8 @@ absl::Status CudaModel::Init() {
   const int64_t mp_ints = 3 * int64_t{options_.max_batch} + int64_t{options_.max_batch} * nkv;
   MPA_ASSIGN_OR_RETURN(d.mp_ints, d.arena.Alloc<int32_t>(mp_ints));
   d.h_mp_ints.assign(mp_ints, 0);
-  MPA_ASSIGN_OR_RETURN(d.mp_approximate, d.arena.Alloc<uint8_t>(options_.max_batch));
-  d.h_mp_approximate.assign(options_.max_batch, 0);
+  MPA_ASSIGN_OR_RETURN(d.mp_approximate, d.arena.Alloc<uint8_t>(2 * options_.max_batch));
+  d.h_mp_approximate.assign(2 * options_.max_batch, 0);
   const int64_t mp_ptrs = 3 * int64_t{c.num_layers} * options_.max_batch * nkv;
   MPA_ASSIGN_OR_RETURN(d.mp_ptrs, d.arena.Alloc<uintptr_t>(mp_ptrs));
   d.h_mp_ptrs.assign(mp_ptrs, 0);
@@ -575,6 +577,7 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
       p.clustered_end = d.mp_ints + mb;
       p.token_budget = d.mp_ints + 2 * mb;
       p.approximate = d.mp_approximate;
+      p.quest = d.step_quest ? d.mp_approximate + mb : nullptr;
       // The clustered regions are reordered in place: slot s is row sink_end + s of the
       // sequence's own pages.
       p.clusters.pages = p.block_table;
@@ -651,8 +654,9 @@ absl::Status CudaModel::DecodeForward(int batch, int length_bucket) {
   if (!options_.decode_graphs) {
     return Forward(batch, /*prefill=*/false, batch, length_bucket, 1, 0, batch);
   }
-  const std::tuple<int, int, int> key(batch, length_bucket,
-                                      d.step_sparse ? d.step_cluster_bucket : 0);
+  // A step with a Quest sequence launches the Quest scoring too: its own graph.
+  const std::tuple<int, int, int> key(
+      batch, length_bucket, d.step_sparse ? 2 * d.step_cluster_bucket + (d.step_quest ? 1 : 0) : 0);
   auto it = d.graphs.find(key);
   if (it == d.graphs.end()) {
     if (d.graphs.size() >= kMaxDecodeGraphs) {
@@ -926,16 +930,15 @@ absl::Status CudaModel::Synchronize() {
 absl::Status CudaModel::SupportsAttention(const AttentionOptions& options) const {
   if (options.mode == AttentionMode::kDense) return absl::OkStatus();
   const std::string mode(AttentionModeName(options.mode));
-  if (options.mode == AttentionMode::kQuest) {
-    return absl::InvalidArgumentError("attention quest is not available on the GPU (CPU only)");
-  }
   MPA_RETURN_IF_ERROR(options.multipole.Validate());
   const MultipoleConfig& m = options.multipole;
-  if (m.levels != 1) {
+  const bool quest = options.mode == AttentionMode::kQuest;
+  // Quest reads neither the hierarchy's levels nor its centroids.
+  if (!quest && m.levels != 1) {
     return absl::InvalidArgumentError(absl::StrCat("attention ", mode, " with levels ", m.levels,
                                                    " is not available on the GPU (1 only)"));
   }
-  if (m.centroid_keys != CentroidKeys::kPostRope) {
+  if (!quest && m.centroid_keys != CentroidKeys::kPostRope) {
     return absl::InvalidArgumentError(
         absl::StrCat("attention ", mode, " with centroid_keys ", CentroidKeysName(m.centroid_keys),
                      " is not available on the GPU (post_rope only: the GPU cache holds the "
@@ -952,7 +955,7 @@ absl::Status CudaModel::SupportsAttention(const AttentionOptions& options) const
   }
   const int max_block_clusters =
       ClustersForTokens(std::max(m.block_tokens, m.final_window_max), m.tokens_per_centroid);
-  if (max_block_clusters > 16384) {
+  if (!quest && max_block_clusters > 16384) {
     return absl::InvalidArgumentError(absl::StrCat(
         "attention ", mode, ": blocks of up to ", std::max(m.block_tokens, m.final_window_max),
         " tokens at one centroid per ", m.tokens_per_centroid,
@@ -975,20 +978,28 @@ absl::Status CudaModel::SetAttention(CudaSequence& seq, const AttentionOptions& 
       old.prefill_kmeans_iterations == now.prefill_kmeans_iterations &&
       old.update_kmeans_iterations == now.update_kmeans_iterations && old.seed == now.seed &&
       old.min_clustered_tokens == now.min_clustered_tokens;
-  if (!sparse || !same_clusters) DropClusters(seq);
+  // Quest keeps page bounds, not clusters: a switch between the two drops the state.
+  const bool was_quest = seq.attention_.mode == AttentionMode::kQuest;
+  const bool is_quest = options.mode == AttentionMode::kQuest;
+  if (!sparse || !same_clusters || was_quest != is_quest ||
+      old.quest_page_tokens != now.quest_page_tokens) {
+    DropClusters(seq);
+  }
   seq.attention_ = options;
   return absl::OkStatus();
 }
 
 void CudaModel::DropClusters(CudaSequence& seq) {
-  if (seq.clusters_ == nullptr) return;
-  // The cluster state's buffers may still be read by enqueued work.
+  if (seq.clusters_ == nullptr && seq.quest_ == nullptr) return;
+  // The state's buffers may still be read by enqueued work.
   cudaStreamSynchronize(impl_->stream);
   seq.clusters_.reset();
+  seq.quest_.reset();
 }
 
 absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   if (seq.attention_.mode == AttentionMode::kDense) return absl::OkStatus();
+  if (seq.attention_.mode == AttentionMode::kQuest) return MaintainQuestPages(seq, prefill);
   const MultipoleConfig& config = seq.attention_.multipole;
   const CachePartition part = PartitionCache(seq.num_tokens(), config);
   CudaClusterState* state = seq.clusters_.get();
@@ -1036,21 +1047,65 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   return absl::OkStatus();
 }
 
+absl::Status CudaModel::MaintainQuestPages(CudaSequence& seq, bool prefill) {
+  const MultipoleConfig& config = seq.attention_.multipole;
+  const CachePartition part = PartitionCache(seq.num_tokens(), config);
+  // As the CPU reference: pages once the region reaches min_clustered_tokens, then kept up to
+  // the partition's clustered end (the recent window stays exact).
+  if (seq.quest_ == nullptr) {
+    if (part.clustered_tokens() < std::max(1, config.min_clustered_tokens)) return absl::OkStatus();
+    if (part.clustered_end <= seq.cluster_retry_after_) return absl::OkStatus();
+  } else if (part.clustered_end <= seq.quest_->region_end()) {
+    return absl::OkStatus();
+  }
+  Impl& d = *impl_;
+  std::vector<cuda::PagedKvCache> layers;
+  for (const DeviceLayer& l : d.layers) {
+    layers.push_back(
+        {l.k_cache, l.v_cache, config_.num_kv_heads, config_.head_dim, options_.page_size});
+  }
+  Impl::Timing timing{&seq, d.TakeEvent(), d.TakeEvent(), prefill};
+  MPA_CUDA(cudaEventRecord(timing.start, d.stream));
+  if (seq.quest_ == nullptr) {
+    seq.quest_ = std::make_unique<CudaQuestPages>(config.quest_page_tokens, config_.num_layers,
+                                                  config_.num_kv_heads, config_.head_dim);
+  }
+  const absl::Status status =
+      seq.quest_->Update(layers, seq.pages_, part.sink_end, part.clustered_end, d.stream);
+  MPA_CUDA(cudaEventRecord(timing.end, d.stream));
+  d.timings.push_back(timing);
+  if (!prefill && status.ok()) seq.stats_.cluster_updates += 1;
+  if (!status.ok()) {
+    // No device memory for the bounds: exact attention until the region grows again.
+    if (!absl::IsResourceExhausted(status)) return status;
+    DropClusters(seq);
+    seq.cluster_retry_after_ = part.clustered_end;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
   Impl& d = *impl_;
   d.step_sparse = false;
+  d.step_quest = false;
   int max_clusters = 1;
   for (CudaSequence* seq : seqs) {
     if (seq->attention_.mode == AttentionMode::kDense) continue;
     d.step_sparse = true;
     if (seq->clusters_ != nullptr)
       max_clusters = std::max(max_clusters, seq->clusters_->num_clusters());
+    if (seq->attention_.mode == AttentionMode::kQuest) {
+      d.step_quest = true;
+      if (seq->quest_ != nullptr) max_clusters = std::max(max_clusters, seq->quest_->num_pages());
+    }
   }
   if (!d.step_sparse) return absl::OkStatus();
   if (max_clusters > cuda::kMaxClustersPerHead) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a sequence has ", max_clusters, " clusters per KV head; the GPU decode ranks at most ",
-        cuda::kMaxClustersPerHead, " (raise tokens_per_centroid or shorten the context)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a sequence has ", max_clusters,
+                     " clusters (or Quest pages) per KV head; the GPU decode ranks at most ",
+                     cuda::kMaxClustersPerHead,
+                     " (raise tokens_per_centroid or quest_page_tokens, or shorten the context)"));
   }
   int bucket = 64;
   while (bucket < max_clusters) bucket *= 2;
@@ -1091,18 +1146,28 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
   for (size_t b = 0; b < seqs.size(); ++b) {
     const CudaSequence& seq = *seqs[b];
     const CudaClusterState* state = seq.clusters_.get();
-    const bool sparse = seq.attention_.mode != AttentionMode::kDense && state != nullptr;
-    sink[b] = sparse ? state->region_begin() : 0;
-    cend[b] = sparse ? state->region_end() : 0;
+    const CudaQuestPages* quest = seq.quest_.get();
+    const bool is_quest = seq.attention_.mode == AttentionMode::kQuest;
+    const bool sparse = seq.attention_.mode != AttentionMode::kDense &&
+                        (is_quest ? quest != nullptr : state != nullptr);
+    d.h_mp_approximate[mb + b] = is_quest && sparse;
+    sink[b] = !sparse ? 0 : is_quest ? quest->region_begin() : state->region_begin();
+    cend[b] = !sparse ? 0 : is_quest ? quest->region_end() : state->region_end();
     budget[b] = sparse ? static_cast<int32_t>(std::min<int64_t>(
                              TokenBudget(seq.attention_.multipole, cend[b] - sink[b]), INT32_MAX))
                        : 0;
     d.h_mp_approximate[b] =
         seq.attention_.mode == AttentionMode::kMultipole && seq.attention_.multipole.approximate;
     for (int h = 0; h < nkv; ++h) {
-      clusters[b * nkv + h] = sparse ? state->num_clusters() : 0;
+      clusters[b * nkv + h] = !sparse ? 0 : is_quest ? quest->num_pages() : state->num_clusters();
       for (int l = 0; l < c.num_layers; ++l) {
         const int64_t at = l * table + int64_t(b) * nkv + h;
+        if (sparse && is_quest) {  // pages as clusters: bounds in the centroids' places
+          d.h_mp_ptrs[at] = reinterpret_cast<uintptr_t>(quest->page_min(l, h));
+          d.h_mp_ptrs[per_kind + at] = reinterpret_cast<uintptr_t>(quest->page_max(l, h));
+          d.h_mp_ptrs[2 * per_kind + at] = reinterpret_cast<uintptr_t>(quest->page_begin());
+          continue;
+        }
         d.h_mp_ptrs[at] = sparse ? reinterpret_cast<uintptr_t>(state->key_centroids(l, h)) : 0;
         d.h_mp_ptrs[per_kind + at] =
             sparse ? reinterpret_cast<uintptr_t>(state->value_centroids(l, h)) : 0;
@@ -1114,8 +1179,8 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
   const int64_t staged_ints = slot_table - sink;
   MPA_CUDA(cudaMemcpyAsync(d.mp_ints, d.h_mp_ints.data(), staged_ints * sizeof(int32_t),
                            cudaMemcpyHostToDevice, d.stream));
-  MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), mb, cudaMemcpyHostToDevice,
-                           d.stream));
+  MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), 2 * mb,
+                           cudaMemcpyHostToDevice, d.stream));
   // The pointer tables change only when a batch's sequences or their cluster buffers do.
   if (d.h_mp_ptrs != d.uploaded_mp_ptrs) {
     MPA_CUDA(cudaMemcpyAsync(d.mp_ptrs, d.h_mp_ptrs.data(), d.h_mp_ptrs.size() * sizeof(uintptr_t),
@@ -1139,6 +1204,9 @@ void CudaModel::CompleteDecode() {
       if (seq.clusters_ != nullptr) {
         st.centroids_scored +=
             int64_t{seq.clusters_->num_clusters()} * c.num_kv_heads * c.num_layers;
+      }
+      if (seq.quest_ != nullptr) {
+        st.centroids_scored += int64_t{seq.quest_->num_pages()} * c.num_kv_heads * c.num_layers;
       }
     }
     d.step_sparse = false;

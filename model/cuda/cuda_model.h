@@ -16,9 +16,10 @@
 // at the end of a prefill once the clustered region reaches min_clustered_tokens, updated online
 // every cluster_interval tokens, and read by kernels/cuda/multipole's decode. A batch with any
 // sparse sequence runs every sequence through the multipole decode (a dense one as a sequence
-// without clusters, which is exact attention). Quest and two-level hierarchies are CPU-only for
-// now. Not thread-safe: one engine thread drives it, as with Model. A CudaModel must outlive its
-// sequences.
+// without clusters, which is exact attention). Quest runs through the same decode, its pages of
+// consecutive positions taking the clusters' place (model/attention/cuda_quest_pages.h).
+// Two-level hierarchies are CPU-only for now. Not thread-safe: one engine thread drives it, as with
+// Model. A CudaModel must outlive its sequences.
 #pragma once
 
 #include <cstdint>
@@ -52,6 +53,7 @@ struct CudaModelOptions {
 
 class CudaModel;
 class CudaClusterState;
+class CudaQuestPages;
 
 // A sequence's pages of the device KV cache, its token ids, its attention and, for the sparse
 // modes, its cluster hierarchy.
@@ -77,6 +79,7 @@ class CudaSequence {
   AttentionOptions attention_;
   AttentionStats stats_;
   std::unique_ptr<CudaClusterState> clusters_;
+  std::unique_ptr<CudaQuestPages> quest_;  // Quest's page bounds (mode quest)
   int cluster_retry_after_ = 0;  // clustering failed for want of memory at this clustered end
 };
 
@@ -103,7 +106,7 @@ class CudaModel {
   std::unique_ptr<CudaSequence> NewSequence();
 
   // Whether sequences of this model can attend with `options` on the GPU: OK, or
-  // InvalidArgument naming what is not supported here (quest, two levels, pre-RoPE centroids,
+  // InvalidArgument naming what is not supported here (two levels, pre-RoPE centroids,
   // an unsupported head_dim or GQA group) or what is invalid in the config.
   absl::Status SupportsAttention(const AttentionOptions& options) const;
   // Sets how `seq` attends from its next step on. A change of multipole knobs drops its clusters
@@ -169,6 +172,8 @@ class CudaModel {
   // Brings seq's clusters in step with its cache (build once the region is long enough, then one
   // online update per interval); times the work into its stats. `prefill`: a prompt chunk.
   absl::Status MaintainClusters(CudaSequence& seq, bool prefill);
+  // The same for a Quest sequence's page bounds.
+  absl::Status MaintainQuestPages(CudaSequence& seq, bool prefill);
   // Drops seq's clusters and returns their pages to the pool.
   void DropClusters(CudaSequence& seq);
   // Stages the multipole decode's per-step metadata of a batch (when any sequence is sparse).

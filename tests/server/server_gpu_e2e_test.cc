@@ -198,17 +198,21 @@ TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
   EXPECT_DOUBLE_EQ(dense.result->stats().mean_sparsity(), 1.0);
 
   // A budget covering the whole clustered region is exact attention: the dense ids.
-  v1::GenerateRequest full = IdsRequest(prompt, 100);
-  full.mutable_attention()->set_mode(v1::ATTENTION_MODE_MULTIPOLE);
-  full.mutable_attention()->set_token_budget_fraction(1.0f);
-  StreamResult all = Generate(*stub_, full);
-  ASSERT_TRUE(all.status.ok()) << all.status.error_message();
-  EXPECT_EQ(all.ids, dense.ids);
-  ASSERT_TRUE(all.result.has_value());
-  EXPECT_DOUBLE_EQ(all.result->stats().mean_sparsity(), 1.0);
+  for (auto mode : {v1::ATTENTION_MODE_MULTIPOLE, v1::ATTENTION_MODE_QUEST}) {
+    v1::GenerateRequest full = IdsRequest(prompt, 100);
+    full.mutable_attention()->set_mode(mode);
+    full.mutable_attention()->set_token_budget_fraction(1.0f);
+    StreamResult all = Generate(*stub_, full);
+    ASSERT_TRUE(all.status.ok()) << all.status.error_message();
+    EXPECT_EQ(all.ids, dense.ids) << v1::AttentionMode_Name(mode);
+    ASSERT_TRUE(all.result.has_value());
+    EXPECT_DOUBLE_EQ(all.result->stats().mean_sparsity(), 1.0);
+  }
 
-  // The default budget (128 tokens of a ~256-token region) reads less than the whole cache.
-  for (auto mode : {v1::ATTENTION_MODE_MULTIPOLE, v1::ATTENTION_MODE_EXACT_ONLY}) {
+  // The default budget (128 tokens of a ~256-token region) reads less than the whole cache, in
+  // every sparse mode.
+  for (auto mode :
+       {v1::ATTENTION_MODE_MULTIPOLE, v1::ATTENTION_MODE_EXACT_ONLY, v1::ATTENTION_MODE_QUEST}) {
     v1::GenerateRequest sparse = IdsRequest(prompt, 100);
     sparse.mutable_attention()->set_mode(mode);
     StreamResult r = Generate(*stub_, sparse);
@@ -218,32 +222,6 @@ TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
     EXPECT_LT(r.result->stats().mean_sparsity(), 0.9) << v1::AttentionMode_Name(mode);
     EXPECT_GT(r.result->stats().mean_sparsity(), 0.3) << v1::AttentionMode_Name(mode);
   }
-}
-
-TEST_F(ServerGpuE2eTest, QuestIsRefusedNamingModeAndDevice) {
-  START_SERVER_OR_SKIP();
-  v1::GenerateRequest request = IdsRequest({1}, 8);
-  request.mutable_attention()->set_mode(v1::ATTENTION_MODE_QUEST);
-  StreamResult r = Generate(*stub_, request);
-  EXPECT_EQ(r.status.error_code(), grpc::INVALID_ARGUMENT);
-  EXPECT_THAT(r.status.error_message(), HasSubstr("quest attention"));
-  EXPECT_THAT(r.status.error_message(), HasSubstr("cuda:0"));
-  EXPECT_TRUE(r.ids.empty());
-
-  grpc::ClientContext context;
-  v1::CreateSessionRequest create;
-  create.mutable_attention()->set_mode(v1::ATTENTION_MODE_QUEST);
-  v1::CreateSessionResponse created;
-  grpc::Status s = stub_->CreateSession(&context, create, &created);
-  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), HasSubstr("quest attention"));
-  EXPECT_THAT(s.error_message(), HasSubstr("cuda:0"));
-
-  // Dense requests still run after the refusals.
-  StreamResult dense = Generate(*stub_, IdsRequest({1}, 8));
-  ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
-  const std::vector<int32_t> reference = ParseIds(kReferenceIds);
-  EXPECT_EQ(dense.ids, std::vector<int32_t>(reference.begin(), reference.begin() + 8));
 }
 
 TEST_F(ServerGpuE2eTest, KnobsTheGpuDoesNotRunAreRefusedAtStartUp) {

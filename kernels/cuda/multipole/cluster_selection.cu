@@ -33,23 +33,30 @@ constexpr int kBins = 256;                            // radix digit of 8 bits
 constexpr int kHistBins = 2048;  // bins of the first pass over the score range (at most)
 constexpr int kBinList = 1024;   // keys of the first miss's bin searched directly (at most)
 
-// Rank keys: (score bits + 1) << 32 | (kIdMax - cluster) << kCountBits | min(count, kCountMax).
-// A larger key ranks first; the lower cluster id first on equal scores (ids are unique, so the
-// count bits never decide the order); NaN scores (bits 0) after every number; empty clusters are
-// key 0, never selected. The count rides along so that the passes after the scores read no
-// cluster bounds; a count too large for its bits is looked up.
+// Rank keys: Order(score) << 32 | (kIdMax - cluster) << kCountBits | min(count, kCountMax), where
+// Order maps floats to unsigned integers in the same order (sign flipped for positives, every bit
+// for negatives; -0 as +0) and NaN to 0. A larger key ranks first; the lower cluster id first on
+// equal scores (ids are unique, so the count bits never decide the order); NaN scores after every
+// number; empty clusters are key 0, never selected. Multipole scores are >= 0, Quest's bounds any
+// sign. The count rides along so that the passes after the scores read no cluster bounds; a count
+// too large for its bits is looked up.
 constexpr int kIdBits = 14;
 static_assert(kMaxClustersPerHead == 1 << kIdBits, "cluster ids fill the id bits");
 constexpr int kCountBits = 32 - kIdBits;
 constexpr uint32_t kIdMax = (1u << kIdBits) - 1;
 constexpr uint32_t kCountMax = (1u << kCountBits) - 1;
 
+__device__ __forceinline__ uint32_t Order(float score) {
+  if (isnan(score)) return 0u;
+  const uint32_t bits = __float_as_uint(score == 0.0f ? 0.0f : score);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;  // -inf: 0x007fffff > 0
+}
+
 __device__ __forceinline__ uint64_t RankKey(float score, int c, int count) {
   if (count <= 0) return 0;
-  const uint32_t bits = isnan(score) ? 0u : __float_as_uint(score) + 1u;  // score >= 0
   const uint32_t n = count < static_cast<int>(kCountMax) ? static_cast<uint32_t>(count) : kCountMax;
-  return (static_cast<uint64_t>(bits) << 32) | ((kIdMax - static_cast<uint32_t>(c)) << kCountBits) |
-         n;
+  return (static_cast<uint64_t>(Order(score)) << 32) |
+         ((kIdMax - static_cast<uint32_t>(c)) << kCountBits) | n;
 }
 __device__ __forceinline__ int ClusterOf(uint64_t key) {
   return static_cast<int>(kIdMax - ((static_cast<uint32_t>(key) >> kCountBits) & kIdMax));
@@ -217,8 +224,16 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   const float* logits = a.logits2 + static_cast<int64_t>(hb) * G * a.max_clusters;
   const float* norms = a.norms + static_cast<int64_t>(hb) * G * a.lookup_blocks * 2;
   const int used_blocks = (num_clusters + kLookupClustersPerBlock - 1) / kLookupClustersPerBlock;
+  // Quest: the scores are the pages' bounds, written by the Quest launch; no normalisers.
+  const bool quest = IsQuest(a, b);
   float m[G], z[G], inv_z[G];
-  {
+  if (quest) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      m[g] = -INFINITY;
+      z[g] = inv_z[g] = 0.0f;
+    }
+  } else {
     float bm[G], bz[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -268,9 +283,13 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       float score = 0.0f;
       uint64_t key = 0;
       if (count > 0) {
+        if (quest) {
+          score = __ldcg(scores + c);
+        } else {
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          if (m[g] != -INFINITY) score += exp2f(lg[g] - m[g]) * inv_z[g];
+          for (int g = 0; g < G; ++g) {
+            if (m[g] != -INFINITY) score += exp2f(lg[g] - m[g]) * inv_z[g];
+          }
         }
         key = RankKey(score, c, count);
         tokens_local += count;
@@ -278,7 +297,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         lo_local = min(lo_local, u);
         hi_local = max(hi_local, u);
       }
-      scores[c] = score;
+      if (!quest || count <= 0) scores[c] = score;
       keys[c] = key;
     }
 #pragma unroll
@@ -600,7 +619,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // loses bits against the whole sum, not against itself: its error is ~2^-24 of the whole sum,
   // i.e. of the output, and a difference under 2^-20 of the whole (all but nothing selected) is
   // taken as no approximation at all.
-  if (!a.approximate[b]) {
+  if (!a.approximate[b] || quest) {
     WriteNoApproximation<G>(a, b, kvh);
     return;
   }

@@ -144,6 +144,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.clustered_end = p.clustered_end;
   a.token_budget = p.token_budget;
   a.approximate = p.approximate;
+  a.quest = p.quest;
   a.batch = p.batch;
   a.num_q_heads = p.num_q_heads;
   a.num_kv_heads = nkv;
@@ -171,6 +172,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.cuda_core_lookup = p.kernel == DecodeKernel::kCudaCore;
 
   cudaError_t err = multipole::LaunchCentroidLookup(a, stream);
+  if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(a, stream);
   if (err != cudaSuccess || p.stop_after == 1) return err;
   if ((err = multipole::LaunchClusterSelection(a, stream)) != cudaSuccess) return err;
   if (p.stop_after == 2) return cudaSuccess;

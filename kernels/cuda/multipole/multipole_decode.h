@@ -61,6 +61,14 @@ struct MultipoleDecodeParams {
                                            // [clustered_end, seq_len) exact (recent window)
   const int32_t* token_budget = nullptr;   // [batch] clustered tokens attended exactly (>= 0)
   const uint8_t* approximate = nullptr;    // [batch] 1: multipole, 0: exact-only
+  // [batch] 1: the Quest baseline for this sequence, 0: multipole or exact-only (null: none is).
+  // A Quest sequence's region [sink_end, clustered_end) is in position order (slot s is position
+  // sink_end + s: slots_after_sink with the sequence's own pages); its "clusters" are pages of
+  // consecutive positions (cluster_begin: page starts), key_centroids and value_centroids hold
+  // each page's per-channel minimum and maximum of its keys (QuestPageBounds), pages are ranked by
+  // the largest over the group's query heads of sum_i max(q_i min_i, q_i max_i) and selected by
+  // the same budget rule; no approximation (approximate is ignored).
+  const uint8_t* quest = nullptr;
   ClusteredRegion clusters;
   int batch = 0;
   int num_q_heads = 0;  // a multiple of kv.num_kv_heads, group <= 8
@@ -119,6 +127,28 @@ struct MultipoleShape {
 MultipoleShape ChooseMultipoleSplits(MultipoleShape shape);
 size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape);
 MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape);
+
+// The Quest baseline's page bounds (kernels/cpu/multipole/quest_pages.h, QuestPageBounds, is the
+// CPU twin): per KV head, the per-channel minimum and maximum of the keys of pages
+// [first_page, end_page) of one sequence's region, page p holding positions
+// [region_begin + p * page_tokens, min(region_begin + (p + 1) * page_tokens, region_end)).
+// Keys are bf16, so the bounds are exact in bf16. Also writes page_begin[p] = p * page_tokens for
+// p in [first_page, end_page) and page_begin[end_page] = region_end - region_begin (the pages'
+// first slots, as cluster_begin).
+struct QuestPageBoundsParams {
+  PagedKvCache kv;                 // one layer's pool
+  const int32_t* pages = nullptr;  // the sequence's pages in position order
+  int region_begin = 0;
+  int region_end = 0;
+  int page_tokens = 16;
+  int first_page = 0;
+  int end_page = 0;
+  bf16* page_min = nullptr;  // head h's table at page_min + h * head_stride: [pages, head_dim]
+  bf16* page_max = nullptr;
+  int64_t head_stride = 0;        // elements
+  int32_t* page_begin = nullptr;  // [end_page + 1] (null: not written)
+};
+cudaError_t QuestPageBounds(const QuestPageBoundsParams& p, cudaStream_t stream);
 
 // The largest cluster count per (sequence, KV head) the selection kernel sorts in shared memory.
 inline constexpr int kMaxClustersPerHead = 16384;

@@ -25,6 +25,10 @@ struct StepArgs {
   const int32_t* clustered_end;  // [batch]
   const int32_t* token_budget;   // [batch]
   const uint8_t* approximate;    // [batch]
+  // [batch] 1: Quest (the "clusters" are pages of consecutive positions, key_centroids and
+  // value_centroids their per-channel key minima and maxima; scores are upper bounds of a logit,
+  // written by the Quest scoring launch); null: no Quest sequence in the batch.
+  const uint8_t* quest;
   int batch;
   int num_q_heads;
   int num_kv_heads;
@@ -66,6 +70,12 @@ inline int LookupBlocks(int max_clusters) {
 
 cudaError_t LaunchCentroidLookup(const StepArgs& a, cudaStream_t stream);
 cudaError_t LaunchClusterSelection(const StepArgs& a, cudaStream_t stream);
+// Quest sequences: each page's upper bound of the group's logits into `scores`.
+cudaError_t LaunchQuestScores(const StepArgs& a, cudaStream_t stream);
+
+__device__ __forceinline__ bool IsQuest(const StepArgs& a, int b) {
+  return a.quest != nullptr && a.quest[b] != 0;
+}
 
 // Dynamic shared memory of the selection kernel for max_clusters (bytes).
 size_t SelectionSharedBytes(int max_clusters);

@@ -1,9 +1,9 @@
 // Multipole Attention in the GPU model (model/attention/cuda_clusters.h, kernels/cuda/multipole) on
 // the real stories260K model, with knobs scaled to its 512 positions so the clustered region is
-// most of the cache: a budget covering everything equals dense attention on the GPU; at 25% the GPU
-// agrees with the CPU reference's multipole wherever the CPU's top-2 logit gap is wide; dense,
-// multipole and exact-only sequences batched together equal each run alone; modes the GPU does not
-// run are refused by name.
+// most of the cache: a budget covering everything equals dense attention on the GPU (multipole and
+// Quest); at 25% the GPU agrees with the CPU reference's multipole, exact-only and Quest wherever
+// the CPU's top-2 logit gap is wide; dense, multipole, exact-only and Quest sequences batched
+// together equal each run alone; knobs the GPU does not run are refused by name.
 //
 // On a machine where the build folder's paths do not exist, set MPA_STORIES260K.
 #include <cuda_runtime.h>
@@ -148,6 +148,27 @@ TEST(CudaMultipoleGpuTest, FullBudgetEqualsDense) {
   EXPECT_EQ(st.tokens_attended_exact, st.tokens_total);  // everything fits the budget
 }
 
+TEST(CudaMultipoleGpuTest, QuestFullBudgetEqualsDense) {
+  SKIP_WITHOUT_MODEL();
+  auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  auto cpu = Model::Load(StoriesDir(), ModelOptions{});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  const std::vector<int32_t> tokens = Trajectory(**cpu);
+  auto dense = (*gpu)->NewSequence();
+  auto full = (*gpu)->NewSequence();
+  ASSERT_TRUE((*gpu)->SetAttention(*full, Small(AttentionMode::kQuest, 1.0f)).ok());
+  const auto want = GpuLogits(**gpu, *dense, tokens, 100);
+  const auto got = GpuLogits(**gpu, *full, tokens, 100);
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, RelativeL2(got[i], want[i]));
+  EXPECT_LT(worst, 1e-2);  // as FullBudgetEqualsDense
+  const AttentionStats& st = full->stats();
+  EXPECT_GT(st.cluster_updates, 0);
+  EXPECT_GT(st.centroids_scored, 0);  // pages were scored
+  EXPECT_EQ(st.tokens_attended_exact, st.tokens_total);
+}
+
 TEST(CudaMultipoleGpuTest, AgreesWithCpuWhereTheGapIsWide) {
   SKIP_WITHOUT_MODEL();
   auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
@@ -155,7 +176,8 @@ TEST(CudaMultipoleGpuTest, AgreesWithCpuWhereTheGapIsWide) {
   auto cpu = Model::Load(StoriesDir(), ModelOptions{});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   const std::vector<int32_t> tokens = Trajectory(**cpu);
-  for (AttentionMode mode : {AttentionMode::kMultipole, AttentionMode::kExactOnly}) {
+  for (AttentionMode mode :
+       {AttentionMode::kMultipole, AttentionMode::kExactOnly, AttentionMode::kQuest}) {
     const AttentionOptions options = Small(mode, 0.25f);
     auto seq = (*gpu)->NewSequence();
     ASSERT_TRUE((*gpu)->SetAttention(*seq, options).ok());
@@ -185,7 +207,9 @@ TEST(CudaMultipoleGpuTest, MixedBatchEqualsEachAlone) {
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   CudaModel& m = **gpu;
   const AttentionOptions modes[] = {AttentionOptions{}, Small(AttentionMode::kMultipole, 0.25f),
-                                    Small(AttentionMode::kExactOnly, 0.1f)};
+                                    Small(AttentionMode::kExactOnly, 0.1f),
+                                    Small(AttentionMode::kQuest, 0.2f)};
+  constexpr int kModes = 4;
   std::vector<int32_t> prompt(150);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 1 + (i * 37) % 500;
   std::vector<std::unique_ptr<CudaSequence>> batch, alone;
@@ -198,12 +222,16 @@ TEST(CudaMultipoleGpuTest, MixedBatchEqualsEachAlone) {
     ASSERT_TRUE(m.Prefill(*alone.back(), prompt, nullptr).ok());
   }
   const int vocab = m.config().vocab_size;
-  std::vector<float> batch_logits(3 * vocab), one(vocab);
+  std::vector<float> batch_logits(kModes * vocab), one(vocab);
   for (int step = 0; step < 60; ++step) {
-    std::vector<CudaSequence*> ptrs = {batch[0].get(), batch[1].get(), batch[2].get()};
-    const std::vector<int32_t> ids = {int32_t(5 + step), int32_t(9 + step), int32_t(13 + step)};
+    std::vector<CudaSequence*> ptrs;
+    std::vector<int32_t> ids;
+    for (int b = 0; b < kModes; ++b) {
+      ptrs.push_back(batch[b].get());
+      ids.push_back(int32_t(5 + 4 * b + step));
+    }
     ASSERT_TRUE(m.Decode(ptrs, ids, batch_logits.data()).ok());
-    for (int b = 0; b < 3; ++b) {
+    for (int b = 0; b < kModes; ++b) {
       CudaSequence* s = alone[b].get();
       ASSERT_TRUE(m.Decode(absl::MakeSpan(&s, 1), {ids[b]}, one.data()).ok());
       const std::vector<float> row(batch_logits.begin() + b * vocab,
@@ -218,13 +246,12 @@ TEST(CudaMultipoleGpuTest, RefusesWhatTheGpuDoesNotRun) {
   auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   auto seq = (*gpu)->NewSequence();
-  AttentionOptions quest = Small(AttentionMode::kQuest, 0.25f);
   AttentionOptions two = Small(AttentionMode::kMultipole, 0.25f);
   two.multipole.levels = 2;
   AttentionOptions pre = Small(AttentionMode::kMultipole, 0.25f);
   pre.multipole.centroid_keys = CentroidKeys::kPreRope;
-  for (const auto& [options, name] : {std::pair{quest, "quest"}, std::pair{two, "levels 2"},
-                                      std::pair{pre, "centroid_keys pre_rope"}}) {
+  for (const auto& [options, name] :
+       {std::pair{two, "levels 2"}, std::pair{pre, "centroid_keys pre_rope"}}) {
     const absl::Status s = (*gpu)->SetAttention(*seq, options);
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
     EXPECT_NE(std::string(s.message()).find(name), std::string::npos) << s;
