@@ -265,6 +265,19 @@ int main(int argc, char** argv) {
             },
             iters, 7);
       }
+      // The whole call on one stream (the timing above pipelines two halves of the batch on two
+      // streams where there are enough heads): the pipelining's gain, measured here.
+      p.stop_after = 0;
+      p.pipeline_parts = 1;
+      const double one_stream_t = TimeIt(
+          [&](int i) {
+            bind(caches[i % copies]);
+            CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
+          },
+          iters, 7);
+      p.pipeline_parts = 0;
+      std::printf("  one stream %.1f us (the call as timed: %.1f us)\n", one_stream_t * 1e6,
+                  step_t[2] * 1e6);
       // The lookup on CUDA cores, for comparison with the tensor-core one above.
       p.stop_after = 1;
       p.kernel = mpa::cuda::DecodeKernel::kCudaCore;

@@ -43,12 +43,14 @@ struct Case {
   std::vector<SeqSpec> seqs;
   DecodeKernel kernel = DecodeKernel::kAuto;
   int page_size = 16;
+  int pipeline_parts = 0;  // MultipoleDecodeParams::pipeline_parts
 };
 
 std::string Describe(const Case& c) {
   std::string s = "hd" + std::to_string(c.head_dim) + " g" + std::to_string(c.group) + " kv" +
                   std::to_string(c.num_kv_heads) +
-                  (c.kernel == DecodeKernel::kCudaCore ? " cuda-core" : " auto");
+                  (c.kernel == DecodeKernel::kCudaCore ? " cuda-core" : " auto") +
+                  (c.pipeline_parts == 2 ? " two streams" : "");
   for (const SeqSpec& q : c.seqs) {
     s += " [len " + std::to_string(q.len) + " sink " + std::to_string(q.sink) + " cend " +
          std::to_string(q.clustered_end) + " C " + std::to_string(q.clusters) + " budget " +
@@ -286,6 +288,7 @@ struct DeviceScene {
     p.max_seq_len = s.max_len;
     p.scale = 1.0f / std::sqrt(static_cast<float>(s.D));
     p.kernel = c.kernel;
+    p.pipeline_parts = c.pipeline_parts;
     return p;
   }
 };
@@ -512,6 +515,41 @@ TEST(MultipoleDecodeGpuTest, MatchesCpuTwinsOnAwkwardShapes) {
   for (int hd : {24, 64, 128}) {
     Case c{hd, 4, 3, MixedSequences(), DecodeKernel::kCudaCore};
     EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+  }
+}
+
+// The batch in two halves on two streams: each half checked against the CPU twins, and the whole
+// output equal to the one-stream call's to the bit.
+TEST(MultipoleDecodeGpuTest, TwoStreamsMatchOneStream) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int hd : {8, 64, 128}) {
+    for (int group : {1, 4}) {
+      Case c{hd, group, 2, MixedSequences()};
+      c.pipeline_parts = 2;
+      EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+
+      std::mt19937_64 rng(testing::FreshSeed());
+      const Scene s = MakeScene(c, rng);
+      const DeviceScene dev(c, s);
+      MultipoleDecodeParams p = dev.Params(c, s);
+      const size_t n = static_cast<size_t>(s.batch) * s.H * s.G * s.D;
+      DeviceBuffer<float> one(n), two(n);
+      const size_t bytes = MultipoleDecodeWorkspaceBytes(ShapeOf(p));
+      DeviceBuffer<char> ws(bytes);
+      p.workspace = ws.get();
+      p.workspace_bytes = bytes;
+      p.out_f32 = one.get();
+      p.pipeline_parts = 1;
+      EXPECT_EQ(MultipoleDecode(p, nullptr), cudaSuccess);
+      p.out_f32 = two.get();
+      p.pipeline_parts = 2;
+      EXPECT_EQ(MultipoleDecode(p, nullptr), cudaSuccess);
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<float> a = one.Download(), b = two.Download();
+      int differ = 0;
+      for (size_t i = 0; i < n; ++i) differ += a[i] != b[i];
+      EXPECT_EQ(differ, 0) << Describe(c) << ": elements that differ of " << n;
+    }
   }
 }
 

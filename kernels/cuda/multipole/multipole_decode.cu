@@ -1,5 +1,7 @@
 // MultipoleDecode: validation, workspace layout and the four launches (multipole_decode.h).
 #include <algorithm>
+#include <map>
+#include <mutex>
 
 #include "kernels/cuda/multipole/multipole_decode.h"
 #include "kernels/cuda/multipole/multipole_kernels.h"
@@ -43,9 +45,72 @@ Sizes SizesOf(const MultipoleShape& s) {
   z.selected = AlignUp(heads * s.max_clusters);
   z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
   z.counts = AlignUp(heads * sizeof(int32_t));
+  // Two halves each take their own partials (the second at an aligned offset).
   z.partials = AlignUp(
-      DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim, s.exact_splits + 1));
+      DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim, s.exact_splits + 1) +
+      kAlign);
   return z;
+}
+
+// The second stream of a pipelined call and its fork/join events, one set per device (created on
+// first use; relaxed stream capture allows that during a capture).
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr;
+  cudaEvent_t join = nullptr;
+};
+
+cudaError_t GetSideStream(SideStream* out) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  static std::mutex mu;
+  static std::map<int, SideStream> sides;
+  std::lock_guard<std::mutex> lock(mu);
+  SideStream& side = sides[device];
+  if (side.stream == nullptr) {
+    if ((err = cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (err = cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming)) != cudaSuccess ||
+        (err = cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming)) != cudaSuccess) {
+      return err;
+    }
+  }
+  *out = side;
+  return cudaSuccess;
+}
+
+// Sequences [b0, b0 + nb) of a call: every per-sequence pointer moved to b0; the exact part's
+// partials (and the approximation's slot in them) at `partials`, laid out for nb sequences.
+multipole::StepArgs SliceArgs(multipole::StepArgs a, int b0, int nb, float* partials) {
+  const int64_t nkv = a.num_kv_heads, group = a.num_q_heads / a.num_kv_heads;
+  const int64_t heads = int64_t{b0} * nkv;
+  a.q += int64_t{b0} * a.num_q_heads * a.head_dim;
+  a.key_centroids += heads;
+  a.value_centroids += heads;
+  a.cluster_begin += heads;
+  a.num_clusters += heads;
+  a.pages += int64_t{b0} * a.max_pages;
+  a.clustered_pages += int64_t{b0} * a.max_clustered_pages;
+  a.seq_lens += b0;
+  a.sink_end += b0;
+  a.clustered_end += b0;
+  a.token_budget += b0;
+  a.approximate += b0;
+  if (a.quest != nullptr) a.quest += b0;
+  a.batch = nb;
+  a.logits2 += heads * group * a.max_clusters;
+  a.norms += heads * group * a.lookup_blocks * 2;
+  a.approx_o += heads * group * a.lookup_blocks * a.head_dim;
+  a.scores += heads * a.max_clusters;
+  a.selected += heads * a.max_clusters;
+  a.rows += heads * a.max_seq_len;
+  a.row_counts += heads;
+  a.selected_tokens += heads;
+  if (a.exact_tokens != nullptr) a.exact_tokens += b0;
+  a.partial_o = partials;
+  a.partial_lse = partials + int64_t{nb} * (a.exact_splits + 1) * a.num_q_heads * a.head_dim;
+  if (b0 != 0) a.trace = nullptr;
+  return a;
 }
 
 }  // namespace
@@ -171,12 +236,6 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.trace = p.trace;
   a.cuda_core_lookup = p.kernel == DecodeKernel::kCudaCore;
 
-  cudaError_t err = multipole::LaunchCentroidLookup(a, stream);
-  if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(a, stream);
-  if (err != cudaSuccess || p.stop_after == 1) return err;
-  if ((err = multipole::LaunchClusterSelection(a, stream)) != cudaSuccess) return err;
-  if (p.stop_after == 2) return cudaSuccess;
-
   DecodeAttentionParams d;
   d.q = p.q;
   d.kv = p.kv;
@@ -195,7 +254,55 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   d.workspace = w.partials;
   d.workspace_bytes = w.partials_bytes;
   d.kernel = p.kernel;
-  return DecodeAttention(d, stream);
+
+  // One part: lookup, selection and the exact part of sequences [b0, b0 + nb) on `s`.
+  auto run = [&](int b0, int nb, void* partials, cudaStream_t s) -> cudaError_t {
+    const multipole::StepArgs sa =
+        nb == p.batch ? a : SliceArgs(a, b0, nb, static_cast<float*>(partials));
+    cudaError_t err = multipole::LaunchCentroidLookup(sa, s);
+    if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(sa, s);
+    if (err != cudaSuccess || p.stop_after == 1) return err;
+    if ((err = multipole::LaunchClusterSelection(sa, s)) != cudaSuccess) return err;
+    if (p.stop_after == 2) return cudaSuccess;
+    DecodeAttentionParams dd = d;
+    if (nb != p.batch) {
+      const int64_t nkv64 = nkv;
+      dd.q += int64_t{b0} * p.num_q_heads * hd;
+      dd.block_table.pages += int64_t{b0} * p.block_table.max_pages_per_seq;
+      dd.batch = nb;
+      dd.rows.rows += int64_t{b0} * nkv64 * a.max_seq_len;
+      dd.rows.counts += int64_t{b0} * nkv64;
+      if (dd.out != nullptr) dd.out += int64_t{b0} * p.num_q_heads * hd;
+      if (dd.out_f32 != nullptr) dd.out_f32 += int64_t{b0} * p.num_q_heads * hd;
+      dd.workspace = partials;
+      dd.workspace_bytes = DecodeAttentionWorkspaceBytes(nb, p.num_q_heads, hd, slots);
+    }
+    return DecodeAttention(dd, s);
+  };
+  const bool pipelined = p.batch >= 2 && p.stop_after == 0 &&
+                         (p.pipeline_parts == 2 || (p.pipeline_parts == 0 && p.batch * nkv >= 64));
+  if (!pipelined) return run(0, p.batch, w.partials, stream);
+
+  SideStream side;
+  cudaError_t err = GetSideStream(&side);
+  if (err != cudaSuccess) return err;
+  const int first = p.batch / 2;
+  unsigned char* second_partials =
+      static_cast<unsigned char*>(w.partials) +
+      AlignUp(DecodeAttentionWorkspaceBytes(first, p.num_q_heads, hd, slots));
+  if ((err = cudaEventRecord(side.fork, stream)) != cudaSuccess ||
+      (err = cudaStreamWaitEvent(side.stream, side.fork, 0)) != cudaSuccess) {
+    return err;
+  }
+  err = run(0, first, w.partials, stream);
+  const cudaError_t err2 = run(first, p.batch - first, second_partials, side.stream);
+  // Join even after a failed launch, so a capture is never left with an unjoined stream.
+  const cudaError_t err3 = cudaEventRecord(side.join, side.stream);
+  const cudaError_t err4 = cudaStreamWaitEvent(stream, side.join, 0);
+  for (cudaError_t e : {err, err2, err3, err4}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace mpa::cuda

@@ -89,6 +89,12 @@ struct MultipoleDecodeParams {
   // Benchmarks time the steps by stopping early: 0 runs all; 1 the lookup; 2 lookup + selection
   // (the output is then not written).
   int stop_after = 0;
+  // The batch in two halves, each (lookup, selection, exact part) on its own stream, so one
+  // half's selection (latency-bound, the memory idle) overlaps the other's memory-bound launches:
+  // 0 chooses (halves from 64 (sequence, KV head) pairs on, when stop_after is 0), 1 one
+  // stream, 2 halves (tests). The results are the same bits either way. The second stream is
+  // forked from and joined back into `stream` with events, so the call stays capturable.
+  int pipeline_parts = 0;
   // Benchmarks: [32] device values, the selection kernel's phase clocks and counts of its first
   // (sequence, KV head) (multipole_kernels.h, StepArgs::trace); null: none.
   long long* trace = nullptr;
