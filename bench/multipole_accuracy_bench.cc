@@ -5,7 +5,11 @@
 //
 //   multipole_accuracy_bench [--model DIR] [--tokens 400] [--commit HASH] [--out FILE]
 //
-// Knobs are scaled down to the model's 512-token context (interval 16, blocks of 128, ...).
+// Knobs are scaled down to the model's 512-token context (interval 16, blocks of 128, ...); the
+// shared multipole flags (model/config/multipole_flags.h: --sink_tokens, --cluster_interval,
+// --cluster_ratio, --levels, --lookup_position, --block_tokens, --min_clustered_tokens) override
+// them. The bench sweeps the centroid keys and the budgets (--budgets) itself, so --centroid_keys
+// and --token_budget* have no effect here.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,10 +18,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "model/attention/attention_accuracy.h"
+#include "model/config/multipole_flags.h"
 #include "model/cpu/model.h"
 
 ABSL_FLAG(std::string, model, "../shared/models/stories260K", "model folder (stories260K)");
@@ -26,33 +32,28 @@ ABSL_FLAG(std::string, prompt_ids, "1,403,407,261,378",
           "prompt token ids (BOS + 'Once upon a time')");
 ABSL_FLAG(std::string, budgets, "0.1,0.25,0.5",
           "token budgets as fractions of the clustered region");
-ABSL_FLAG(int, sink_tokens, 4, "sink tokens");
-ABSL_FLAG(int, cluster_interval, 16, "cluster interval");
-ABSL_FLAG(int, tokens_per_centroid, 4, "tokens per centroid (single level)");
-ABSL_FLAG(int, levels, 1, "1 or 2 (two: coarse 16 over fine 4 tokens per centroid)");
-ABSL_FLAG(int, lookup_position, 64,
-          "position at which queries are rotated to score pre-RoPE centroids (pre_rope only)");
-ABSL_FLAG(int, block_tokens, 128, "frozen block size");
-ABSL_FLAG(int, min_clustered_tokens, 32, "below this clustered length attention is dense");
 ABSL_FLAG(std::string, commit, "unknown", "commit the numbers were measured at");
 ABSL_FLAG(std::string, out, "", "also write the table (markdown) to this file");
 
 namespace mpa {
 namespace {
 
-MultipoleConfig ScaledConfig() {
+// The knobs scaled to a 512-token context (two levels: coarse 16 over fine 4 tokens per
+// centroid), then whatever the multipole flags give; validated.
+absl::StatusOr<MultipoleConfig> ScaledConfig() {
   MultipoleConfig c;
-  c.sink_tokens = absl::GetFlag(FLAGS_sink_tokens);
-  c.cluster_interval = absl::GetFlag(FLAGS_cluster_interval);
-  c.tokens_per_centroid = absl::GetFlag(FLAGS_tokens_per_centroid);
-  c.levels = absl::GetFlag(FLAGS_levels);
+  c.sink_tokens = 4;
+  c.cluster_interval = 16;
+  c.tokens_per_centroid = 4;
+  c.levels = 1;
   c.fine_tokens_per_centroid = 4;
   c.coarse_tokens_per_centroid = 16;
-  c.lookup_position = absl::GetFlag(FLAGS_lookup_position);
-  c.block_tokens = absl::GetFlag(FLAGS_block_tokens);
+  c.lookup_position = 64;
+  c.block_tokens = 128;
   c.final_window_min = c.block_tokens / 2;
   c.final_window_max = c.final_window_min + c.block_tokens - 1;
-  c.min_clustered_tokens = absl::GetFlag(FLAGS_min_clustered_tokens);
+  c.min_clustered_tokens = 32;
+  if (absl::Status s = MultipoleConfigFromFlags(&c); !s.ok()) return s;
   return c;
 }
 
@@ -70,11 +71,12 @@ int Run() {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;
   }
-  const MultipoleConfig base = ScaledConfig();
-  if (absl::Status s = base.Validate(); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+  const absl::StatusOr<MultipoleConfig> scaled = ScaledConfig();
+  if (!scaled.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(scaled.status().message()).c_str());
     return 1;
   }
+  const MultipoleConfig& base = *scaled;
   const AttentionMode modes[] = {AttentionMode::kMultipole, AttentionMode::kExactOnly,
                                  AttentionMode::kQuest};
   // Each mode at each budget, with each kind of centroid keys, the design's default first
@@ -166,6 +168,7 @@ int Run() {
 }  // namespace mpa
 
 int main(int argc, char** argv) {
+  mpa::ListFlagsInHelp("bench/multipole_accuracy_bench.cc");
   absl::ParseCommandLine(argc, argv);
   return mpa::Run();
 }

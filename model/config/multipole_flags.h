@@ -1,5 +1,6 @@
 // The command-line flags of Multipole Attention's knobs, defined once for every program that
-// takes them (mpa_generate, mpa_server), and the one place that maps them to a MultipoleConfig:
+// takes them (mpa_generate, mpa_server, mpa_eval, multipole_accuracy_bench), and the one place
+// that maps them to a MultipoleConfig:
 //
 //   --token_budget N  --token_budget_fraction F  --cluster_ratio N  --levels 1|2
 //   --cluster_interval N  --sink_tokens N  --min_clustered_tokens N  --block_tokens N

@@ -10,7 +10,9 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "model/attention/cpu_attention_backend.h"
+#include "model/runtime/kv_blocks.h"
 #include "model/runtime/status_macros.h"
+#include "model/runtime/step_checks.h"
 
 namespace mpa {
 
@@ -20,8 +22,7 @@ Model::Model(const ModelConfig& config, Weights weights, const ModelOptions& opt
       options_(options),
       rope_(config_),
       pool_(std::make_unique<KvBlockPool>(
-          (options.max_kv_tokens + options.kv_block_tokens - 1) / options.kv_block_tokens,
-          options.kv_block_tokens)),
+          KvBlocksFor(options.max_kv_tokens, options.kv_block_tokens), options.kv_block_tokens)),
       backend_(std::make_unique<CpuAttentionBackend>(config_, rope_, options.use_blas)) {
   cpu::SetBlasThreads(options.threads);
 }
@@ -30,15 +31,14 @@ Model::~Model() = default;
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
                                                    const ModelOptions& options) {
-  MPA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  MPA_ASSIGN_OR_RETURN(Weights weights, LoadWeights(dir, config));
-  return FromWeights(config, std::move(weights), options);
+  MPA_ASSIGN_OR_RETURN(ConfigAndWeights loaded, LoadConfigAndWeights(dir));
+  return FromWeights(loaded.config, std::move(loaded.weights), options);
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(const ModelConfig& config,
                                                           Weights weights,
                                                           const ModelOptions& options) {
-  MPA_RETURN_IF_ERROR(config.Validate());
+  MPA_RETURN_IF_ERROR(CheckWeights(config, weights));
   if (options.kv_block_tokens <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv_block_tokens must be > 0 (got ", options.kv_block_tokens, ")"));
@@ -53,24 +53,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(const ModelConfig& con
 std::unique_ptr<SequenceState> Model::NewSequence(const AttentionOptions& options) {
   return std::make_unique<SequenceState>(pool_.get(), config_.num_layers, config_.num_kv_heads,
                                          config_.head_dim, options);
-}
-
-absl::Status Model::CheckTokens(const SequenceState& seq, absl::Span<const int32_t> tokens) const {
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
-                                                     " is outside the vocabulary [0, ",
-                                                     config_.vocab_size, ")"));
-    }
-  }
-  const int64_t total = int64_t{seq.num_tokens()} + static_cast<int64_t>(tokens.size());
-  if (total > config_.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("context of ", total, " tokens (",
-                                                   seq.num_tokens(), " cached + ", tokens.size(),
-                                                   " new) exceeds the model's context window of ",
-                                                   config_.max_position_embeddings, " tokens"));
-  }
-  return absl::OkStatus();
 }
 
 void Model::Linear(const float* x, const std::vector<float>& w, const std::vector<float>& bias,
@@ -220,7 +202,7 @@ void Model::Logits(const float* x, int64_t rows, float* logits) const {
 
 absl::Status Model::Prefill(SequenceState& seq, absl::Span<const int32_t> tokens, float* logits) {
   if (tokens.empty()) return absl::InvalidArgumentError("prefill needs at least one token");
-  MPA_RETURN_IF_ERROR(CheckTokens(seq, tokens));
+  MPA_RETURN_IF_ERROR(CheckNewTokens(config_, seq.num_tokens(), tokens));
   const int n = static_cast<int>(tokens.size());
   MPA_RETURN_IF_ERROR(seq.Reserve(n));
   seq.CommitTokens(tokens.data(), n);
@@ -263,18 +245,8 @@ absl::StatusOr<std::unique_ptr<SequenceState>> Model::CloneSequence(
 
 absl::Status Model::Decode(absl::Span<SequenceState* const> seqs, absl::Span<const int32_t> tokens,
                            float* logits) {
-  if (seqs.size() != tokens.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("decode got ", seqs.size(), " sequences but ", tokens.size(), " tokens"));
-  }
+  MPA_RETURN_IF_ERROR(CheckDecodeBatch(config_, seqs, tokens));
   if (seqs.empty()) return absl::OkStatus();
-  for (size_t s = 0; s < seqs.size(); ++s) {
-    for (size_t t = 0; t < s; ++t) {
-      if (seqs[s] == seqs[t])
-        return absl::InvalidArgumentError("a sequence appears twice in a batch");
-    }
-    MPA_RETURN_IF_ERROR(CheckTokens(*seqs[s], tokens.subspan(s, 1)));
-  }
   // Reserve for everyone first so a full pool fails the step before any state changes.
   for (SequenceState* seq : seqs) MPA_RETURN_IF_ERROR(seq->Reserve(1));
   const int64_t hidden = config_.hidden_size;

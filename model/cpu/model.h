@@ -58,7 +58,6 @@ class Model {
 
  private:
   Model(const ModelConfig& config, Weights weights, const ModelOptions& options);
-  absl::Status CheckTokens(const SequenceState& seq, absl::Span<const int32_t> tokens) const;
   void Linear(const float* x, const std::vector<float>& w, const std::vector<float>& bias,
               int64_t rows, int64_t in, int64_t out, float* y) const;
   // Runs all layers over `rows` new tokens; x [rows, hidden] in, final hidden states out.

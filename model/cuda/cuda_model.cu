@@ -21,8 +21,10 @@
 #include "model/attention/cuda_quest_pages.h"
 #include "model/attention/multipole_attention.h"
 #include "model/cuda/cuda_model.h"
+#include "model/runtime/kv_blocks.h"
 #include "model/runtime/rope.h"
 #include "model/runtime/status_macros.h"
+#include "model/runtime/step_checks.h"
 
 namespace mpa {
 namespace {
@@ -398,20 +400,16 @@ absl::Status CudaModel::RandomizeWeights(uint64_t seed) {
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Load(const std::string& dir,
                                                            const CudaModelOptions& options) {
-  MPA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  MPA_ASSIGN_OR_RETURN(Weights weights, LoadWeights(dir, config));
-  return FromWeights(config, weights, options);
+  MPA_ASSIGN_OR_RETURN(const ConfigAndWeights loaded, LoadConfigAndWeights(dir));
+  return FromWeights(loaded.config, loaded.weights, options);
 }
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::FromWeights(const ModelConfig& config,
                                                                   const Weights& weights,
                                                                   const CudaModelOptions& options) {
+  MPA_RETURN_IF_ERROR(CheckWeights(config, weights));
   std::unique_ptr<CudaModel> m(new CudaModel(config, options));
   MPA_RETURN_IF_ERROR(m->Init());
-  if (weights.layers.size() != static_cast<size_t>(config.num_layers)) {
-    return absl::InvalidArgumentError(absl::StrCat("weights have ", weights.layers.size(),
-                                                   " layers, config says ", config.num_layers));
-  }
   MPA_RETURN_IF_ERROR(m->UploadWeights(weights));
   return m;
 }
@@ -434,30 +432,11 @@ void CudaModel::ReleasePages(std::vector<int32_t>& pages) {
   pages.clear();
 }
 
-absl::Status CudaModel::CheckTokens(const CudaSequence& seq,
-                                    absl::Span<const int32_t> tokens) const {
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
-                                                     " is outside the vocabulary [0, ",
-                                                     config_.vocab_size, ")"));
-    }
-  }
-  const int64_t total = int64_t{seq.num_tokens()} + static_cast<int64_t>(tokens.size());
-  if (total > config_.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("context of ", total,
-                                                   " tokens exceeds the model's context window of ",
-                                                   config_.max_position_embeddings, " tokens"));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CudaModel::Reserve(CudaSequence& seq, int count) {
   const int ps = options_.page_size;
-  const int64_t need = (int64_t{seq.num_tokens()} + count + ps - 1) / ps - seq.pages_.size();
+  const int64_t need = KvBlocksFor(int64_t{seq.num_tokens()} + count, ps) - seq.pages_.size();
   if (need > static_cast<int64_t>(free_pages_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: need ", need, " pages of ", ps,
-                                                     " tokens, ", free_pages_.size(), " free"));
+    return KvCacheFullError(need, ps, free_pages_.size(), KvBlocksFor(options_.max_kv_tokens, ps));
   }
   for (int64_t i = 0; i < need; ++i) {
     seq.pages_.push_back(free_pages_.back());
@@ -692,7 +671,7 @@ absl::Status CudaModel::DecodeForward(int batch, int length_bucket) {
 absl::Status CudaModel::Prefill(CudaSequence& seq, absl::Span<const int32_t> tokens,
                                 float* logits) {
   if (tokens.empty()) return absl::InvalidArgumentError("prefill needs at least one token");
-  MPA_RETURN_IF_ERROR(CheckTokens(seq, tokens));
+  MPA_RETURN_IF_ERROR(CheckNewTokens(config_, seq.num_tokens(), tokens));
   MPA_RETURN_IF_ERROR(Reserve(seq, static_cast<int>(tokens.size())));
   Impl& d = *impl_;
   const int rows_cap = std::max(options_.max_batch, options_.max_prefill_chunk);
@@ -741,21 +720,7 @@ absl::Status CudaModel::Prefill(CudaSequence& seq, absl::Span<const int32_t> tok
 
 absl::Status CudaModel::EnqueueDecode(absl::Span<CudaSequence* const> seqs,
                                       absl::Span<const int32_t> tokens) {
-  if (seqs.size() != tokens.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("decode got ", seqs.size(), " sequences but ", tokens.size(), " tokens"));
-  }
-  if (seqs.size() > static_cast<size_t>(options_.max_batch)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("decode batch of ", seqs.size(), " exceeds max_batch ", options_.max_batch));
-  }
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    for (size_t j = 0; j < i; ++j) {
-      if (seqs[i] == seqs[j])
-        return absl::InvalidArgumentError("a sequence appears twice in a batch");
-    }
-    MPA_RETURN_IF_ERROR(CheckTokens(*seqs[i], tokens.subspan(i, 1)));
-  }
+  MPA_RETURN_IF_ERROR(CheckDecodeBatch(config_, seqs, tokens, options_.max_batch));
   for (CudaSequence* seq : seqs) MPA_RETURN_IF_ERROR(Reserve(*seq, 1));
   Impl& d = *impl_;
   const int batch = static_cast<int>(seqs.size());
@@ -900,7 +865,7 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
 
 absl::Status CudaModel::AppendUncomputedContext(CudaSequence& seq, int count) {
   const std::vector<int32_t> ids(count, 0);
-  MPA_RETURN_IF_ERROR(CheckTokens(seq, ids));
+  MPA_RETURN_IF_ERROR(CheckNewTokens(config_, seq.num_tokens(), ids));
   MPA_RETURN_IF_ERROR(Reserve(seq, count));
   seq.tokens_.insert(seq.tokens_.end(), ids.begin(), ids.end());
   return absl::OkStatus();

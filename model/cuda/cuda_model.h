@@ -168,7 +168,6 @@ class CudaModel {
   absl::Status Init();
   absl::Status UploadWeights(const Weights& weights);
   absl::Status RandomizeWeights(uint64_t seed);
-  absl::Status CheckTokens(const CudaSequence& seq, absl::Span<const int32_t> tokens) const;
   // Brings seq's clusters in step with its cache (build once the region is long enough, then one
   // online update per interval); times the work into its stats. `prefill`: a prompt chunk.
   absl::Status MaintainClusters(CudaSequence& seq, bool prefill);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/config/model_config.h"
 
@@ -43,6 +44,20 @@ struct Weights {
 // value is checked to be finite as it is read (InvalidArgument naming the tensor otherwise);
 // shows a progress bar on a terminal (stderr) for checkpoints over 64 MiB.
 absl::StatusOr<Weights> LoadWeights(const std::string& dir, const ModelConfig& config);
+
+// config.json and the weights of a checkpoint folder (LoadModelConfig, then LoadWeights): what
+// Model::Load and CudaModel::Load both start from.
+struct ConfigAndWeights {
+  ModelConfig config;
+  Weights weights;
+};
+absl::StatusOr<ConfigAndWeights> LoadConfigAndWeights(const std::string& dir);
+
+// What Model::FromWeights and CudaModel::FromWeights both check before building anything: a valid
+// config (ModelConfig::Validate), its number of layers, every tensor it calls for with the
+// number of values its shape needs, and none it does not call for. InvalidArgument naming the
+// tensor otherwise.
+absl::Status CheckWeights(const ModelConfig& config, const Weights& weights);
 
 // Seeded random weights of the config's shape (normal(0, 0.02) matrices, norms near 1).
 Weights RandomWeights(const ModelConfig& config, uint64_t seed);

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "absl/strings/str_cat.h"
-
 namespace mpa {
 
 int64_t KvBlockPool::free_blocks() const {
@@ -15,9 +13,7 @@ int64_t KvBlockPool::free_blocks() const {
 absl::Status KvBlockPool::Acquire(int64_t n) {
   std::lock_guard<std::mutex> lock(mu_);
   if (used_ + n > num_blocks_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache is full: need ", n, " more blocks of ", block_tokens_, " tokens, ",
-                     num_blocks_ - used_, " of ", num_blocks_, " are free"));
+    return KvCacheFullError(n, block_tokens_, num_blocks_ - used_, num_blocks_);
   }
   used_ += n;
   return absl::OkStatus();
@@ -85,7 +81,7 @@ absl::Status SequenceState::Reserve(int count) {
   const int block = pool_ != nullptr ? pool_->block_tokens() : 16;
   // Grow geometrically so a long generation copies each row O(1) times on average.
   int64_t capacity = std::max<int64_t>(needed_tokens, int64_t{layers_[0].capacity} * 3 / 2);
-  capacity = (capacity + block - 1) / block * block;
+  capacity = KvBlocksFor(capacity, block) * block;
   for (LayerKv& l : layers_) {
     Regrow(l.k, num_kv_heads_, l.capacity, static_cast<int>(capacity), head_dim_, num_tokens());
     Regrow(l.k_raw, num_kv_heads_, l.capacity, static_cast<int>(capacity), head_dim_, num_tokens());

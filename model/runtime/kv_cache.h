@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "kernels/cpu/attention.h"
 #include "model/attention/attention_backend.h"
+#include "model/runtime/kv_blocks.h"
 
 namespace mpa {
 
@@ -22,9 +23,10 @@ class KvBlockPool {
   int block_tokens() const { return block_tokens_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;
-  int64_t BlocksFor(int64_t tokens) const { return (tokens + block_tokens_ - 1) / block_tokens_; }
+  int64_t BlocksFor(int64_t tokens) const { return KvBlocksFor(tokens, block_tokens_); }
 
-  // ResourceExhausted (naming the need and what is free) if fewer than n blocks are free.
+  // ResourceExhausted (KvCacheFullError: the need and what is free) if fewer than n blocks are
+  // free.
   absl::Status Acquire(int64_t n);
   void Release(int64_t n);
 

@@ -132,7 +132,7 @@ class RouterE2eTest : public ::testing::Test {
     std::optional<std::string> address =
         replicas_[i]->WaitForLine("listening on ", absl::Seconds(60));
     if (!address.has_value()) {
-      ADD_FAILURE() << "replica " << i << " did not start:\n" << replicas_[i]->output();
+      ADD_FAILURE() << "replica " << i << ": " << replicas_[i]->StartFailure("listening on ");
       return false;
     }
     if (static_cast<int>(ports_.size()) <= i) ports_.resize(i + 1);

@@ -72,10 +72,10 @@ class MetricsE2eTest : public ::testing::Test {
     server_ = std::make_unique<ChildProcess>(argv);
     std::optional<std::string> grpc_address =
         server_->WaitForLine("mpa_server listening on ", absl::Seconds(30));
-    ASSERT_TRUE(grpc_address.has_value()) << "server did not start:\n" << server_->output();
+    ASSERT_TRUE(grpc_address.has_value()) << server_->StartFailure("mpa_server listening on ");
     std::optional<std::string> metrics_address =
         server_->WaitForLine("mpa_server metrics on ", absl::Seconds(5));
-    ASSERT_TRUE(metrics_address.has_value()) << "no metrics address:\n" << server_->output();
+    ASSERT_TRUE(metrics_address.has_value()) << server_->StartFailure("mpa_server metrics on ");
     address_ = *grpc_address;
     metrics_port_ = PortOf(*metrics_address);
     ASSERT_GT(metrics_port_, 0) << *metrics_address;
@@ -114,7 +114,7 @@ class MetricsE2eTest : public ::testing::Test {
 };
 
 TEST_F(MetricsE2eTest, MetricsMatchWhatClientsReceived) {
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   {
     // The engine thread publishes its levels as it starts.
     const auto s = ScrapeWhen(
@@ -276,7 +276,7 @@ TEST_F(MetricsE2eTest, PrometheusScrapesTheServer) {
   if (Shell("command -v prometheus >/dev/null 2>&1").first != 0) {
     GTEST_SKIP() << "the prometheus binary is not installed (Debian package prometheus)";
   }
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   std::uniform_int_distribution<int> new_tokens(5, 60);
   const int n = new_tokens(rng_);
   StreamResult r = Generate(*stub_, IdsRequest(RandomPrompt(5), n));
@@ -301,7 +301,7 @@ TEST_F(MetricsE2eTest, PrometheusScrapesTheServer) {
          absl::StrCat("exec prometheus --config.file=", dir, "/prometheus.yml",
                       " --storage.tsdb.path=", dir, "/data",
                       " --web.listen-address=127.0.0.1:", port, " --log.level=warn")});
-    ASSERT_TRUE(prometheus.started());
+    ASSERT_TRUE(prometheus.started()) << prometheus.StartFailure("");
     // Prometheus starts, scrapes within its first interval, and the sample becomes queryable.
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     const std::string value = absl::StrCat("\"", n, "\"]");

@@ -91,10 +91,10 @@ class MetricsEndpointE2eTest : public ::testing::Test {
         "--metrics_address=127.0.0.1:0", "--threads=1", "--max_kv_tokens=4096"});
     std::optional<std::string> grpc_address =
         server_->WaitForLine("mpa_server listening on ", absl::Seconds(30));
-    ASSERT_TRUE(grpc_address.has_value()) << "server did not start:\n" << server_->output();
+    ASSERT_TRUE(grpc_address.has_value()) << server_->StartFailure("mpa_server listening on ");
     std::optional<std::string> metrics_address =
         server_->WaitForLine("mpa_server metrics on ", absl::Seconds(5));
-    ASSERT_TRUE(metrics_address.has_value()) << server_->output();
+    ASSERT_TRUE(metrics_address.has_value()) << server_->StartFailure("mpa_server metrics on ");
     port_ = PortOf(*metrics_address);
     ASSERT_GT(port_, 0);
     stub_ = v1::DecodeService::NewStub(

@@ -76,7 +76,7 @@ class ServerAuthE2eTest : public ::testing::TestWithParam<bool> {
     argv.insert(argv.end(), flags.begin(), flags.end());
     server_ = std::make_unique<ChildProcess>(argv);
     std::optional<std::string> address = server_->WaitForLine("listening on ", absl::Seconds(30));
-    ASSERT_TRUE(address.has_value()) << "server did not start:\n" << server_->output();
+    ASSERT_TRUE(address.has_value()) << server_->StartFailure("listening on ");
     address_ = *address;
     channel_ = GetParam()
                    ? testing::TlsChannel(address_, tls_files_.ca().cert_pem(), &tls_files_.client())
@@ -278,7 +278,7 @@ TEST(ServerAuthFlagsE2eTest, BadKeysFilesAreRefusedAtStartUp) {
     ChildProcess server({MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir),
                          "--address=127.0.0.1:0",
                          "--metrics_address=", absl::StrCat("--api_keys_file=", path)});
-    ASSERT_TRUE(server.started());
+    ASSERT_TRUE(server.started()) << server.StartFailure("mpa_server: ");
     EXPECT_EQ(server.Wait(absl::Seconds(30)), 2) << path << ":\n" << server.output();
     server.WaitForLine("mpa_server: ", absl::Seconds(5));
     const std::string output = server.output();

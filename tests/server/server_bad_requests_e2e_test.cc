@@ -152,10 +152,10 @@ class ServerBadRequestsE2eTest : public ::testing::Test {
     server_ = std::make_unique<ChildProcess>(argv);
     std::optional<std::string> address =
         server_->WaitForLine("mpa_server listening on ", absl::Seconds(30));
-    ASSERT_TRUE(address.has_value()) << "server did not start:\n" << server_->output();
+    ASSERT_TRUE(address.has_value()) << server_->StartFailure("mpa_server listening on ");
     std::optional<std::string> metrics =
         server_->WaitForLine("mpa_server metrics on ", absl::Seconds(5));
-    ASSERT_TRUE(metrics.has_value()) << server_->output();
+    ASSERT_TRUE(metrics.has_value()) << server_->StartFailure("mpa_server metrics on ");
     metrics_port_ = PortOf(*metrics);
     channel_ = grpc::CreateChannel(*address, grpc::InsecureChannelCredentials());
     generic_ = std::make_unique<grpc::GenericStub>(channel_);

@@ -62,6 +62,8 @@ class ServerProcess {
   // The exit code, or -1 if it did not exit in time (or died of a signal).
   int Wait(absl::Duration timeout) { return process_.Wait(timeout); }
   std::string output() { return process_.output(); }
+  // Why it is not listening (for an assertion's message).
+  std::string StartFailure() { return process_.StartFailure("listening on "); }
 
  private:
   static std::vector<std::string> Argv(std::vector<std::string> flags) {
@@ -97,9 +99,11 @@ class ServerE2eTest : public ::testing::Test {
     rng_.seed(seed);
     RecordProperty("seed", std::to_string(seed));
   }
+  // Starts the server and the stubs; a fatal failure if it does not come up (call it in
+  // ASSERT_NO_FATAL_FAILURE: the test must not go on without a stub).
   void StartServer(std::vector<std::string> flags = {}) {
     server_ = std::make_unique<ServerProcess>(std::move(flags));
-    ASSERT_FALSE(server_->address().empty()) << "server did not start:\n" << server_->output();
+    ASSERT_FALSE(server_->address().empty()) << server_->StartFailure();
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     stub_ = v1::DecodeService::NewStub(channel_);
   }
@@ -127,7 +131,7 @@ TEST_F(ServerE2eTest, PythonGrpcioClient) {
   if (Shell("/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null").first != 0) {
     GTEST_SKIP() << "python3-grpcio is not installed";
   }
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto [rc, out] = Shell(absl::StrCat("/usr/bin/python3 ", MPA_PYTHON_CLIENT,
                                       " --address=", server_->address(), " --repo=", MPA_SOURCE_DIR,
                                       " --reference_ids='", kReferenceIds, "' 2>&1"));
@@ -137,7 +141,7 @@ TEST_F(ServerE2eTest, PythonGrpcioClient) {
 }
 
 TEST_F(ServerE2eTest, MpaClientGenerateAndChat) {
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   const std::string client = absl::StrCat(MPA_CLIENT_BINARY, " --server=", server_->address());
   auto [rc, out] =
       Shell(client + " generate --prompt_ids=1 --max_new_tokens=64 --output=ids --stats=false");
@@ -171,7 +175,7 @@ TEST_F(ServerE2eTest, MpaClientGenerateAndChat) {
 }
 
 TEST_F(ServerE2eTest, ThirtyTwoConcurrentStreamsEqualRunningAlone) {
-  StartServer({"--threads=1"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--threads=1"}));
   constexpr int kStreams = 32;
   std::vector<v1::GenerateRequest> requests;
   std::uniform_int_distribution<int> len(1, 60), out(20, 80);
@@ -200,7 +204,7 @@ TEST_F(ServerE2eTest, ThirtyTwoConcurrentStreamsEqualRunningAlone) {
 // the batch size) a request's tokens do not depend on what shares its decode steps, sampled ones
 // included: what bench/server_soak.cc relies on when it demands identical tokens under load.
 TEST_F(ServerE2eTest, ReferenceMathSampledStreamsEqualRunningAlone) {
-  StartServer({"--threads=1", "--reference"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--threads=1", "--reference"}));
   constexpr int kStreams = 24;
   std::vector<v1::GenerateRequest> requests;
   std::uniform_int_distribution<int> len(1, 60), out(60, 160);
@@ -226,7 +230,7 @@ TEST_F(ServerE2eTest, ReferenceMathSampledStreamsEqualRunningAlone) {
 }
 
 TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
-  StartServer({"--threads=1", "--max_prompt_tokens=100"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--threads=1", "--max_prompt_tokens=100"}));
   // Long streams that keep the engine busy while the bad requests arrive.
   constexpr int kRunning = 12;
   std::vector<v1::GenerateRequest> running;
@@ -344,7 +348,8 @@ TEST_F(ServerE2eTest, BadInputsReturnTheirCodesWhileStreamsRun) {
 // milliseconds, and four of them at once leave a running stream's time alone.
 TEST_F(ServerE2eTest, OversizedTextIsRefusedFastWithoutDelayingOtherStreams) {
   constexpr int kTextLimit = 1500;
-  StartServer({"--threads=1", absl::StrCat("--max_request_text_bytes=", kTextLimit)});
+  ASSERT_NO_FATAL_FAILURE(
+      StartServer({"--threads=1", absl::StrCat("--max_request_text_bytes=", kTextLimit)}));
   // stories260K: 512 prompt tokens, so gRPC's limit is max(1500, 6 * 512) + 64 KiB.
   const std::string receive_limit = absl::StrCat(6 * 512 + (64 << 10));
   {
@@ -423,7 +428,7 @@ TEST_F(ServerE2eTest, OversizedTextIsRefusedFastWithoutDelayingOtherStreams) {
 }
 
 TEST_F(ServerE2eTest, SessionLimitAndKvAdmission) {
-  StartServer({"--max_sessions=2", "--max_kv_tokens=512"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--max_sessions=2", "--max_kv_tokens=512"}));
   const std::string a = CreateSession();
   const std::string b = CreateSession();
   {
@@ -453,7 +458,7 @@ TEST_F(ServerE2eTest, SessionLimitAndKvAdmission) {
 }
 
 TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
-  StartServer({"--threads=1", "--drain_timeout=60s"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--threads=1", "--drain_timeout=60s"}));
   EXPECT_EQ(HealthStatus(channel_), 1);
   constexpr int kRunning = 16;
   std::vector<v1::GenerateRequest> running;
@@ -502,7 +507,7 @@ TEST_F(ServerE2eTest, SigtermDrainsRunningStreamsRefusesNewWorkAndExitsZero) {
 // backup poller runs (every 5 s by default), so it acknowledges the server's GOAWAY late: the
 // server must not wait for that acknowledgement once its streams have ended.
 TEST_F(ServerE2eTest, SigtermExitsPromptlyWithAnIdleClientConnected) {
-  StartServer({"--threads=1"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--threads=1"}));
   StreamResult turn = Generate(*stub_, IdsRequest(RandomPrompt(8), 16));
   ASSERT_TRUE(turn.status.ok()) << turn.status.error_message();
   // Both this test's channel and a second one are idle from here on.

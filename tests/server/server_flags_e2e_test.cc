@@ -62,7 +62,7 @@ TEST(ServerFlagsE2eTest, NonsenseValuesAreRefusedNamingTheFlag) {
   for (const std::string& flag : flags) {
     ChildProcess server(
         {MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir), flag, "--metrics_address="});
-    ASSERT_TRUE(server.started());
+    ASSERT_TRUE(server.started()) << server.StartFailure("mpa_server: ");
     EXPECT_EQ(server.Wait(absl::Seconds(30)), 2) << flag << ":\n" << server.output();
     // The output is collected by a thread that may still be reading after the exit.
     server.WaitForLine("mpa_server: ", absl::Seconds(5));
@@ -109,7 +109,7 @@ TEST(ServerFlagsE2eTest, BadTlsFlagsAndFilesAreRefused) {
                                      "--address=127.0.0.1:0", "--metrics_address="};
     argv.insert(argv.end(), flags.begin(), flags.end());
     ChildProcess server(argv);
-    ASSERT_TRUE(server.started());
+    ASSERT_TRUE(server.started()) << server.StartFailure("mpa_server: ");
     const std::string what = absl::StrJoin(flags, " ");
     EXPECT_EQ(server.Wait(absl::Seconds(30)), 2) << what << ":\n" << server.output();
     server.WaitForLine("mpa_server: ", absl::Seconds(5));

@@ -83,6 +83,8 @@ class GpuServer {
   const std::string& address() const { return address_; }
   std::optional<int> exit_code() const { return exit_code_; }
   std::string output() { return process_.output(); }
+  // Why it is not listening (for an assertion's message).
+  std::string StartFailure() { return process_.StartFailure("listening on "); }
 
  private:
   static std::vector<std::string> Argv(std::vector<std::string> flags) {
@@ -123,7 +125,7 @@ class ServerGpuE2eTest : public ::testing::Test {
     server_ = std::make_unique<GpuServer>(std::vector<std::string>{});
     *skip = NoGpuReason(*server_);
     if (!skip->empty()) return;
-    ASSERT_FALSE(server_->address().empty()) << "server did not start:\n" << server_->output();
+    ASSERT_FALSE(server_->address().empty()) << server_->StartFailure();
     EXPECT_THAT(server_->output(), HasSubstr("device cuda:0"));
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     stub_ = v1::DecodeService::NewStub(channel_);

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -41,7 +42,11 @@ class ChildProcess {
     int out[2];
     // Close-on-exec, so no other child spawned meanwhile holds the pipe open (the dup2 below
     // gives this child its own descriptors without the flag).
-    if (pipe2(out, O_CLOEXEC) != 0) return;
+    if (pipe2(out, O_CLOEXEC) != 0) {
+      spawn_error_ = errno;
+      program_ = argv.empty() ? "" : argv[0];
+      return;
+    }
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
@@ -50,7 +55,9 @@ class ChildProcess {
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
+    program_ = argv[0];
+    spawn_error_ = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
+    if (spawn_error_ != 0) pid_ = -1;
     posix_spawn_file_actions_destroy(&actions);
     close(out[1]);
     reader_ = std::thread([this, fd = out[0]] {
@@ -80,12 +87,7 @@ class ChildProcess {
   // Whether the process is still running (one that has exited is reaped).
   bool Running() {
     if (pid_ <= 0 || exited_) return false;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      exited_ = true;
-      return false;
-    }
-    return true;
+    return !Reap();
   }
   void Signal(int sig) {
     if (pid_ > 0 && !exited_) kill(pid_, sig);
@@ -94,17 +96,12 @@ class ChildProcess {
   // output() holds everything it wrote: the reader thread may still be draining the pipe when
   // the process is reaped (under load it often is), so this waits (up to 5 s) for its end.
   int Wait(absl::Duration timeout) {
+    if (pid_ <= 0) return -1;  // never started (waitpid(-1) would reap any child)
     const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        WaitForOutputEnd(absl::Seconds(5));
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return -1;
+    while (!exited_ && !Reap() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+    if (!exited_) return -1;
+    WaitForOutputEnd(absl::Seconds(5));
+    return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
   }
   std::string output() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -123,10 +120,13 @@ class ChildProcess {
     }
   }
   // The rest of the first output line after `prefix`, once the line is complete; nullopt if it
-  // did not appear before the timeout.
+  // did not appear before the timeout, or the process never started or has exited without it.
   std::optional<std::string> WaitForLine(absl::string_view prefix, absl::Duration timeout) {
     const absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline && pid_ > 0) {
+      // Read whether it has ended before the output: then the output is all there is.
+      const bool ended = !Running();
+      if (ended) WaitForOutputEnd(absl::Seconds(5));
       {
         std::lock_guard<std::mutex> lock(mu_);
         const size_t at = output_.find(std::string(prefix));
@@ -135,14 +135,53 @@ class ChildProcess {
           return output_.substr(at + prefix.size(), end - at - prefix.size());
         }
       }
+      if (ended) break;
       absl::SleepFor(absl::Milliseconds(10));
     }
     return std::nullopt;
   }
 
+  // For the message of a failed assertion on a process that should have printed `expected`
+  // (e.g. a server's "listening on "; "" when nothing was awaited): the program, whether it could
+  // be started, how it ended (exit code or signal) or that it is still running, and the tail of
+  // its output.
+  std::string StartFailure(absl::string_view expected) {
+    std::string why;
+    if (pid_ <= 0) {
+      why = absl::StrCat("it could not be started: ", std::strerror(spawn_error_));
+    } else if (Running()) {
+      why = "it is still running";
+    } else if (WIFEXITED(status_)) {
+      why = absl::StrCat("it exited with code ", WEXITSTATUS(status_));
+    } else if (WIFSIGNALED(status_)) {
+      why = absl::StrCat("it was killed by signal ", WTERMSIG(status_), " (",
+                         strsignal(WTERMSIG(status_)), ")");
+    }
+    if (exited_) WaitForOutputEnd(absl::Seconds(5));
+    std::string out = output();
+    constexpr size_t kTail = 4000;
+    const bool cut = out.size() > kTail;
+    if (cut) out = out.substr(out.size() - kTail);
+    const std::string what =
+        expected.empty() ? program_ : absl::StrCat(program_, " did not print \"", expected, "\"");
+    return absl::StrCat(what, ": ", why, "; ",
+                        out.empty() ? "it printed nothing"
+                                    : absl::StrCat(cut ? "the end of " : "", "its output:\n", out));
+  }
+
  private:
+  // Reaps the process if it has exited (keeping its status); whether it has.
+  bool Reap() {
+    if (waitpid(pid_, &status_, WNOHANG) != pid_) return false;
+    exited_ = true;
+    return true;
+  }
+
+  std::string program_;
+  int spawn_error_ = 0;  // errno of a failed start
   pid_t pid_ = -1;
   bool exited_ = false;
+  int status_ = 0;  // waitpid's status, once exited_
   std::thread reader_;
   std::mutex mu_;
   std::string output_;
@@ -156,7 +195,7 @@ struct ProcessResult {
   bool timed_out = false;
   bool stopped_early = false;  // stop_at appeared on stdout and the process was killed
   std::string out;             // stdout
-  std::string err;             // stderr
+  std::string err;             // stderr (or why the program could not be started)
 };
 
 // Runs argv (argv[0] is the binary's path) with stdout and stderr collected apart, until it
@@ -182,7 +221,11 @@ inline ProcessResult RunProcess(std::vector<std::string> argv, absl::Duration ti
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
   pid_t pid = -1;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  if (const int error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+      error != 0) {
+    pid = -1;
+    r.err = absl::StrCat("could not start ", argv[0], ": ", std::strerror(error));
+  }
   posix_spawn_file_actions_destroy(&actions);
   close(out[1]);
   close(err[1]);

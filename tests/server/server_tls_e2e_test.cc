@@ -63,7 +63,7 @@ class ServerTlsE2eTest : public ::testing::Test {
     argv.insert(argv.end(), flags.begin(), flags.end());
     server_ = std::make_unique<ChildProcess>(argv);
     std::optional<std::string> address = server_->WaitForLine("listening on ", absl::Seconds(30));
-    ASSERT_TRUE(address.has_value()) << "server did not start:\n" << server_->output();
+    ASSERT_TRUE(address.has_value()) << server_->StartFailure("listening on ");
     address_ = *address;
   }
   // A short generation over `channel`.

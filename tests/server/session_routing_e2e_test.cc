@@ -52,7 +52,7 @@ class SessionRoutingE2eTest : public ::testing::Test {
         MPA_SERVER_BINARY, absl::StrCat("--model=", kModelDir), "--address=127.0.0.1:0",
         "--metrics_address=", absl::StrCat("--api_keys_file=", keys_file_)});
     std::optional<std::string> address = server_->WaitForLine("listening on ", absl::Seconds(30));
-    ASSERT_TRUE(address.has_value()) << "server did not start:\n" << server_->output();
+    ASSERT_TRUE(address.has_value()) << server_->StartFailure("listening on ");
     address_ = *address;
     stub_ = v1::DecodeService::NewStub(
         grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));

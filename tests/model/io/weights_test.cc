@@ -101,5 +101,87 @@ TEST_F(WeightsTest, NanAndInfWeightsAreRefusedNamingTheTensor) {
   EXPECT_NE(status.message().find("Inf at element 0"), std::string::npos) << status;
 }
 
+// CheckWeights: what both transformers' FromWeights check before building anything.
+ModelConfig SmallConfig() {
+  ModelConfig c;
+  c.architecture = Architecture::kQwen3;
+  c.qk_norm = true;
+  c.attention_bias = true;
+  c.vocab_size = 97;
+  c.hidden_size = 48;
+  c.intermediate_size = 80;
+  c.num_layers = 2;
+  c.num_heads = 6;
+  c.num_kv_heads = 2;
+  c.head_dim = 12;
+  c.max_position_embeddings = 64;
+  c.rms_norm_eps = 1e-6f;
+  return c;
+}
+
+TEST(CheckWeightsTest, RandomWeightsOfTheConfigPass) {
+  const ModelConfig c = SmallConfig();
+  EXPECT_TRUE(CheckWeights(c, RandomWeights(c, 1)).ok());
+  ModelConfig plain = c;
+  plain.qk_norm = false;
+  plain.attention_bias = false;
+  plain.tie_word_embeddings = false;
+  EXPECT_TRUE(CheckWeights(plain, RandomWeights(plain, 1)).ok());
+}
+
+TEST(CheckWeightsTest, AnInvalidConfigIsRefused) {
+  ModelConfig c = SmallConfig();
+  const Weights w = RandomWeights(c, 1);
+  c.num_heads = 5;  // not a multiple of num_kv_heads
+  const absl::Status s = CheckWeights(c, w);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(s, c.Validate());
+}
+
+TEST(CheckWeightsTest, LayerCountAndShapesMustMatchTheConfig) {
+  const ModelConfig c = SmallConfig();
+  Weights w = RandomWeights(c, 1);
+  w.layers.pop_back();
+  absl::Status s = CheckWeights(c, w);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(std::string(s.message()), "weights have 1 layers, config says 2");
+
+  w = RandomWeights(c, 1);
+  w.layers[1].k_proj.pop_back();
+  s = CheckWeights(c, w);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(std::string(s.message()),
+            "tensor 'model.layers.1.self_attn.k_proj.weight' holds 1151 values; the config's "
+            "shape [24, 48] needs 1152");
+
+  w = RandomWeights(c, 1);
+  w.final_norm.clear();
+  EXPECT_NE(CheckWeights(c, w).message().find("'model.norm.weight' holds 0 values"),
+            std::string::npos);
+}
+
+TEST(CheckWeightsTest, TensorsTheConfigDoesNotCallForAreRefused) {
+  const ModelConfig c = SmallConfig();
+  const Weights w = RandomWeights(c, 1);
+  ModelConfig no_bias = c;
+  no_bias.attention_bias = false;
+  absl::Status s = CheckWeights(no_bias, w);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("layer 0 has a q_proj bias"), std::string::npos) << s;
+  ModelConfig no_norm = c;
+  no_norm.qk_norm = false;
+  no_norm.architecture = Architecture::kQwen2;
+  s = CheckWeights(no_norm, w);
+  EXPECT_NE(s.message().find("layer 0 has a q_norm"), std::string::npos) << s;
+  ModelConfig untied = c;
+  untied.tie_word_embeddings = false;
+  Weights with_head = RandomWeights(untied, 1);
+  EXPECT_TRUE(CheckWeights(untied, with_head).ok());
+  ModelConfig tied = untied;
+  tied.tie_word_embeddings = true;
+  s = CheckWeights(tied, with_head);
+  EXPECT_NE(s.message().find("lm_head"), std::string::npos) << s;
+}
+
 }  // namespace
 }  // namespace mpa
