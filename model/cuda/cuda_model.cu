@@ -993,9 +993,13 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
         seq.clusters_->Build(ctx, part.sink_end, part.clustered_end, &stats.tokens_reclustered));
     if (!prefill) stats.cluster_updates += 1;
   } else {
-    // One interval at a time, as the CPU reference.
+    // One interval at a time while decoding, as the CPU reference. A prompt's later chunks (a
+    // long prompt arrives in many) join in steps of up to half a block: each update re-clusters
+    // the final window, so interval steps would cost a prompt of N tokens N / interval of them.
+    const int step = prefill ? std::max(config.cluster_interval, config.block_tokens / 2)
+                             : config.cluster_interval;
     while (status.ok() && state->region_end() < part.clustered_end) {
-      const int next = std::min(state->region_end() + config.cluster_interval, part.clustered_end);
+      const int next = std::min(state->region_end() + step, part.clustered_end);
       status.Update(state->Extend(ctx, next, &stats.tokens_reclustered));
       stats.cluster_updates += 1;
     }

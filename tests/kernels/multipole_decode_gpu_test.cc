@@ -519,7 +519,8 @@ TEST(MultipoleDecodeGpuTest, MatchesCpuTwinsOnAwkwardShapes) {
 }
 
 // The batch in two halves on two streams: each half checked against the CPU twins, and the whole
-// output equal to the one-stream call's to the bit.
+// output equal to the one-stream call's up to the order of the approximation's fp32 sums (its
+// shared-memory atomics make even two one-stream calls differ in the last bits).
 TEST(MultipoleDecodeGpuTest, TwoStreamsMatchOneStream) {
   MPA_SKIP_WITHOUT_GPU();
   for (int hd : {8, 64, 128}) {
@@ -546,9 +547,7 @@ TEST(MultipoleDecodeGpuTest, TwoStreamsMatchOneStream) {
       EXPECT_EQ(MultipoleDecode(p, nullptr), cudaSuccess);
       EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const std::vector<float> a = one.Download(), b = two.Download();
-      int differ = 0;
-      for (size_t i = 0; i < n; ++i) differ += a[i] != b[i];
-      EXPECT_EQ(differ, 0) << Describe(c) << ": elements that differ of " << n;
+      EXPECT_LT(RelativeL2(b, a), 1e-6) << Describe(c);
     }
   }
 }

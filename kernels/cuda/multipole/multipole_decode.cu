@@ -256,11 +256,14 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   d.kernel = p.kernel;
 
   // One part: lookup, selection and the exact part of sequences [b0, b0 + nb) on `s`.
-  auto run = [&](int b0, int nb, void* partials, cudaStream_t s) -> cudaError_t {
+  // `looked_up`: recorded once this part's lookup is enqueued (the other part starts then).
+  auto run = [&](int b0, int nb, void* partials, cudaStream_t s,
+                 cudaEvent_t looked_up) -> cudaError_t {
     const multipole::StepArgs sa =
         nb == p.batch ? a : SliceArgs(a, b0, nb, static_cast<float*>(partials));
     cudaError_t err = multipole::LaunchCentroidLookup(sa, s);
     if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(sa, s);
+    if (err == cudaSuccess && looked_up != nullptr) err = cudaEventRecord(looked_up, s);
     if (err != cudaSuccess || p.stop_after == 1) return err;
     if ((err = multipole::LaunchClusterSelection(sa, s)) != cudaSuccess) return err;
     if (p.stop_after == 2) return cudaSuccess;
@@ -281,7 +284,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   };
   const bool pipelined = p.batch >= 2 && p.stop_after == 0 &&
                          (p.pipeline_parts == 2 || (p.pipeline_parts == 0 && p.batch * nkv >= 64));
-  if (!pipelined) return run(0, p.batch, w.partials, stream);
+  if (!pipelined) return run(0, p.batch, w.partials, stream, nullptr);
 
   SideStream side;
   cudaError_t err = GetSideStream(&side);
@@ -290,12 +293,13 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   unsigned char* second_partials =
       static_cast<unsigned char*>(w.partials) +
       AlignUp(DecodeAttentionWorkspaceBytes(first, p.num_q_heads, hd, slots));
-  if ((err = cudaEventRecord(side.fork, stream)) != cudaSuccess ||
-      (err = cudaStreamWaitEvent(side.stream, side.fork, 0)) != cudaSuccess) {
-    return err;
-  }
-  err = run(0, first, w.partials, stream);
-  const cudaError_t err2 = run(first, p.batch - first, second_partials, side.stream);
+  // The second half starts once the first half's lookup is done: its lookup (memory-bound)
+  // then runs beside the first half's selection (latency-bound), and its selection beside the
+  // first half's exact part.
+  err = run(0, first, w.partials, stream, side.fork);
+  if (err == cudaSuccess) err = cudaStreamWaitEvent(side.stream, side.fork, 0);
+  if (err != cudaSuccess) return err;
+  const cudaError_t err2 = run(first, p.batch - first, second_partials, side.stream, nullptr);
   // Join even after a failed launch, so a capture is never left with an unjoined stream.
   const cudaError_t err3 = cudaEventRecord(side.join, side.stream);
   const cudaError_t err4 = cudaStreamWaitEvent(stream, side.join, 0);
