@@ -42,7 +42,8 @@
 #include "tools/eval/cuda_eval_engine.h"
 #endif
 
-ABSL_FLAG(std::string, model, "", "Hugging Face model folder");
+ABSL_FLAG(std::string, model, "models/linux-c-16k",
+          "Hugging Face model folder (default: the project's long-context code model)");
 ABSL_FLAG(std::string, ids_file, "",
           "documents as uint16 little-endian token ids, separated by --separator_id");
 ABSL_FLAG(int, separator_id, -1, "id that ends each document in --ids_file (-1: the model's EOS)");
