@@ -3,7 +3,7 @@
 # root: every GPU test binary in BIN_DIR, then the benchmarks that are there. Logs and results go
 # to OUT_DIR (default ./gpu_out).
 #
-# Usage: tools/gpu_check.sh BIN_DIR [OUT_DIR] [COMMIT]
+# Usage: tools/gpu_check.sh BIN_DIR [OUT_DIR] [COMMIT]   (runs *_gpu_test and *_gpu_e2e_test)
 #   BIN_DIR holds *_gpu_test, decode_attention_bench, prefill_attention_bench,
 #   multipole_attention_bench, decode_step_bench (any subset) and, if the
 #   binaries were built elsewhere, a lib/ of their shared libraries (made by a bundling script).
@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --fo
 if [ "${MPA_SKIP_TESTS:-0}" != 1 ]; then
   : > "$out/gpu_tests.log"
   echo "commit $commit; $(head -2 "$out/device.txt" | tail -1)" >> "$out/gpu_tests.log"
-  for t in "$bin"/*_gpu_test; do
+  for t in "$bin"/*_gpu_test "$bin"/*_gpu_e2e_test; do
     [ -x "$t" ] || continue
     case "$(basename "$t")" in ${MPA_TESTS:-*}) ;; *) continue ;; esac
     echo "=== $(basename "$t")" | tee -a "$out/gpu_tests.log"
