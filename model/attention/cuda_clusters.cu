@@ -7,22 +7,13 @@
 #include "kernels/cuda/multipole/kmeans.h"
 #include "model/attention/cluster_index.h"
 #include "model/attention/cuda_clusters.h"
+#include "model/cuda/cuda_status.h"
 #include "model/runtime/status_macros.h"
 
 namespace mpa {
 namespace {
 
 using cuda::bf16;
-
-absl::Status CudaStatus(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  if (err == cudaErrorMemoryAllocation) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(what, ": device memory exhausted (", cudaGetErrorString(err), ")"));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
-}
-#define MPA_CUDA(expr) MPA_RETURN_IF_ERROR(CudaStatus((expr), #expr))
 
 // Stream-ordered scratch of one maintenance call, freed on the stream when it goes.
 class Scratch {
@@ -35,7 +26,7 @@ class Scratch {
   absl::StatusOr<T*> Alloc(int64_t n) {
     void* p = nullptr;
     const cudaError_t err = cudaMallocAsync(&p, std::max<int64_t>(n, 1) * sizeof(T), stream_);
-    if (err != cudaSuccess) return CudaStatus(err, "cluster maintenance scratch");
+    if (err != cudaSuccess) return CudaStateStatus(err, "cluster maintenance scratch");
     ptrs_.push_back(p);
     return static_cast<T*>(p);
   }
@@ -43,7 +34,7 @@ class Scratch {
   absl::StatusOr<T*> Upload(const std::vector<T>& host) {
     MPA_ASSIGN_OR_RETURN(T * d, Alloc<T>(static_cast<int64_t>(host.size())));
     // Pageable source: returns once the host vector has been read.
-    MPA_CUDA(
+    MPA_CUDA_STATE(
         cudaMemcpyAsync(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream_));
     return d;
   }
@@ -58,12 +49,14 @@ template <typename T>
 absl::Status Grow(T** ptr, int64_t rows, int64_t old_width, int64_t new_width,
                   cudaStream_t stream) {
   void* fresh = nullptr;
-  MPA_CUDA(cudaMallocAsync(&fresh, std::max<int64_t>(rows * new_width, 1) * sizeof(T), stream));
+  MPA_CUDA_STATE(
+      cudaMallocAsync(&fresh, std::max<int64_t>(rows * new_width, 1) * sizeof(T), stream));
   if (*ptr != nullptr && old_width > 0) {
-    MPA_CUDA(cudaMemcpy2DAsync(fresh, new_width * sizeof(T), *ptr, old_width * sizeof(T),
-                               old_width * sizeof(T), rows, cudaMemcpyDeviceToDevice, stream));
+    MPA_CUDA_STATE(cudaMemcpy2DAsync(fresh, new_width * sizeof(T), *ptr, old_width * sizeof(T),
+                                     old_width * sizeof(T), rows, cudaMemcpyDeviceToDevice,
+                                     stream));
   }
-  if (*ptr != nullptr) MPA_CUDA(cudaFreeAsync(*ptr, stream));
+  if (*ptr != nullptr) MPA_CUDA_STATE(cudaFreeAsync(*ptr, stream));
   *ptr = static_cast<T*>(fresh);
   return absl::OkStatus();
 }
@@ -207,8 +200,8 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     if (d_seeds == nullptr) {
       MPA_ASSIGN_OR_RETURN(d_seeds, scratch.Alloc<int32_t>(clusters));
     }
-    MPA_CUDA(cudaMemcpyAsync(d_seeds, seeds.data(), seeds.size() * 4, cudaMemcpyHostToDevice,
-                             ctx.stream));
+    MPA_CUDA_STATE(cudaMemcpyAsync(d_seeds, seeds.data(), seeds.size() * 4, cudaMemcpyHostToDevice,
+                                   ctx.stream));
 
     cuda::ClusterLayoutParams lp;
     lp.kv = ctx.layers[layer];
@@ -232,12 +225,13 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     if (locate) {
       lp.position_rows_begin = range_begin;
       lp.position_rows_stride = range;
-      MPA_CUDA(cuda::LocatePositions(lp, range_begin - region_begin_, range,
-                                     laid_out_end - region_begin_, d_position_rows, ctx.stream));
+      MPA_CUDA_STATE(cuda::LocatePositions(lp, range_begin - region_begin_, range,
+                                           laid_out_end - region_begin_, d_position_rows,
+                                           ctx.stream));
       lp.position_rows = d_position_rows;
     }
-    MPA_CUDA(cuda::GatherRows(lp, d_points, d_values, ctx.stream));
-    MPA_CUDA(cuda::LoadKeyCentroids(lp, max_keep, d_centroids, ctx.stream));
+    MPA_CUDA_STATE(cuda::GatherRows(lp, d_points, d_values, ctx.stream));
+    MPA_CUDA_STATE(cuda::LoadKeyCentroids(lp, max_keep, d_centroids, ctx.stream));
 
     cuda::KMeansParams kp;
     kp.points = d_points;
@@ -255,8 +249,8 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     kp.counts = d_counts;
     kp.workspace = d_ws;
     kp.workspace_bytes = ws_bytes;
-    MPA_CUDA(cuda::KMeansLloyd(kp, ctx.stream));
-    MPA_CUDA(cuda::BuildClusterLayout(lp, d_points, d_values, ctx.stream));
+    MPA_CUDA_STATE(cuda::KMeansLloyd(kp, ctx.stream));
+    MPA_CUDA_STATE(cuda::BuildClusterLayout(lp, d_points, d_values, ctx.stream));
   }
   return absl::OkStatus();
 }

@@ -3,22 +3,10 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/multipole/multipole_decode.h"
 #include "model/attention/cuda_quest_pages.h"
+#include "model/cuda/cuda_status.h"
 #include "model/runtime/status_macros.h"
 
 namespace mpa {
-namespace {
-
-absl::Status CudaStatus(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  if (err == cudaErrorMemoryAllocation) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(what, ": device memory exhausted (", cudaGetErrorString(err), ")"));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
-}
-#define MPA_CUDA(expr) MPA_RETURN_IF_ERROR(CudaStatus((expr), #expr))
-
-}  // namespace
 
 CudaQuestPages::CudaQuestPages(int page_tokens, int num_layers, int num_kv_heads, int head_dim)
     : page_tokens_(page_tokens),
@@ -58,14 +46,14 @@ absl::Status CudaQuestPages::Update(const std::vector<cuda::PagedKvCache>& layer
     cuda::bf16* mn = nullptr;
     cuda::bf16* mx = nullptr;
     int32_t* pb = nullptr;
-    MPA_CUDA(cudaMallocAsync(&mn, rows * sizeof(cuda::bf16), stream));
+    MPA_CUDA_STATE(cudaMallocAsync(&mn, rows * sizeof(cuda::bf16), stream));
     const cudaError_t e1 = cudaMallocAsync(&mx, rows * sizeof(cuda::bf16), stream);
     const cudaError_t e2 =
         e1 == cudaSuccess ? cudaMallocAsync(&pb, (capacity + 1) * sizeof(int32_t), stream) : e1;
     if (e2 != cudaSuccess) {
       cudaFreeAsync(mn, stream);
       if (mx != nullptr) cudaFreeAsync(mx, stream);
-      return CudaStatus(e2, "Quest page bounds");
+      return CudaStateStatus(e2, "Quest page bounds");
     }
     if (page_min_ != nullptr) {
       cudaFreeAsync(page_min_, stream);
@@ -82,14 +70,14 @@ absl::Status CudaQuestPages::Update(const std::vector<cuda::PagedKvCache>& layer
     int capacity = std::max<int>(64, device_pages_capacity_);
     while (capacity < static_cast<int>(pages.size())) capacity *= 2;
     int32_t* fresh = nullptr;
-    MPA_CUDA(cudaMallocAsync(&fresh, capacity * sizeof(int32_t), stream));
+    MPA_CUDA_STATE(cudaMallocAsync(&fresh, capacity * sizeof(int32_t), stream));
     if (device_pages_ != nullptr) cudaFreeAsync(device_pages_, stream);
     device_pages_ = fresh;
     device_pages_capacity_ = capacity;
   }
   // Pageable source: returns once the host vector has been read.
-  MPA_CUDA(cudaMemcpyAsync(device_pages_, pages.data(), pages.size() * sizeof(int32_t),
-                           cudaMemcpyHostToDevice, stream));
+  MPA_CUDA_STATE(cudaMemcpyAsync(device_pages_, pages.data(), pages.size() * sizeof(int32_t),
+                                 cudaMemcpyHostToDevice, stream));
   for (int l = 0; l < num_layers_; ++l) {
     cuda::QuestPageBoundsParams p;
     p.kv = layers[l];
@@ -103,7 +91,7 @@ absl::Status CudaQuestPages::Update(const std::vector<cuda::PagedKvCache>& layer
     p.page_max = page_max_ + int64_t{l} * num_kv_heads_ * capacity_ * head_dim_;
     p.head_stride = int64_t{capacity_} * head_dim_;
     p.page_begin = l == 0 ? page_begin_ : nullptr;
-    MPA_CUDA(cuda::QuestPageBounds(p, stream));
+    MPA_CUDA_STATE(cuda::QuestPageBounds(p, stream));
   }
   region_begin_ = begin;
   region_end_ = end;
