@@ -28,9 +28,9 @@ const cuda::bf16* CudaQuestPages::page_max(int layer, int head) const {
   return page_max_ + (static_cast<int64_t>(layer) * num_kv_heads_ + head) * capacity_ * head_dim_;
 }
 
-absl::Status CudaQuestPages::Update(const std::vector<cuda::PagedKvCache>& layers,
-                                    const std::vector<int32_t>& pages, int begin, int end,
-                                    cudaStream_t stream) {
+absl::Status CudaQuestPages::Update(const CudaClusterState::Context& ctx, int begin, int end) {
+  const std::vector<int32_t>& pages = *ctx.pages;
+  const cudaStream_t stream = ctx.stream;
   if (num_pages_ > 0 && begin != region_begin_) {
     return absl::InternalError("Quest pages: the region's start moved");
   }
@@ -80,7 +80,7 @@ absl::Status CudaQuestPages::Update(const std::vector<cuda::PagedKvCache>& layer
                                  cudaMemcpyHostToDevice, stream));
   for (int l = 0; l < num_layers_; ++l) {
     cuda::QuestPageBoundsParams p;
-    p.kv = layers[l];
+    p.kv = ctx.layers[l];
     p.pages = device_pages_;
     p.region_begin = begin;
     p.region_end = end;

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/cuda/common.h"
+#include "model/attention/cuda_clusters.h"
 
 namespace mpa {
 
@@ -33,10 +34,9 @@ class CudaQuestPages {
   const int32_t* page_begin() const { return page_begin_; }  // [num_pages + 1], every head
 
   // Brings the pages up to the region [begin, end) (begin fixed after the first call): pages from
-  // the one that held the old end (it may have been partial) are computed anew. `layers` is each
-  // layer's pool, `pages` the sequence's pages in position order. Enqueued on `stream`.
-  absl::Status Update(const std::vector<cuda::PagedKvCache>& layers,
-                      const std::vector<int32_t>& pages, int begin, int end, cudaStream_t stream);
+  // the one that held the old end (it may have been partial) are computed anew. Reads the pools
+  // and the sequence's pages of `ctx` (as the cluster maintenance), enqueued on its stream.
+  absl::Status Update(const CudaClusterState::Context& ctx, int begin, int end);
 
  private:
   int page_tokens_, num_layers_, num_kv_heads_, head_dim_;

@@ -947,7 +947,7 @@ absl::Status CudaModel::SetAttention(CudaSequence& seq, const AttentionOptions& 
   const bool was_quest = seq.attention_.mode == AttentionMode::kQuest;
   const bool is_quest = options.mode == AttentionMode::kQuest;
   if (!sparse || !same_clusters || was_quest != is_quest ||
-      old.quest_page_tokens != now.quest_page_tokens) {
+      (is_quest && old.quest_page_tokens != now.quest_page_tokens)) {
     DropClusters(seq);
   }
   seq.attention_ = options;
@@ -964,14 +964,17 @@ void CudaModel::DropClusters(CudaSequence& seq) {
 
 absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   if (seq.attention_.mode == AttentionMode::kDense) return absl::OkStatus();
-  if (seq.attention_.mode == AttentionMode::kQuest) return MaintainQuestPages(seq, prefill);
+  const bool quest = seq.attention_.mode == AttentionMode::kQuest;
   const MultipoleConfig& config = seq.attention_.multipole;
   const CachePartition part = PartitionCache(seq.num_tokens(), config);
+  // Quest keeps page bounds where multipole keeps clusters, over the same region (as the CPU
+  // reference: once the region reaches min_clustered_tokens, then up to the clustered end).
   CudaClusterState* state = seq.clusters_.get();
-  if (state == nullptr) {
+  const bool fresh = quest ? seq.quest_ == nullptr : state == nullptr;
+  if (fresh) {
     if (part.clustered_tokens() < std::max(1, config.min_clustered_tokens)) return absl::OkStatus();
     if (part.clustered_end <= seq.cluster_retry_after_) return absl::OkStatus();
-  } else if (part.clustered_end <= state->region_end()) {
+  } else if (part.clustered_end <= (quest ? seq.quest_->region_end() : state->region_end())) {
     return absl::OkStatus();
   }
   Impl& d = *impl_;
@@ -986,7 +989,14 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   MPA_CUDA(cudaEventRecord(timing.start, d.stream));
   AttentionStats& stats = seq.stats_;
   absl::Status status;
-  if (state == nullptr) {
+  if (quest) {
+    if (fresh) {
+      seq.quest_ = std::make_unique<CudaQuestPages>(config.quest_page_tokens, config_.num_layers,
+                                                    config_.num_kv_heads, config_.head_dim);
+    }
+    status = seq.quest_->Update(ctx, part.sink_end, part.clustered_end);
+    if (!prefill && status.ok()) stats.cluster_updates += 1;
+  } else if (fresh) {
     seq.clusters_ = std::make_unique<CudaClusterState>(config, config_.num_layers,
                                                        config_.num_kv_heads, config_.head_dim);
     status.Update(
@@ -1007,45 +1017,8 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   MPA_CUDA(cudaEventRecord(timing.end, d.stream));
   d.timings.push_back(timing);
   if (!status.ok()) {
-    // No device memory for the clusters: this sequence attends densely (exact) until
+    // No device memory for the clusters (or pages): this sequence attends densely (exact) until
     // its region grows by another interval; the others are not disturbed.
-    if (!absl::IsResourceExhausted(status)) return status;
-    DropClusters(seq);
-    seq.cluster_retry_after_ = part.clustered_end;
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CudaModel::MaintainQuestPages(CudaSequence& seq, bool prefill) {
-  const MultipoleConfig& config = seq.attention_.multipole;
-  const CachePartition part = PartitionCache(seq.num_tokens(), config);
-  // As the CPU reference: pages once the region reaches min_clustered_tokens, then kept up to
-  // the partition's clustered end (the recent window stays exact).
-  if (seq.quest_ == nullptr) {
-    if (part.clustered_tokens() < std::max(1, config.min_clustered_tokens)) return absl::OkStatus();
-    if (part.clustered_end <= seq.cluster_retry_after_) return absl::OkStatus();
-  } else if (part.clustered_end <= seq.quest_->region_end()) {
-    return absl::OkStatus();
-  }
-  Impl& d = *impl_;
-  std::vector<cuda::PagedKvCache> layers;
-  for (const DeviceLayer& l : d.layers) {
-    layers.push_back(
-        {l.k_cache, l.v_cache, config_.num_kv_heads, config_.head_dim, options_.page_size});
-  }
-  Impl::Timing timing{&seq, d.TakeEvent(), d.TakeEvent(), prefill};
-  MPA_CUDA(cudaEventRecord(timing.start, d.stream));
-  if (seq.quest_ == nullptr) {
-    seq.quest_ = std::make_unique<CudaQuestPages>(config.quest_page_tokens, config_.num_layers,
-                                                  config_.num_kv_heads, config_.head_dim);
-  }
-  const absl::Status status =
-      seq.quest_->Update(layers, seq.pages_, part.sink_end, part.clustered_end, d.stream);
-  MPA_CUDA(cudaEventRecord(timing.end, d.stream));
-  d.timings.push_back(timing);
-  if (!prefill && status.ok()) seq.stats_.cluster_updates += 1;
-  if (!status.ok()) {
-    // No device memory for the bounds: exact attention until the region grows again.
     if (!absl::IsResourceExhausted(status)) return status;
     DropClusters(seq);
     seq.cluster_retry_after_ = part.clustered_end;

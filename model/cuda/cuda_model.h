@@ -168,11 +168,10 @@ class CudaModel {
   absl::Status Init();
   absl::Status UploadWeights(const Weights& weights);
   absl::Status RandomizeWeights(uint64_t seed);
-  // Brings seq's clusters in step with its cache (build once the region is long enough, then one
-  // online update per interval); times the work into its stats. `prefill`: a prompt chunk.
+  // Brings seq's clusters (Quest: page bounds) in step with its cache (build once the region is
+  // long enough, then one online update per interval); times the work into its stats.
+  // `prefill`: a prompt chunk.
   absl::Status MaintainClusters(CudaSequence& seq, bool prefill);
-  // The same for a Quest sequence's page bounds.
-  absl::Status MaintainQuestPages(CudaSequence& seq, bool prefill);
   // Drops seq's clusters and returns their pages to the pool.
   void DropClusters(CudaSequence& seq);
   // Stages the multipole decode's per-step metadata of a batch (when any sequence is sparse).

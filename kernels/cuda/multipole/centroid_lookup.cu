@@ -35,8 +35,8 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) CentroidLookupKernel
   const int hb = b * a.num_kv_heads + kvh;
   const int slot = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const bool lane_active = lane < kVecs;
-  // Quest sequences are scored by their own launch: nothing here (every logit -inf).
-  const int num_clusters = IsQuest(a, b) ? 0 : a.num_clusters[hb];
+  if (IsQuest(a, b)) return;  // scored by the Quest launch; nothing here reads these logits
+  const int num_clusters = a.num_clusters[hb];
   const bool approximate = a.approximate[b] != 0;
   const int first = blockIdx.x * kClustersPerBlock;
   const int last = min(first + kClustersPerBlock, a.max_clusters);
@@ -196,8 +196,8 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
   const int g = lane >> 2, t = lane & 3;
   const int kvh = blockIdx.y, b = blockIdx.z;
   const int hb = b * a.num_kv_heads + kvh;
-  // Quest sequences are scored by their own launch: nothing here (every logit -inf).
-  const int num_clusters = IsQuest(a, b) ? 0 : a.num_clusters[hb];
+  if (IsQuest(a, b)) return;  // scored by the Quest launch; nothing here reads these logits
+  const int num_clusters = a.num_clusters[hb];
   const bool approximate = a.approximate[b] != 0;
   const int first = blockIdx.x * kClustersPerBlock;
   const int last = min(first + kClustersPerBlock, a.max_clusters);

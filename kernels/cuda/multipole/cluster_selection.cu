@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       if (c >= a.max_clusters) break;
       float lg[G];
 #pragma unroll
-      for (int g = 0; g < G; ++g) lg[g] = __ldcg(logits + g * a.max_clusters + c);
+      for (int g = 0; g < G; ++g) lg[g] = quest ? 0.0f : __ldcg(logits + g * a.max_clusters + c);
       const int count = c < num_clusters ? begin[c + 1] - begin[c] : 0;
       float score = 0.0f;
       uint64_t key = 0;

@@ -103,7 +103,7 @@ struct MultipoleDecodeParams {
 // Where the intermediate results sit inside the workspace (tests and statistics read them).
 struct MultipoleWorkspace {
   float* logits2 = nullptr;  // [batch, num_kv_heads, group, max_clusters] base-2 logits
-                             // (-inf: empty or absent cluster)
+                             // (-inf: empty or absent cluster; not written for Quest sequences)
   // [batch, num_kv_heads, group, lookup blocks, 2]: each lookup block's (max, sum N 2^(s - max))
   // of its clusters' logits, merged by the selection into the softmax normalisers.
   float* norms = nullptr;

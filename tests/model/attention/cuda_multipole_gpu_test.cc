@@ -114,35 +114,49 @@ std::vector<int32_t> Trajectory(Model& cpu) {
   return tokens;
 }
 
+// Teacher-forced logits of the CPU's dense trajectory on the GPU, densely and with `options`
+// (prefill 100 tokens, then one decode step per token); the worst row's relative L2 distance.
+struct VersusDense {
+  std::unique_ptr<CudaSequence> seq;  // the sequence that ran with `options`
+  std::vector<std::vector<float>> got, want;
+  double worst = 0;
+};
+VersusDense RunVersusDense(CudaModel& gpu, Model& cpu, const AttentionOptions& options) {
+  const std::vector<int32_t> tokens = Trajectory(cpu);
+  VersusDense r;
+  auto dense = gpu.NewSequence();
+  r.seq = gpu.NewSequence();
+  EXPECT_TRUE(gpu.SetAttention(*r.seq, options).ok());
+  r.want = GpuLogits(gpu, *dense, tokens, 100);
+  r.got = GpuLogits(gpu, *r.seq, tokens, 100);
+  for (size_t i = 0; i < r.got.size(); ++i) {
+    r.worst = std::max(r.worst, RelativeL2(r.got[i], r.want[i]));
+  }
+  return r;
+}
+
 TEST(CudaMultipoleGpuTest, FullBudgetEqualsDense) {
   SKIP_WITHOUT_MODEL();
   auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   auto cpu = Model::Load(StoriesDir(), ModelOptions{});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  const std::vector<int32_t> tokens = Trajectory(**cpu);
-  auto dense = (*gpu)->NewSequence();
-  auto full = (*gpu)->NewSequence();
-  ASSERT_TRUE((*gpu)->SetAttention(*full, Small(AttentionMode::kMultipole, 1.0f)).ok());
-  const auto want = GpuLogits(**gpu, *dense, tokens, 100);
-  const auto got = GpuLogits(**gpu, *full, tokens, 100);
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, RelativeL2(got[i], want[i]));
+  const VersusDense r = RunVersusDense(**gpu, **cpu, Small(AttentionMode::kMultipole, 1.0f));
   // BF16 activations: the order of the attention's fp32 sums differs, and a bf16 rounding of the
   // attention output that flips moves the logits by about 2^-9 relative.
-  EXPECT_LT(worst, 1e-2);
+  EXPECT_LT(r.worst, 1e-2);
   int wide = 0, disagree = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    std::vector<float> sorted = want[i];
+  for (size_t i = 0; i < r.got.size(); ++i) {
+    std::vector<float> sorted = r.want[i];
     std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
     if (sorted[0] - sorted[1] < 0.5f) continue;
     ++wide;
-    disagree += Argmax(got[i]) != Argmax(want[i]);
+    disagree += Argmax(r.got[i]) != Argmax(r.want[i]);
   }
   EXPECT_EQ(disagree, 0) << "of " << wide;
-  const AttentionStats& st = full->stats();
-  ASSERT_NE(full->clusters(), nullptr);
-  EXPECT_GT(full->clusters()->num_clusters(), 0);
+  const AttentionStats& st = r.seq->stats();
+  ASSERT_NE(r.seq->clusters(), nullptr);
+  EXPECT_GT(r.seq->clusters()->num_clusters(), 0);
   EXPECT_GT(st.cluster_updates, 0);
   EXPECT_GT(st.prefill_cluster_seconds, 0.0);
   EXPECT_EQ(st.tokens_attended_exact, st.tokens_total);  // everything fits the budget
@@ -154,16 +168,9 @@ TEST(CudaMultipoleGpuTest, QuestFullBudgetEqualsDense) {
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   auto cpu = Model::Load(StoriesDir(), ModelOptions{});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  const std::vector<int32_t> tokens = Trajectory(**cpu);
-  auto dense = (*gpu)->NewSequence();
-  auto full = (*gpu)->NewSequence();
-  ASSERT_TRUE((*gpu)->SetAttention(*full, Small(AttentionMode::kQuest, 1.0f)).ok());
-  const auto want = GpuLogits(**gpu, *dense, tokens, 100);
-  const auto got = GpuLogits(**gpu, *full, tokens, 100);
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, RelativeL2(got[i], want[i]));
-  EXPECT_LT(worst, 1e-2);  // as FullBudgetEqualsDense
-  const AttentionStats& st = full->stats();
+  const VersusDense r = RunVersusDense(**gpu, **cpu, Small(AttentionMode::kQuest, 1.0f));
+  EXPECT_LT(r.worst, 1e-2);  // as FullBudgetEqualsDense
+  const AttentionStats& st = r.seq->stats();
   EXPECT_GT(st.cluster_updates, 0);
   EXPECT_GT(st.centroids_scored, 0);  // pages were scored
   EXPECT_EQ(st.tokens_attended_exact, st.tokens_total);
