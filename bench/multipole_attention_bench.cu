@@ -275,9 +275,20 @@ int main(int argc, char** argv) {
             CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
           },
           iters, 7);
+      // And always on two streams (the automatic choice pipelines only from 64 heads on).
+      double two_streams_t = 0.0;
+      if (s.batch >= 2) {
+        p.pipeline_parts = 2;
+        two_streams_t = TimeIt(
+            [&](int i) {
+              bind(caches[i % copies]);
+              CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
+            },
+            iters, 7);
+      }
       p.pipeline_parts = 0;
-      std::printf("  one stream %.1f us (the call as timed: %.1f us)\n", one_stream_t * 1e6,
-                  step_t[2] * 1e6);
+      std::printf("  one stream %.1f us, two streams %.1f us (the call as timed: %.1f us)\n",
+                  one_stream_t * 1e6, two_streams_t * 1e6, step_t[2] * 1e6);
       // The lookup on CUDA cores, for comparison with the tensor-core one above.
       p.stop_after = 1;
       p.kernel = mpa::cuda::DecodeKernel::kCudaCore;

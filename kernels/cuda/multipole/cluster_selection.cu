@@ -120,10 +120,12 @@ __device__ __forceinline__ void Mark(const StepArgs& a, int i, long long value) 
     a.trace[i] = value;
   }
 }
+// With a trace, every thread of the block reaches the mark before the clock is read, so a phase's
+// time is that of its slowest thread (every call site is reached by the whole block).
 __device__ __forceinline__ void MarkTime(const StepArgs& a, int i) {
-  if (a.trace != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
-    a.trace[i] = clock64();
-  }
+  if (a.trace == nullptr) return;
+  __syncthreads();
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) a.trace[i] = clock64();
 }
 
 // The approximation partial of a (sequence, KV head) that has none: exact-only, or no clusters.
@@ -623,86 +625,77 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     WriteNoApproximation<G>(a, b, kvh);
     return;
   }
+  // Each selected-cluster sum has one owner: a team of `team` threads (a power of two, inside one
+  // warp) per unit of 8 dimensions x kGc query heads, its threads taking every team-th selected
+  // cluster and summing by shuffles. No shared-memory float atomics: on this hardware they are
+  // compare-and-swap loops, and 32 warps adding onto the same addresses cost 10-13 us whatever the
+  // number of selected clusters (bench/NOTES.md). The sums are also the same from call to call.
   const int hd = a.head_dim;
-  const int vecs = hd >> 3;
-  const int lanes = vecs <= 1    ? 1
-                    : vecs <= 2  ? 2
-                    : vecs <= 4  ? 4
-                    : vecs <= 8  ? 8
-                    : vecs <= 16 ? 16
-                                 : 32;
-  const int slot = tid / lanes, vlane = tid % lanes, slots_per_block = kThreads / lanes;
-  for (int i = tid; i < G * hd; i += kThreads) corr_o[i] = 0.0f;
-  if (tid < G) corr_l[tid] = 0.0f;
-  __syncthreads();
+  const int vecs = hd >> 3;  // 8-dimension pieces of a value row (head_dim is a multiple of 8)
+  constexpr int kGc = G < 2 ? G : 2;
+  const int units = vecs * (G / kGc);
+  int team = 32;
+  while (team > 1 && units * team > kThreads) team >>= 1;
+  const int unit = tid / team, tl = tid % team;
+  const bool owner = unit < units;
+  const int g0 = owner ? (unit / vecs) * kGc : 0, v = owner ? unit % vecs : 0;
   MarkTime(a, 10);
   const bf16* value_centroids = a.value_centroids[hb];
-  // Per pass, kGc query heads; per trip, kTrip selected clusters per slot, every load issued
-  // before any is used (the value rows, the clusters' logits: the same address for a slot's
-  // lanes, one transaction).
-  constexpr int kGc = G < 2 ? G : 2;
-  constexpr int kTrip = 4;
+  float acc[kGc][8], acc_l[kGc];
 #pragma unroll
-  for (int g0 = 0; g0 < G; g0 += kGc) {
-    float acc[kGc][8], acc_l[kGc];
+  for (int g = 0; g < kGc; ++g) {
+    acc_l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  }
+  // Per trip, kTrip selected clusters per thread, every load issued before any is used.
+  constexpr int kTrip = 4;
+  for (int i0 = owner ? tl : num_selected; i0 < num_selected; i0 += kTrip * team) {
+    int sc[kTrip];
+    uint4 raw[kTrip];
+    float lg[kTrip][kGc];
+#pragma unroll
+    for (int r = 0; r < kTrip; ++r) {
+      const int i = i0 + r * team;
+      sc[r] = i < num_selected ? sel_cluster[i] : -1;
+      raw[r] = sc[r] >= 0 ? __ldg(reinterpret_cast<const uint4*>(
+                                value_centroids + static_cast<int64_t>(sc[r]) * hd + v * 8))
+                          : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int g = 0; g < kGc; ++g) {
+        lg[r][g] = sc[r] >= 0 ? __ldcg(logits + (g0 + g) * a.max_clusters + sc[r]) : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kTrip; ++r) {
+      if (sc[r] < 0) continue;
+      float x[8];
+      detail::Bf16x8ToFloat(raw[r], x);
+      const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
+#pragma unroll
+      for (int g = 0; g < kGc; ++g) {
+        const float w = n * exp2f(lg[r][g] - group_m[g0 + g]);
+        acc_l[g] += w;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, x[e], acc[g][e]);
+      }
+    }
+  }
+  // The team's sums (teams are aligned inside a warp; threads without a unit hold zeros).
+  for (int off = team >> 1; off >= 1; off >>= 1) {
 #pragma unroll
     for (int g = 0; g < kGc; ++g) {
-      acc_l[g] = 0.0f;
+      acc_l[g] += __shfl_xor_sync(0xffffffffu, acc_l[g], off);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+      for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
     }
-    for (int i0 = slot; i0 < num_selected; i0 += kTrip * slots_per_block) {
-      int sc[kTrip];
-      uint4 raw[kTrip];
-      float lg[kTrip][kGc];
+  }
+  if (owner && tl == 0) {
 #pragma unroll
-      for (int r = 0; r < kTrip; ++r) {
-        const int i = i0 + r * slots_per_block;
-        sc[r] = i < num_selected ? sel_cluster[i] : -1;
-        raw[r] = vlane < vecs && sc[r] >= 0
-                     ? __ldg(reinterpret_cast<const uint4*>(
-                           value_centroids + static_cast<int64_t>(sc[r]) * hd + vlane * 8))
-                     : make_uint4(0, 0, 0, 0);
+    for (int g = 0; g < kGc; ++g) {
 #pragma unroll
-        for (int g = 0; g < kGc; ++g) {
-          lg[r][g] = sc[r] >= 0 ? __ldcg(logits + (g0 + g) * a.max_clusters + sc[r]) : -INFINITY;
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < kTrip; ++r) {
-        if (sc[r] < 0) continue;
-        float v[8];
-        detail::Bf16x8ToFloat(raw[r], v);
-        const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
-#pragma unroll
-        for (int g = 0; g < kGc; ++g) {
-          const float w = n * exp2f(lg[r][g] - group_m[g0 + g]);
-          acc_l[g] += w;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, v[e], acc[g][e]);
-        }
-      }
-    }
-    // Lanes that hold the same dimensions within a warp, then one atomic per warp and value.
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1) {
-      if (off < lanes) break;
-#pragma unroll
-      for (int g = 0; g < kGc; ++g) {
-        acc_l[g] += __shfl_xor_sync(0xffffffffu, acc_l[g], off);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
-      }
-    }
-    if ((tid & 31) < lanes) {
-#pragma unroll
-      for (int g = 0; g < kGc; ++g) {
-        if (vlane < vecs) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) atomicAdd(&corr_o[(g0 + g) * hd + vlane * 8 + e], acc[g][e]);
-        }
-        if (vlane == 0) atomicAdd(&corr_l[g0 + g], acc_l[g]);
-      }
+      for (int e = 0; e < 8; ++e) corr_o[(g0 + g) * hd + v * 8 + e] = acc[g][e];
+      if (v == 0) corr_l[g0 + g] = acc_l[g];
     }
   }
   __syncthreads();
