@@ -87,26 +87,33 @@ absl::Status CudaModelEngine::Decode(absl::Span<EngineSequence* const> seqs,
 
 absl::Status CudaModelEngine::PrefillAndSample(EngineSequence& seq,
                                                absl::Span<const int32_t> tokens,
-                                               const SamplingParams& params, int32_t* id) {
+                                               const SamplingParams& params, int32_t* id,
+                                               float* logprob) {
   MPA_RETURN_IF_ERROR(
       model_->Prefill(static_cast<CudaEngineSequence&>(seq).sequence(), tokens, nullptr));
-  MPA_ASSIGN_OR_RETURN(std::vector<int32_t> ids, model_->Sample({params}));
+  std::vector<float> logprobs;
+  MPA_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                       model_->Sample({params}, logprob != nullptr ? &logprobs : nullptr));
   *id = ids.at(0);
+  if (logprob != nullptr) *logprob = logprobs.at(0);
   return absl::OkStatus();
 }
 
 absl::Status CudaModelEngine::DecodeAndSample(absl::Span<EngineSequence* const> seqs,
                                               absl::Span<const int32_t> tokens,
                                               absl::Span<const SamplingParams> params, int32_t* ids,
-                                              float* logits) {
+                                              float* logits, float* logprobs) {
   std::vector<CudaSequence*> sequences;
   sequences.reserve(seqs.size());
   for (EngineSequence* s : seqs) {
     sequences.push_back(&static_cast<CudaEngineSequence*>(s)->sequence());
   }
+  std::vector<float> lp;
   MPA_ASSIGN_OR_RETURN(std::vector<int32_t> out,
-                       model_->DecodeAndSample(sequences, tokens, params, logits));
+                       model_->DecodeAndSample(sequences, tokens, params, logits,
+                                               logprobs != nullptr ? &lp : nullptr));
   std::copy(out.begin(), out.end(), ids);
+  if (logprobs != nullptr) std::copy(lp.begin(), lp.end(), logprobs);
   return absl::OkStatus();
 }
 

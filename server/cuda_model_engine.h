@@ -1,8 +1,8 @@
 // The GPU engine: an mpa::CudaModel (BF16 weights, paged BF16 KV cache on one NVIDIA GPU) with
-// the model folder's tokenizer. Generations that ask for no logprobs draw their tokens on the
-// device (seeded by the session's seed and its length, not the host sampler's stream); the others
-// get their logits copied to the host and the scheduler's sampler. Attention: dense, multipole
-// and exact-only (CheckAttention names what the GPU does not run: quest, two levels, pre-RoPE
+// the model folder's tokenizer. Every generation draws its tokens on the device (seeded by the
+// session's seed and its length, not the host sampler's stream), with its logprobs computed there
+// when asked: no step copies batch x vocab logits to the host. Attention: dense, multipole,
+// exact-only and quest (CheckAttention names what the GPU does not run: two levels, pre-RoPE
 // centroids), refused at admission and, for the server's default, at start-up.
 // Built only with MPA_WITH_CUDA.
 #pragma once
@@ -33,19 +33,16 @@ class CudaModelEngine : public TokenizedEngine {
   int64_t free_kv_blocks() const override {
     return model_->free_kv_tokens() / info_.kv_block_tokens;
   }
-  bool SupportsAttention(AttentionMode mode) const override {
-    return mode != AttentionMode::kQuest;
-  }
   absl::Status CheckAttention(const AttentionOptions& options) const override {
     return model_->SupportsAttention(options);
   }
   bool SamplesOnDevice() const override { return true; }
   absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
-                                const SamplingParams& params, int32_t* id) override;
+                                const SamplingParams& params, int32_t* id, float* logprob) override;
   absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,
                                absl::Span<const int32_t> tokens,
-                               absl::Span<const SamplingParams> params, int32_t* ids,
-                               float* logits) override;
+                               absl::Span<const SamplingParams> params, int32_t* ids, float* logits,
+                               float* logprobs) override;
 
  private:
   CudaModelEngine(std::unique_ptr<CudaModel> model, EngineText text)

@@ -492,13 +492,16 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
       std::min<size_t>(options_.prefill_chunk_tokens, gen.input.size() - gen.prefilled);
   const absl::Time start = absl::Now();
   const bool last = gen.prefilled + n == gen.input.size() && gen.max_new_tokens > 0;
-  // The last chunk of a generation that wants no logprobs samples on the device where it can.
+  // The last chunk samples on the device where the engine can (with the logprob, if asked).
   const bool on_device = last && SamplesOnDevice(gen);
   int32_t device_token = 0;
+  float device_logprob = 0.0f;
   const auto chunk = absl::MakeConstSpan(gen.input).subspan(gen.prefilled, n);
-  absl::Status status = on_device ? engine_->PrefillAndSample(*gen.session->sequence, chunk,
-                                                              gen.params.sampling, &device_token)
-                                  : engine_->Prefill(*gen.session->sequence, chunk, logits_.data());
+  absl::Status status =
+      on_device ? engine_->PrefillAndSample(*gen.session->sequence, chunk, gen.params.sampling,
+                                            &device_token,
+                                            gen.params.return_logprobs ? &device_logprob : nullptr)
+                : engine_->Prefill(*gen.session->sequence, chunk, logits_.data());
   if (!status.ok()) return FailGeneration(gen, status);
   if (observer_ != nullptr) {
     observer_->OnPrefillChunk(static_cast<int64_t>(n), Seconds(absl::Now() - start));
@@ -507,7 +510,7 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
   snap_prefill_ += static_cast<int64_t>(n);
   if (gen.prefilled < gen.input.size()) return;
   if (gen.max_new_tokens == 0) return FinishGeneration(gen, FinishReason::kLength);
-  float logprob = 0.0f;
+  float logprob = device_logprob;
   const int32_t token = on_device
                             ? device_token
                             : gen.sampler.Sample(logits_.data(), engine_->info().vocab_size,
@@ -517,7 +520,7 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
 }
 
 bool DecodeScheduler::SamplesOnDevice(const Generation& gen) const {
-  return engine_->SamplesOnDevice() && !gen.params.return_logprobs;
+  return engine_->SamplesOnDevice();
 }
 
 void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
@@ -528,23 +531,26 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
     tokens.push_back(gen->next_token);
   }
   snap_batch_ = static_cast<int64_t>(batch.size());
-  // Each generation samples the same way throughout: on the device where the engine can and it
-  // asks for no logprobs (those need its logits on the host, and the host sampler).
+  // Each generation samples the same way throughout: on the device where the engine can (its
+  // logprobs computed there too), else on the host from the step's logits.
   std::vector<uint8_t> on_device(batch.size());
-  bool any_device = false, any_host = false;
+  bool any_device = false, any_host = false, any_logprobs = false;
   std::vector<SamplingParams> params;
   for (size_t i = 0; i < batch.size(); ++i) {
     on_device[i] = SamplesOnDevice(*batch[i]);
     any_device = any_device || on_device[i];
     any_host = any_host || !on_device[i];
+    any_logprobs = any_logprobs || batch[i]->params.return_logprobs;
     params.push_back(batch[i]->params.sampling);
   }
   std::vector<int32_t> device_ids(batch.size());
+  std::vector<float> device_logprobs(batch.size());
   const absl::Time start = absl::Now();
-  absl::Status status = any_device
-                            ? engine_->DecodeAndSample(seqs, tokens, params, device_ids.data(),
-                                                       any_host ? logits_.data() : nullptr)
-                            : engine_->Decode(seqs, tokens, logits_.data());
+  absl::Status status =
+      any_device ? engine_->DecodeAndSample(seqs, tokens, params, device_ids.data(),
+                                            any_host ? logits_.data() : nullptr,
+                                            any_logprobs ? device_logprobs.data() : nullptr)
+                 : engine_->Decode(seqs, tokens, logits_.data());
   if (!status.ok()) {
     // The sequences' caches may be half-written: their sessions cannot continue.
     for (Generation* gen : batch) {
@@ -562,7 +568,7 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
   const int vocab = engine_->info().vocab_size;
   for (size_t i = 0; i < batch.size(); ++i) {
     Generation& gen = *batch[i];
-    float logprob = 0.0f;
+    float logprob = on_device[i] ? device_logprobs[i] : 0.0f;
     const int32_t token = on_device[i]
                               ? device_ids[i]
                               : gen.sampler.Sample(logits_.data() + i * vocab, vocab,

@@ -123,7 +123,7 @@ class DecodeScheduler {
   int64_t ReservedGrowthBlocks() const;
   // InvalidArgument naming the mode and the device when the engine cannot attend in `mode`.
   absl::Status CheckAttentionSupported(AttentionMode mode) const;
-  // Whether `gen` draws its tokens on the engine's device (no logprobs asked).
+  // Whether `gen` draws its tokens (and its logprobs) on the engine's device.
   bool SamplesOnDevice(const Generation& gen) const;
   void PublishSnapshot();
 

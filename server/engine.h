@@ -77,21 +77,22 @@ class Engine {
                               absl::Span<const int32_t> tokens, float* logits) = 0;
   virtual int64_t free_kv_blocks() const = 0;
   // Engines that draw the next ids where the logits are (the GPU): Prefill / Decode followed by
-  // sampling with each row's params, returning ids instead of copying batch x vocab logits to
-  // the host. The scheduler samples there for generations that ask for no logprobs; when a
-  // batch also holds such a generation, DecodeAndSample copies the logits too (logits non-null).
+  // sampling with each row's params, returning ids (and, where `logprobs` is not null, each id's
+  // log-probability under the raw logits, as Sampler reports it) instead of copying batch x vocab
+  // logits to the host. The scheduler samples every generation there on such an engine.
+  // DecodeAndSample copies the logits too where `logits` is not null.
   virtual bool SamplesOnDevice() const { return false; }
   virtual absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
-                                        const SamplingParams& params, int32_t* id) {
+                                        const SamplingParams& params, int32_t* id, float* logprob) {
     return absl::UnimplementedError("this engine samples on the host");
   }
   virtual absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,
                                        absl::Span<const int32_t> tokens,
                                        absl::Span<const SamplingParams> params, int32_t* ids,
-                                       float* logits) {
+                                       float* logits, float* logprobs) {
     return absl::UnimplementedError("this engine samples on the host");
   }
-  // Whether sequences of this engine can attend in `mode` (the GPU engine: not quest). The
+  // Whether sequences of this engine can attend in `mode` (CheckAttention's default). The
   // scheduler refuses other modes at admission, so NewSequence and set_attention only ever see
   // supported ones.
   virtual bool SupportsAttention(AttentionMode mode) const { return true; }

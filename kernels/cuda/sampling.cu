@@ -519,6 +519,36 @@ __global__ void __launch_bounds__(kFinalThreads)
   }
 }
 
+// One block per row: logprobs[r] = logits[r, ids[r]] - max - log(sum_i exp(logits[r, i] - max)),
+// each thread summing its share in fp32 and the block in double (as LogProbOf sums in double).
+__global__ void __launch_bounds__(kThreads)
+    LogProbKernel(const float* logits, int vocab, const int32_t* ids, float* logprobs) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  __shared__ double sd[32];
+  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  const ArgMax top = BlockArgmax(row, vocab, sv, si);
+  const float max = top.value;
+  float local = 0.0f;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) local += __expf(row[i] - max);
+  double sum = local;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) sd[warp] = sum;
+  __syncthreads();
+  if (warp == 0) {
+    sum = lane < (blockDim.x >> 5) ? sd[lane] : 0.0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) {
+      const int id = ids[blockIdx.x];
+      logprobs[blockIdx.x] =
+          id >= 0 && id < vocab ? static_cast<float>(row[id] - max - log(sum)) : -INFINITY;
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t ArgmaxRows(const float* logits, int rows, int vocab, int32_t* ids,
@@ -526,6 +556,16 @@ cudaError_t ArgmaxRows(const float* logits, int rows, int vocab, int32_t* ids,
   if (logits == nullptr || ids == nullptr || rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   ArgmaxKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, ids);
+  return cudaGetLastError();
+}
+
+cudaError_t LogProbRows(const float* logits, int rows, int vocab, const int32_t* ids,
+                        float* logprobs, cudaStream_t stream) {
+  if (logits == nullptr || ids == nullptr || logprobs == nullptr || rows < 0 || vocab <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (rows == 0) return cudaSuccess;
+  LogProbKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, ids, logprobs);
   return cudaGetLastError();
 }
 

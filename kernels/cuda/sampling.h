@@ -9,6 +9,12 @@ namespace mpa::cuda {
 cudaError_t ArgmaxRows(const float* logits /*[rows, vocab]*/, int rows, int vocab,
                        int32_t* ids /*[rows]*/, cudaStream_t stream);
 
+// logprobs[r] = log softmax(logits[r, :])[ids[r]] (the raw logits, as the CPU's LogProbOf; an id
+// outside [0, vocab) gives -inf). One block per row.
+cudaError_t LogProbRows(const float* logits /*[rows, vocab]*/, int rows, int vocab,
+                        const int32_t* ids /*[rows] device*/, float* logprobs /*[rows] device*/,
+                        cudaStream_t stream);
+
 // Per-row sampling settings, on the device.
 struct SamplingRow {
   float temperature = 0.0f;  // <= 0: greedy

@@ -109,6 +109,7 @@ struct CudaModel::Impl {
   int32_t* seq_lens = nullptr;     // [max_batch]
   int32_t* q_starts = nullptr;     // [2]
   int32_t* greedy = nullptr;       // [max_batch]
+  float* logprobs = nullptr;       // [max_batch]: the sampled ids' log-probabilities
   cuda::SamplingRow* sampling = nullptr;  // [max_batch]
   void* sampling_workspace = nullptr;     // SampleRowsWorkspaceBytes(max_batch)
   void* workspace = nullptr;
@@ -274,6 +275,7 @@ absl::Status CudaModel::Init() {
   d.h_ints.assign(ints, 0);
   MPA_ASSIGN_OR_RETURN(d.slots, d.arena.Alloc<int64_t>(rows));
   MPA_ASSIGN_OR_RETURN(d.greedy, d.arena.Alloc<int32_t>(options_.max_batch));
+  MPA_ASSIGN_OR_RETURN(d.logprobs, d.arena.Alloc<float>(options_.max_batch));
   MPA_ASSIGN_OR_RETURN(d.sampling, d.arena.Alloc<cuda::SamplingRow>(options_.max_batch));
   MPA_ASSIGN_OR_RETURN(char* sampling_ws, d.arena.Alloc<char>(static_cast<int64_t>(
                                               cuda::SampleRowsWorkspaceBytes(options_.max_batch))));
@@ -790,7 +792,8 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::GreedyIds() {
   return ids;
 }
 
-absl::Status CudaModel::EnqueueSample(absl::Span<const SamplingParams> params, int32_t* ids) {
+absl::Status CudaModel::EnqueueSample(absl::Span<const SamplingParams> params, int32_t* ids,
+                                      float* logprobs) {
   Impl& d = *impl_;
   if (params.size() != static_cast<size_t>(last_logit_rows_) ||
       last_lengths_.size() != params.size()) {
@@ -826,19 +829,27 @@ absl::Status CudaModel::EnqueueSample(absl::Span<const SamplingParams> params, i
   }
   MPA_CUDA(
       cudaMemcpyAsync(ids, d.greedy, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, d.stream));
+  if (logprobs != nullptr) {
+    MPA_CUDA(cuda::LogProbRows(d.logits, rows, config_.vocab_size, d.greedy, d.logprobs, d.stream));
+    MPA_CUDA(cudaMemcpyAsync(logprobs, d.logprobs, rows * sizeof(float), cudaMemcpyDeviceToHost,
+                             d.stream));
+  }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int32_t>> CudaModel::Sample(absl::Span<const SamplingParams> params) {
+absl::StatusOr<std::vector<int32_t>> CudaModel::Sample(absl::Span<const SamplingParams> params,
+                                                       std::vector<float>* logprobs) {
   std::vector<int32_t> ids(params.size());
-  MPA_RETURN_IF_ERROR(EnqueueSample(params, ids.data()));
+  if (logprobs != nullptr) logprobs->assign(params.size(), 0.0f);
+  MPA_RETURN_IF_ERROR(
+      EnqueueSample(params, ids.data(), logprobs != nullptr ? logprobs->data() : nullptr));
   MPA_CUDA(cudaStreamSynchronize(impl_->stream));
   return ids;
 }
 
 absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
     absl::Span<CudaSequence* const> seqs, absl::Span<const int32_t> tokens,
-    absl::Span<const SamplingParams> params, float* logits) {
+    absl::Span<const SamplingParams> params, float* logits, std::vector<float>* logprobs) {
   if (params.size() != seqs.size()) {
     return absl::InvalidArgumentError(absl::StrCat("decode got ", seqs.size(), " sequences but ",
                                                    params.size(), " sampling parameter sets"));
@@ -850,9 +861,11 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
     }
   }
   std::vector<int32_t> ids(params.size());
+  if (logprobs != nullptr) logprobs->assign(params.size(), 0.0f);
   if (ids.empty()) return ids;
   MPA_RETURN_IF_ERROR(EnqueueDecode(seqs, tokens));
-  MPA_RETURN_IF_ERROR(EnqueueSample(params, ids.data()));
+  MPA_RETURN_IF_ERROR(
+      EnqueueSample(params, ids.data(), logprobs != nullptr ? logprobs->data() : nullptr));
   if (logits != nullptr) {
     MPA_CUDA(cudaMemcpyAsync(logits, impl_->logits,
                              static_cast<int64_t>(seqs.size()) * config_.vocab_size * 4,

@@ -133,14 +133,18 @@ class CudaModel {
   // the smallest top-p nucleus. The draw is a function of (params.seed, the row's sequence length
   // after the step), so a session that keeps its seed replays its choices exactly.
   // InvalidArgument for invalid params or a count other than the rows of the last step.
-  absl::StatusOr<std::vector<int32_t>> Sample(absl::Span<const SamplingParams> params);
+  // With `logprobs`, also each chosen id's log-probability under the raw logits (log softmax, as
+  // the CPU Sampler reports it), computed on the device.
+  absl::StatusOr<std::vector<int32_t>> Sample(absl::Span<const SamplingParams> params,
+                                              std::vector<float>* logprobs = nullptr);
 
   // Decode followed by Sample: one host round trip per step. The logits stay on the device
-  // unless `logits` ([batch, vocab] host) asks for a copy.
+  // unless `logits` ([batch, vocab] host) asks for a copy; `logprobs` as for Sample.
   absl::StatusOr<std::vector<int32_t>> DecodeAndSample(absl::Span<CudaSequence* const> seqs,
                                                        absl::Span<const int32_t> tokens,
                                                        absl::Span<const SamplingParams> params,
-                                                       float* logits = nullptr);
+                                                       float* logits = nullptr,
+                                                       std::vector<float>* logprobs = nullptr);
 
   // Turns graph replay of decode steps on or off (benchmarks and tests compare the two).
   void set_decode_graphs(bool enabled) { options_.decode_graphs = enabled; }
@@ -191,8 +195,10 @@ class CudaModel {
   // (no host synchronisation).
   absl::Status EnqueueDecode(absl::Span<CudaSequence* const> seqs,
                              absl::Span<const int32_t> tokens);
-  // Enqueues the sampling of the last step's logit rows and copies the ids to `ids`.
-  absl::Status EnqueueSample(absl::Span<const SamplingParams> params, int32_t* ids);
+  // Enqueues the sampling of the last step's logit rows and copies the ids to `ids` (and, if
+  // `logprobs` is not null, their log-probabilities to it).
+  absl::Status EnqueueSample(absl::Span<const SamplingParams> params, int32_t* ids,
+                             float* logprobs);
 
   ModelConfig config_;
   CudaModelOptions options_;

@@ -2,6 +2,7 @@
 // cancellation, TTL and drain. Numerics of the real model are tested in the end-to-end test.
 #include "server/decode_scheduler.h"
 
+#include <chrono>
 #include <future>
 #include <memory>
 #include <random>
@@ -105,6 +106,52 @@ TEST_F(SchedulerTest, OneShotGreedyMatchesReference) {
   EXPECT_EQ(sink->starts(), 1);
   EXPECT_EQ(sink->ends(), 1);
   EXPECT_THAT(sink->session_id(), HasSubstr("gen-"));
+}
+
+// On an engine that samples on its device, every generation draws there, logprobs included: no
+// step copies logits to the host, and each streamed logprob is log softmax of the logits the
+// engine had at that step (greedy and seeded sampling, alone and batched together).
+TEST_F(SchedulerTest, DeviceSamplingEngineStreamsLogprobsWithoutLogits) {
+  engine_ = std::make_unique<FakeEngine>();
+  engine_->set_samples_on_device(true);
+  engine_->set_step_delay(std::chrono::milliseconds(2));  // so the two streams share steps
+  scheduler_ = std::make_unique<DecodeScheduler>(engine_.get(), SchedulerOptions{});
+  scheduler_->Start();
+  const std::vector<int32_t> prompt_a = RandomIds(rng_, 23), prompt_b = RandomIds(rng_, 31);
+  GenerateParams a = Params(prompt_a, 16), b = Params(prompt_b, 16);
+  a.return_logprobs = true;
+  b.return_logprobs = true;
+  b.sampling.temperature = 1.5f;
+  b.sampling.seed = 77;
+  auto sink_a = Start(a);
+  auto sink_b = Start(b);
+  ASSERT_TRUE(sink_a->Wait());
+  ASSERT_TRUE(sink_b->Wait());
+  ASSERT_TRUE(sink_a->status().ok()) << sink_a->status();
+  ASSERT_TRUE(sink_b->status().ok()) << sink_b->status();
+  EXPECT_EQ(sink_a->ids(), FakeEngine::Greedy(prompt_a, 16));
+  for (const auto& [prompt, sink] : {std::pair{prompt_a, sink_a}, std::pair{prompt_b, sink_b}}) {
+    const std::vector<int32_t> ids = sink->ids();
+    const std::vector<float> logprobs = sink->logprobs();
+    ASSERT_EQ(ids.size(), 16u);
+    ASSERT_EQ(logprobs.size(), 16u);
+    std::vector<int32_t> context = prompt;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::vector<float> logits = FakeEngine::LogitsAfter(context);
+      EXPECT_FLOAT_EQ(logprobs[i], LogProbOf(logits.data(), FakeEngine::kVocab, ids[i]))
+          << "token " << i;
+      EXPECT_LT(logprobs[i], 0.0f);
+      context.push_back(ids[i]);
+    }
+  }
+  // The seeded stream is not greedy (the draw follows the seed, not the argmax, somewhere).
+  EXPECT_NE(sink_b->ids(), FakeEngine::Greedy(prompt_b, 16));
+  bool batched = false;
+  for (const std::string& entry : engine_->log()) {
+    EXPECT_NE(entry, "decode+sample with logits");
+    batched = batched || entry == "decode 2";
+  }
+  EXPECT_TRUE(batched) << "the two streams never shared a decode step";
 }
 
 TEST_F(SchedulerTest, SecondTurnEqualsOneShotOverTheConversation) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "model/runtime/sampler.h"
 #include "server/engine.h"
 
 namespace mpa::server::testing {
@@ -22,7 +23,9 @@ inline uint64_t FakeHashSeed() { return 1469598103934665603ull; }
 class FakeSequence : public EngineSequence {
  public:
   explicit FakeSequence(std::atomic<int64_t>* used_blocks) : used_blocks_(used_blocks) {}
-  ~FakeSequence() override { *used_blocks_ -= held_blocks; }
+  ~FakeSequence() override {
+    if (used_blocks_ != nullptr) *used_blocks_ -= held_blocks;
+  }
   int num_tokens() const override { return static_cast<int>(tokens.size()); }
   AttentionStats stats() const override { return stats_; }
   void set_attention(const AttentionOptions& options) override { attention = options; }
@@ -133,6 +136,50 @@ class FakeEngine : public Engine {
     max_batch_ = std::max<int64_t>(max_batch_, seqs.size());
     return absl::OkStatus();
   }
+  // With set_samples_on_device(true) the engine plays the GPU engine's sampling: the scheduler
+  // gets ids and logprobs from PrefillAndSample / DecodeAndSample (the host Sampler's rule over
+  // the same fake logits, seeded by the params' seed and the sequence's length), never logits.
+  bool SamplesOnDevice() const override { return samples_on_device_; }
+  void set_samples_on_device(bool on) { samples_on_device_ = on; }
+  absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
+                                const SamplingParams& params, int32_t* id,
+                                float* logprob) override {
+    if (!samples_on_device_) return Engine::PrefillAndSample(seq, tokens, params, id, logprob);
+    std::vector<float> logits(kVocab);
+    if (absl::Status st = Prefill(seq, tokens, logits.data()); !st.ok()) return st;
+    *id = DeviceDraw(static_cast<FakeSequence&>(seq), params, logits.data(), logprob);
+    Note("prefill+sample");
+    return absl::OkStatus();
+  }
+  absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,
+                               absl::Span<const int32_t> tokens,
+                               absl::Span<const SamplingParams> params, int32_t* ids, float* logits,
+                               float* logprobs) override {
+    if (!samples_on_device_) {
+      return Engine::DecodeAndSample(seqs, tokens, params, ids, logits, logprobs);
+    }
+    std::vector<float> all(seqs.size() * kVocab);
+    if (absl::Status st = Decode(seqs, tokens, all.data()); !st.ok()) return st;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      ids[i] = DeviceDraw(static_cast<FakeSequence&>(*seqs[i]), params[i], &all[i * kVocab],
+                          logprobs != nullptr ? &logprobs[i] : nullptr);
+    }
+    if (logits != nullptr) std::copy(all.begin(), all.end(), logits);
+    Note(logits != nullptr ? "decode+sample with logits" : "decode+sample");
+    return absl::OkStatus();
+  }
+  // The log of the fake logits the engine gives after `context` (what a logprob is taken over).
+  static std::vector<float> LogitsAfter(const std::vector<int32_t>& context) {
+    FakeSequence s(nullptr);
+    for (int32_t t : context) {
+      s.tokens.push_back(t);
+      s.hash = Extend(s.hash, t);
+    }
+    std::vector<float> logits(kVocab);
+    Fill(s, logits.data());
+    return logits;
+  }
+
   int64_t free_kv_blocks() const override {
     return KvBlocksFor(info_.kv_capacity_tokens) - used_blocks_.load();
   }
@@ -181,6 +228,16 @@ class FakeEngine : public Engine {
     s.held_blocks += more;
     return absl::OkStatus();
   }
+  void Note(std::string entry) {
+    std::lock_guard<std::mutex> lock(mu_);
+    log_.push_back(std::move(entry));
+  }
+  static int32_t DeviceDraw(const FakeSequence& s, const SamplingParams& params,
+                            const float* logits, float* logprob) {
+    SamplingParams p = params;
+    p.seed ^= static_cast<uint64_t>(s.num_tokens()) * 0xd1b54a32d192ed03ull;
+    return Sampler(p).Sample(logits, kVocab, logprob);
+  }
   // Greedy picks NextToken(context); the rest get distinct smaller logits so sampling works.
   static void Fill(const FakeSequence& s, float* logits) {
     const int32_t next = TokenOf(s.hash);
@@ -195,7 +252,8 @@ class FakeEngine : public Engine {
   std::atomic<int64_t> delay_us_{0};
   std::atomic<int64_t> sequences_created_{0};
   bool dense_only_ = false;
-  int sparse_block_factor_ = 1;  // set before the scheduler starts
+  bool samples_on_device_ = false;  // set before the scheduler starts
+  int sparse_block_factor_ = 1;     // set before the scheduler starts
   std::mutex mu_;
   std::vector<std::string> log_;
   int64_t max_batch_ = 0;

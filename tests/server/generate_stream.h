@@ -16,6 +16,7 @@ namespace mpa::server::testing {
 
 struct StreamResult {
   std::vector<int32_t> ids;                               // every streamed token id, in order
+  std::vector<float> logprobs;                            // and its logprob (0 unless asked)
   std::optional<::multipole::v1::GenerateResult> result;  // the final message's result
   grpc::Status status;
   int messages = 0;  // stream messages received (a message may carry several tokens)
@@ -47,7 +48,10 @@ inline StreamResult Generate(::multipole::v1::DecodeService::Stub& stub,
   while (reader->Read(&message)) {
     ++out.messages;
     const bool first = out.ids.empty() && message.tokens_size() > 0;
-    for (const auto& t : message.tokens()) out.ids.push_back(t.id());
+    for (const auto& t : message.tokens()) {
+      out.ids.push_back(t.id());
+      out.logprobs.push_back(t.logprob());
+    }
     if (first_token != nullptr && first) ++*first_token;
     if (message.has_result()) out.result = message.result();
   }

@@ -24,6 +24,7 @@ class RecordingSink : public GenerationSink {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& t : tokens) {
       ids_.push_back(t.id);
+      logprobs_.push_back(t.logprob);
       text_ += t.text;
     }
     cv_.notify_all();
@@ -58,6 +59,10 @@ class RecordingSink : public GenerationSink {
     std::lock_guard<std::mutex> lock(mu_);
     return ids_;
   }
+  std::vector<float> logprobs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return logprobs_;
+  }
   std::string text() {
     std::lock_guard<std::mutex> lock(mu_);
     return text_;
@@ -88,6 +93,7 @@ class RecordingSink : public GenerationSink {
   std::condition_variable cv_;
   std::string session_id_;
   std::vector<int32_t> ids_;
+  std::vector<float> logprobs_;
   std::string text_;
   std::optional<GenerationResult> result_;
   absl::Status status_;

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -183,6 +184,35 @@ TEST_F(ServerGpuE2eTest, EightConcurrentStreamsEqualRunningAlone) {
     const int n = requests[i].sampling().max_new_tokens();
     EXPECT_EQ(alone[i].ids.size(), static_cast<size_t>(n)) << "stream " << i;
     EXPECT_EQ(together[i].ids, alone[i].ids) << "stream " << i;
+  }
+}
+
+// Logprobs come from the device: asking for them changes no token (greedy or seeded), and each
+// is a log-probability. Against the CPU's values: cuda_model_gpu_test.DeviceGreedyEqualsCpuSampler.
+TEST_F(ServerGpuE2eTest, LogprobsChangeNoTokenAndAreLogProbabilities) {
+  START_SERVER_OR_SKIP();
+  for (float temperature : {0.0f, 0.9f}) {
+    v1::GenerateRequest plain = IdsRequest({1}, 48);
+    plain.mutable_sampling()->set_temperature(temperature);
+    plain.mutable_sampling()->set_seed(12345);
+    v1::GenerateRequest with = plain;
+    with.set_return_logprobs(true);
+    StreamResult a = Generate(*stub_, plain), b = Generate(*stub_, with);
+    ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+    ASSERT_TRUE(b.status.ok()) << b.status.error_message();
+    EXPECT_EQ(a.ids, b.ids) << "temperature " << temperature;
+    ASSERT_EQ(b.logprobs.size(), 48u);
+    for (float lp : b.logprobs) {
+      EXPECT_LE(lp, 0.0f);
+      EXPECT_GT(lp, -40.0f);
+      // The argmax of a 512-id vocabulary has probability >= 1/512.
+      if (temperature == 0.0f) EXPECT_GE(lp, -std::log(512.0f) - 1e-4f);
+    }
+    if (temperature == 0.0f) {
+      const std::vector<int32_t> reference = ParseIds(kReferenceIds);
+      ASSERT_GE(reference.size(), 48u);
+      EXPECT_EQ(b.ids, std::vector<int32_t>(reference.begin(), reference.begin() + 48));
+    }
   }
 }
 

@@ -331,16 +331,39 @@ TEST(CudaModelGpuTest, DeviceGreedyEqualsCpuSampler) {
   for (int step = 0; step < 6; ++step) {
     std::vector<CudaSequence*> a = {sampled[0].get(), sampled[1].get(), sampled[2].get()};
     std::vector<CudaSequence*> b = {plain[0].get(), plain[1].get(), plain[2].get()};
-    auto ids = m.DecodeAndSample(absl::MakeSpan(a), tokens, params);
+    std::vector<float> logprobs;
+    auto ids = m.DecodeAndSample(absl::MakeSpan(a), tokens, params, nullptr, &logprobs);
     ASSERT_TRUE(ids.ok()) << ids.status();
+    ASSERT_EQ(logprobs.size(), 3u);
     std::vector<float> logits(3 * vocab);
     ASSERT_TRUE(m.Decode(absl::MakeSpan(b), tokens, logits.data()).ok());
     for (int r = 0; r < 3; ++r) {
       Sampler cpu(SamplingParams{});
-      EXPECT_EQ((*ids)[r], cpu.Sample(&logits[r * vocab], vocab))
+      float cpu_logprob = 0.0f;
+      EXPECT_EQ((*ids)[r], cpu.Sample(&logits[r * vocab], vocab, &cpu_logprob))
           << "step " << step << " row " << r;
+      // The device's log softmax (fp32 exponentials, a double sum) against the CPU's (double).
+      EXPECT_NEAR(logprobs[r], cpu_logprob, 1e-4f) << "step " << step << " row " << r;
     }
     tokens = *ids;
+  }
+  // A seeded draw's logprob is that of the id drawn, under the raw logits of its row.
+  {
+    std::vector<CudaSequence*> b = {plain[0].get(), plain[1].get(), plain[2].get()};
+    std::vector<float> logits(3 * vocab);
+    ASSERT_TRUE(m.Decode(absl::MakeSpan(b), tokens, logits.data()).ok());
+    std::vector<SamplingParams> hot(3);
+    for (int r = 0; r < 3; ++r) {
+      hot[r].temperature = 1.3f;
+      hot[r].seed = 100 + r;
+    }
+    std::vector<float> logprobs;
+    auto ids = m.Sample(hot, &logprobs);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_NEAR(logprobs[r], LogProbOf(&logits[r * vocab], vocab, (*ids)[r]), 1e-4f)
+          << "row " << r << " id " << (*ids)[r];
+    }
   }
   // Errors: wrong count, invalid params.
   std::vector<CudaSequence*> one = {sampled[0].get()};
