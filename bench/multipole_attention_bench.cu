@@ -287,8 +287,19 @@ int main(int argc, char** argv) {
             iters, 7);
       }
       p.pipeline_parts = 0;
-      std::printf("  one stream %.1f us, two streams %.1f us (the call as timed: %.1f us)\n",
-                  one_stream_t * 1e6, two_streams_t * 1e6, step_t[2] * 1e6);
+      // And with the selection launched as an ordinary kernel (not a programmatic dependent).
+      p.programmatic_launch = false;
+      const double no_pdl_t = TimeIt(
+          [&](int i) {
+            bind(caches[i % copies]);
+            CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
+          },
+          iters, 7);
+      p.programmatic_launch = true;
+      std::printf(
+          "  one stream %.1f us, two streams %.1f us, selection not programmatic %.1f us (the "
+          "call as timed: %.1f us)\n",
+          one_stream_t * 1e6, two_streams_t * 1e6, no_pdl_t * 1e6, step_t[2] * 1e6);
       // The lookup on CUDA cores, for comparison with the tensor-core one above.
       p.stop_after = 1;
       p.kernel = mpa::cuda::DecodeKernel::kCudaCore;

@@ -235,6 +235,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.exact_splits = shape.exact_splits;
   a.trace = p.trace;
   a.cuda_core_lookup = p.kernel == DecodeKernel::kCudaCore;
+  a.programmatic_launch = p.programmatic_launch;
 
   DecodeAttentionParams d;
   d.q = p.q;

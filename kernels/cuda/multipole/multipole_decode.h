@@ -95,6 +95,10 @@ struct MultipoleDecodeParams {
   // stream, 2 halves (tests). The results are the same bits either way. The second stream is
   // forked from and joined back into `stream` with events, so the call stays capturable.
   int pipeline_parts = 0;
+  // The selection kernel is launched as a programmatic dependent of the lookup: it reads the
+  // cluster bounds and lists the sink and window rows while the lookup drains, then waits for
+  // the lookup's results (false: an ordinary launch; benchmarks compare).
+  bool programmatic_launch = true;
   // Benchmarks: [32] device values, the selection kernel's phase clocks and counts of its first
   // (sequence, KV head) (multipole_kernels.h, StepArgs::trace); null: none.
   long long* trace = nullptr;

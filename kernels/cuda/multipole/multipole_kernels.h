@@ -60,6 +60,7 @@ struct StepArgs {
   long long* trace;
   // The lookup on CUDA cores even where the tensor-core one applies (head_dim 64 and 128).
   bool cuda_core_lookup;
+  bool programmatic_launch;  // the selection: see MultipoleDecodeParams
 };
 
 // Clusters per lookup block, and the lookup's blocks per (sequence, KV head).
