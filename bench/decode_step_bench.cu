@@ -175,6 +175,10 @@ int main(int argc, char** argv) {
   std::string out_path, commit = "unknown";
   std::vector<int> prefill_only;  // prompt lengths: time their prefill only, print, exit
   bool multipole_only = false;    // time multipole against dense decode steps only, exit
+  // --probe MODE,CONTEXT,STEPS: one sequence in that attention mode at that context, STEPS decode
+  // steps each checked for CUDA errors (a short run to put under compute-sanitizer), exit.
+  std::string probe_mode;
+  int probe_context = 0, probe_steps = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
       out_path = argv[++i];
@@ -182,6 +186,16 @@ int main(int argc, char** argv) {
       commit = argv[++i];
     } else if (!std::strcmp(argv[i], "--multipole_only")) {
       multipole_only = true;
+    } else if (!std::strcmp(argv[i], "--probe") && i + 1 < argc) {
+      const std::string arg = argv[++i];
+      const size_t c1 = arg.find(','), c2 = arg.rfind(',');
+      if (c1 == std::string::npos || c2 == c1) {
+        std::fprintf(stderr, "--probe wants MODE,CONTEXT,STEPS\n");
+        return 2;
+      }
+      probe_mode = arg.substr(0, c1);
+      probe_context = std::atoi(arg.substr(c1 + 1, c2 - c1 - 1).c_str());
+      probe_steps = std::atoi(arg.substr(c2 + 1).c_str());
     } else if (!std::strcmp(argv[i], "--prefill_only") && i + 1 < argc) {
       for (const char* s = argv[++i]; *s;) {
         prefill_only.push_back(std::atoi(s));
@@ -191,7 +205,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--out result.md] [--commit SHA] [--prefill_only N,N,...] "
-                   "[--multipole_only]\n",
+                   "[--multipole_only] [--probe MODE,CONTEXT,STEPS]\n",
                    argv[0]);
       return 2;
     }
@@ -204,6 +218,44 @@ int main(int argc, char** argv) {
   const mpa::ModelConfig& c = *config;
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
+  if (!probe_mode.empty()) {
+    mpa::AttentionOptions attention;
+    const absl::StatusOr<mpa::AttentionMode> mode = mpa::ParseAttentionMode(probe_mode);
+    if (!mode.ok()) {
+      std::fprintf(stderr, "--probe: %s\n", mode.status().ToString().c_str());
+      return 2;
+    }
+    attention.mode = *mode;
+    attention.multipole.token_budget_fraction = 0.05f;
+    mpa::CudaModelOptions options;
+    options.max_batch = 1;
+    options.max_kv_tokens = probe_context + 4096;
+    auto model_or = mpa::CudaModel::Random(c, 1, options);
+    if (!model_or.ok()) {
+      std::fprintf(stderr, "%s\n", model_or.status().ToString().c_str());
+      return 1;
+    }
+    mpa::CudaModel& m = **model_or;
+    CHECK_OK(m.FillKvCacheRandom(5));
+    auto seq = m.NewSequence();
+    CHECK_OK(m.AppendUncomputedContext(*seq, probe_context));
+    CHECK_OK(m.SetAttention(*seq, attention));
+    CHECK_OK(m.RefreshClusters(*seq));
+    std::vector<mpa::CudaSequence*> ptrs = {seq.get()};
+    for (int i = 0; i < probe_steps; ++i) {
+      const absl::Status st = m.Decode(ptrs, {42}, nullptr);
+      if (!st.ok()) {
+        std::printf("probe %s at %d: step %d failed: %s\n", probe_mode.c_str(), probe_context, i,
+                    st.ToString().c_str());
+        return 1;
+      }
+    }
+    std::printf("probe %s at %d: %d steps ok (%lld tokens attended exactly of %lld)\n",
+                probe_mode.c_str(), probe_context, probe_steps,
+                static_cast<long long>(seq->stats().tokens_attended_exact),
+                static_cast<long long>(seq->stats().tokens_total));
+    return 0;
+  }
   const double bw = CopyBandwidth();
   std::printf("copy bandwidth %.0f GB/s\n", bw * 1e-9);
   if (!prefill_only.empty()) {
@@ -262,14 +314,15 @@ int main(int argc, char** argv) {
     mpa::AttentionOptions mp;
     mp.mode = mpa::AttentionMode::kMultipole;
     mp.multipole.token_budget_fraction = 0.05f;
-    auto steps = [&](int batch, int context, bool sparse, int n, double* update_s) -> double {
+    auto steps = [&](int batch, int context, const mpa::AttentionOptions* sparse, int n,
+                     double* update_s) -> double {
       std::vector<std::unique_ptr<mpa::CudaSequence>> seqs;
       std::vector<mpa::CudaSequence*> ptrs;
       for (int b = 0; b < batch; ++b) {
         seqs.push_back(m.NewSequence());
         CHECK_OK(m.AppendUncomputedContext(*seqs.back(), context));
-        if (sparse) {
-          CHECK_OK(m.SetAttention(*seqs.back(), mp));
+        if (sparse != nullptr) {
+          CHECK_OK(m.SetAttention(*seqs.back(), *sparse));
           CHECK_OK(m.RefreshClusters(*seqs.back()));
         }
         ptrs.push_back(seqs.back().get());
@@ -295,7 +348,11 @@ int main(int argc, char** argv) {
       std::sort(times.begin(), times.end());
       return times[times.size() / 2];
     };
-    std::printf("| context | batch | dense ms | multipole ms | tokens/s ratio |\n");
+    mpa::AttentionOptions quest = mp;
+    quest.mode = mpa::AttentionMode::kQuest;
+    std::printf(
+        "| context | batch | dense ms | multipole ms | tokens/s ratio | quest ms | quest ratio "
+        "|\n");
     // 128K less a few positions: the decode steps must stay inside the model's window.
     std::vector<std::pair<int, int>> shapes = {{32768, 1}, {32768, 4}, {131072 - 64, 1}};
     if (fits_128k_b4) {
@@ -305,14 +362,15 @@ int main(int argc, char** argv) {
                   free_bytes * 1e-9);
     }
     for (const auto& [context, batch] : shapes) {
-      const double dense = steps(batch, context, false, 20, nullptr);
-      const double sparse = steps(batch, context, true, 20, nullptr);
-      std::printf("| %d | %d | %.3f | %.3f | %.2fx |\n", context, batch, dense * 1e3, sparse * 1e3,
-                  dense / sparse);
+      const double dense = steps(batch, context, nullptr, 20, nullptr);
+      const double sparse = steps(batch, context, &mp, 20, nullptr);
+      const double q = steps(batch, context, &quest, 20, nullptr);
+      std::printf("| %d | %d | %.3f | %.3f | %.2fx | %.3f | %.2fx |\n", context, batch, dense * 1e3,
+                  sparse * 1e3, dense / sparse, q * 1e3, dense / q);
       std::fflush(stdout);
     }
     double update_s = 0;
-    const double total = steps(1, 32768, true, 384, &update_s);
+    const double total = steps(1, 32768, &mp, 384, &update_s);
     std::printf("online update at 32K, batch 1: %.1f ms of %.1f ms over 384 steps (%.2f%%)\n",
                 update_s * 1e3, total * 1e3, 100.0 * update_s / total);
     return 0;
