@@ -236,6 +236,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     mpa::CudaModel& m = **model_or;
+    // MPA_PROBE_NO_GRAPHS=1: every kernel launched directly (with CUDA_LAUNCH_BLOCKING=1 a fault
+    // is then reported by the launch that made it).
+    const char* no_graphs = std::getenv("MPA_PROBE_NO_GRAPHS");
+    if (no_graphs != nullptr && no_graphs[0] == '1') m.set_decode_graphs(false);
     CHECK_OK(m.FillKvCacheRandom(5));
     auto seq = m.NewSequence();
     CHECK_OK(m.AppendUncomputedContext(*seq, probe_context));
