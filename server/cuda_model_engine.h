@@ -37,6 +37,7 @@ class CudaModelEngine : public TokenizedEngine {
     return model_->SupportsAttention(options);
   }
   bool SamplesOnDevice() const override { return true; }
+  absl::Status DeviceStatus() override { return model_->DeviceStatus(); }
   absl::Status PrefillAndSample(EngineSequence& seq, absl::Span<const int32_t> tokens,
                                 const SamplingParams& params, int32_t* id, float* logprob) override;
   absl::Status DecodeAndSample(absl::Span<EngineSequence* const> seqs,

@@ -340,6 +340,11 @@ int64_t DecodeScheduler::ReservedGrowthBlocks() const {
 }
 
 void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<GenerationSink> sink) {
+  if (faulted()) {
+    sink->Fail(absl::UnavailableError(absl::StrCat("the model's device failed (", fault_.message(),
+                                                   "); the server is restarting")));
+    return;
+  }
   if (draining()) {
     sink->Fail(absl::UnavailableError("the server is shutting down: not accepting new requests"));
     return;
@@ -502,7 +507,10 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
                                             &device_token,
                                             gen.params.return_logprobs ? &device_logprob : nullptr)
                 : engine_->Prefill(*gen.session->sequence, chunk, logits_.data());
-  if (!status.ok()) return FailGeneration(gen, status);
+  if (!status.ok()) {
+    if (CheckDeviceFault()) return;
+    return FailGeneration(gen, status);
+  }
   if (observer_ != nullptr) {
     observer_->OnPrefillChunk(static_cast<int64_t>(n), Seconds(absl::Now() - start));
   }
@@ -524,6 +532,7 @@ bool DecodeScheduler::SamplesOnDevice(const Generation& gen) const {
 }
 
 void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
+  if (faulted()) return;  // every generation has failed (and ephemeral sessions are gone)
   std::vector<EngineSequence*> seqs;
   std::vector<int32_t> tokens;
   for (Generation* gen : batch) {
@@ -552,6 +561,7 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
                                             any_logprobs ? device_logprobs.data() : nullptr)
                  : engine_->Decode(seqs, tokens, logits_.data());
   if (!status.ok()) {
+    if (CheckDeviceFault()) return;
     // The sequences' caches may be half-written: their sessions cannot continue.
     for (Generation* gen : batch) {
       Session* session = gen->session;
@@ -649,6 +659,20 @@ void DecodeScheduler::FinishGeneration(Generation& gen, FinishReason reason) {
   }
   gen.sink->Finish(r);
   EndGeneration(gen);
+}
+
+bool DecodeScheduler::CheckDeviceFault() {
+  if (faulted()) return true;
+  absl::Status device = engine_->DeviceStatus();
+  if (device.ok()) return false;
+  fault_ = device;
+  faulted_ = true;
+  // The handler first: by the time a client hears of the failure, the exit is under way.
+  if (fault_handler_) fault_handler_(device);
+  const absl::Status failed = absl::UnavailableError(
+      absl::StrCat("the model's device failed (", device.message(), "); the server is restarting"));
+  for (auto& gen : generations_) FailGeneration(*gen, failed);
+  return true;
 }
 
 void DecodeScheduler::FailGeneration(Generation& gen, const absl::Status& status) {

@@ -96,6 +96,13 @@ class DecodeScheduler {
   // generations continue.
   void BeginDrain();
   bool draining() const { return draining_.load(); }
+  // Called once, on the engine thread, when the engine's device fails for good (Engine::
+  // DeviceStatus after a failed step); right after it every generation is failed with UNAVAILABLE
+  // naming the fault, and from then on new requests are refused. Set before Start().
+  void set_fault_handler(std::function<void(const absl::Status&)> handler) {
+    fault_handler_ = std::move(handler);
+  }
+  bool faulted() const { return faulted_.load(); }
   // Blocks until no generation is running or the deadline passes; true if none is running.
   bool WaitForIdle(absl::Time deadline);
   // Stops every running generation at the next step (finish reason CANCELLED).
@@ -117,6 +124,9 @@ class DecodeScheduler {
   void Emit(Generation& gen, int32_t token, float logprob);
   void FinishGeneration(Generation& gen, FinishReason reason);
   void FailGeneration(Generation& gen, const absl::Status& status);
+  // After a failed engine call: whether the device failed for good (then every generation is
+  // failed, the handler called, and true returned).
+  bool CheckDeviceFault();
   void EndGeneration(Generation& gen);
   void EvictExpired();
   SessionInfo Describe(const Session& s) const;
@@ -144,6 +154,9 @@ class DecodeScheduler {
   bool processing_ = false;  // the engine thread took commands and has not published since
   std::thread thread_;
   std::atomic<bool> draining_{false};
+  std::atomic<bool> faulted_{false};
+  absl::Status fault_;  // engine thread
+  std::function<void(const absl::Status&)> fault_handler_;
 
   // Snapshot counters.
   std::atomic<int64_t> snap_sessions_{0}, snap_active_{0}, snap_kv_free_tokens_{0}, snap_steps_{0},

@@ -76,6 +76,10 @@ class Engine {
   virtual absl::Status Decode(absl::Span<EngineSequence* const> seqs,
                               absl::Span<const int32_t> tokens, float* logits) = 0;
   virtual int64_t free_kv_blocks() const = 0;
+  // OK while the engine's device can run. After a failed call the scheduler asks: a fault no
+  // later call can recover from (a GPU context lost to an illegal memory access, say) is returned
+  // from then on, and the server stops serving and exits so that its supervisor restarts it.
+  virtual absl::Status DeviceStatus() { return absl::OkStatus(); }
   // Engines that draw the next ids where the logits are (the GPU): Prefill / Decode followed by
   // sampling with each row's params, returning ids (and, where `logprobs` is not null, each id's
   // log-probability under the raw logits, as Sampler reports it) instead of copying batch x vocab

@@ -1,7 +1,8 @@
 // mpa_server: serves one model over gRPC (multipole.v1.DecodeService, grpc.health.v1.Health,
 // server reflection), in plaintext or over TLS (optionally mutual). SIGTERM/SIGINT drain: health
 // goes NOT_SERVING, new work is refused with UNAVAILABLE, running generations finish (cancelled
-// at --drain_timeout), then exit 0.
+// at --drain_timeout), then exit 0. A device fault no call recovers from (a GPU context lost):
+// every generation fails with UNAVAILABLE naming it, health goes NOT_SERVING, exit 1.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
@@ -10,11 +11,13 @@
 #include <grpcpp/impl/server_builder_plugin.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -357,6 +360,18 @@ int Serve() {
     metrics_endpoint = std::move(endpoint).value();
   }
   DecodeScheduler scheduler(engine->get(), options, &metrics);
+  // A device fault no call recovers from (the GPU context lost): the scheduler has failed every
+  // generation and refuses new ones; the main thread is woken to exit with status 1, so that a
+  // supervisor (Kubernetes, systemd) restarts the server on a fresh context.
+  static std::mutex fault_mu;
+  static std::string fault_message;
+  scheduler.set_fault_handler([](const absl::Status& fault) {
+    {
+      std::lock_guard<std::mutex> lock(fault_mu);
+      fault_message = std::string(fault.message());
+    }
+    kill(getpid(), SIGUSR1);
+  });
   mpa::server::DecodeService service(&scheduler, &metrics,
                                      absl::GetFlag(FLAGS_max_request_text_bytes), api_keys.get());
 
@@ -441,8 +456,28 @@ int Serve() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);  // the scheduler's fault handler
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  do {
+    sigwait(&signals, &signal_number);
+  } while (signal_number == SIGUSR1 && !scheduler.faulted());  // SIGUSR1 from elsewhere: ignored
+  if (signal_number == SIGUSR1) {
+    {
+      std::lock_guard<std::mutex> lock(fault_mu);
+      std::printf(
+          "mpa_server: the model's device failed: %s; exiting with status 1 so that a "
+          "supervisor restarts the server\n",
+          fault_message.c_str());
+    }
+    std::fflush(stdout);
+    set_serving(false);
+    // The failed streams have their final messages queued: a moment to reach the clients.
+    service.open_streams().WaitForNone(absl::Now() + absl::Seconds(2));
+    server->Shutdown(std::chrono::system_clock::now());
+    if (health_server != nullptr) health_server->Shutdown(std::chrono::system_clock::now());
+    scheduler.Stop();
+    return 1;
+  }
 
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   std::printf("mpa_server: signal %d: draining (up to %s)\n", signal_number,
@@ -490,6 +525,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   return Serve();
 }

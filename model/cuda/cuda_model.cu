@@ -876,6 +876,28 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::DecodeAndSample(
   return ids;
 }
 
+absl::Status CudaModel::DeviceStatus() {
+  cudaError_t e = cudaStreamSynchronize(impl_->stream);
+  if (e == cudaSuccess) e = cudaPeekAtLastError();
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorDevicesUnavailable:
+      return absl::UnavailableError(absl::StrCat("GPU ", options_.device, ": ", cudaGetErrorName(e),
+                                                 ": ", cudaGetErrorString(e)));
+    default:
+      return absl::OkStatus();
+  }
+}
+
 absl::Status CudaModel::AppendUncomputedContext(CudaSequence& seq, int count) {
   const std::vector<int32_t> ids(count, 0);
   MPA_RETURN_IF_ERROR(CheckNewTokens(config_, seq.num_tokens(), ids));

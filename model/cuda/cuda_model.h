@@ -165,6 +165,11 @@ class CudaModel {
   // Waits for the device (benchmarks time whole steps).
   absl::Status Synchronize();
 
+  // OK unless the device context has failed for good: after an illegal memory access, a kernel
+  // launch failure, a device-side assert or an uncorrectable ECC error, every CUDA call of this
+  // process fails, and this returns Unavailable naming the fault (the server then exits).
+  absl::Status DeviceStatus();
+
  private:
   friend class CudaSequence;
   struct Impl;

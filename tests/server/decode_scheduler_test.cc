@@ -2,6 +2,7 @@
 // cancellation, TTL and drain. Numerics of the real model are tested in the end-to-end test.
 #include "server/decode_scheduler.h"
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -152,6 +153,42 @@ TEST_F(SchedulerTest, DeviceSamplingEngineStreamsLogprobsWithoutLogits) {
     batched = batched || entry == "decode 2";
   }
   EXPECT_TRUE(batched) << "the two streams never shared a decode step";
+}
+
+// A device that fails for good (a GPU context lost to an illegal access): every running
+// generation ends UNAVAILABLE naming the fault, the fault handler runs once, and new requests are
+// refused without touching the engine.
+TEST_F(SchedulerTest, DeviceFaultFailsEveryGenerationAndCallsTheHandlerOnce) {
+  engine_ = std::make_unique<FakeEngine>();
+  engine_->set_fault_after_steps(5);
+  engine_->set_step_delay(std::chrono::milliseconds(1));
+  scheduler_ = std::make_unique<DecodeScheduler>(engine_.get(), SchedulerOptions{});
+  std::atomic<int> handled{0};
+  std::string fault;
+  scheduler_->set_fault_handler([&](const absl::Status& s) {
+    fault = std::string(s.message());
+    ++handled;
+  });
+  scheduler_->Start();
+  absl::StatusOr<SessionInfo> session = CreateSession();
+  ASSERT_TRUE(session.ok()) << session.status();
+  auto a = Start(Params(RandomIds(rng_, 5), 100));
+  auto b = Start(Params(RandomIds(rng_, 7), 100, session->session_id));
+  ASSERT_TRUE(a->Wait());
+  ASSERT_TRUE(b->Wait());
+  for (auto* sink : {a.get(), b.get()}) {
+    EXPECT_EQ(sink->status().code(), absl::StatusCode::kUnavailable) << sink->status();
+    EXPECT_THAT(std::string(sink->status().message()), HasSubstr("cudaErrorIllegalAddress"));
+    EXPECT_THAT(std::string(sink->status().message()), HasSubstr("restarting"));
+  }
+  EXPECT_EQ(handled.load(), 1);
+  EXPECT_THAT(fault, HasSubstr("cudaErrorIllegalAddress"));
+  EXPECT_TRUE(scheduler_->faulted());
+  const size_t calls = engine_->log().size();
+  auto late = Run(Params(RandomIds(rng_, 3), 4));
+  EXPECT_EQ(late->status().code(), absl::StatusCode::kUnavailable) << late->status();
+  EXPECT_EQ(engine_->log().size(), calls) << "a refused request reached the engine";
+  EXPECT_EQ(handled.load(), 1);
 }
 
 TEST_F(SchedulerTest, SecondTurnEqualsOneShotOverTheConversation) {

@@ -122,6 +122,10 @@ class FakeEngine : public Engine {
   absl::Status Decode(absl::Span<EngineSequence* const> seqs, absl::Span<const int32_t> tokens,
                       float* logits) override {
     Delay();
+    if (fault_after_steps_ >= 0 && decode_calls_++ >= fault_after_steps_) {
+      faulted_ = true;
+      return absl::InternalError("fake decode: an illegal memory access was encountered");
+    }
     for (size_t i = 0; i < seqs.size(); ++i) {
       auto& s = static_cast<FakeSequence&>(*seqs[i]);
       if (absl::Status st = Grow(s, 1); !st.ok()) return st;
@@ -179,6 +183,16 @@ class FakeEngine : public Engine {
     Fill(s, logits.data());
     return logits;
   }
+
+  // set_fault_after_steps(n): decode calls after the first n fail, and DeviceStatus then reports
+  // a lost device for good (as a GPU context after an illegal memory access). Set before Start.
+  void set_fault_after_steps(int n) { fault_after_steps_ = n; }
+  absl::Status DeviceStatus() override {
+    ++device_status_calls_;
+    return faulted_ ? absl::UnavailableError("fake GPU: cudaErrorIllegalAddress")
+                    : absl::OkStatus();
+  }
+  int64_t device_status_calls() const { return device_status_calls_.load(); }
 
   int64_t free_kv_blocks() const override {
     return KvBlocksFor(info_.kv_capacity_tokens) - used_blocks_.load();
@@ -253,7 +267,11 @@ class FakeEngine : public Engine {
   std::atomic<int64_t> sequences_created_{0};
   bool dense_only_ = false;
   bool samples_on_device_ = false;  // set before the scheduler starts
-  int sparse_block_factor_ = 1;     // set before the scheduler starts
+  int fault_after_steps_ = -1;      // set before the scheduler starts
+  int decode_calls_ = 0;            // engine thread
+  std::atomic<bool> faulted_{false};
+  std::atomic<int64_t> device_status_calls_{0};
+  int sparse_block_factor_ = 1;  // set before the scheduler starts
   std::mutex mu_;
   std::vector<std::string> log_;
   int64_t max_batch_ = 0;

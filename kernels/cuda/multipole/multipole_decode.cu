@@ -41,8 +41,7 @@ Sizes SizesOf(const MultipoleShape& s) {
   z.norms = AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * 2 * sizeof(float));
   z.approx_o =
       AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * s.head_dim * sizeof(float));
-  z.selected_o =
-      AlignUp(heads * multipole::kSelectionWarps * group * s.head_dim * sizeof(float));
+  z.selected_o = AlignUp(heads * multipole::kSelectionWarps * group * s.head_dim * sizeof(float));
   z.scores = AlignUp(heads * s.max_clusters * sizeof(float));
   z.selected = AlignUp(heads * s.max_clusters);
   z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
