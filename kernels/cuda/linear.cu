@@ -18,18 +18,8 @@ constexpr int kDefaultUnroll = 8;
 constexpr int kMaxSharedBytes = 160 * 1024;
 constexpr int kBlocksPerMultiprocessor = 16;  // grid cap; warps then loop over several features
 
-// griddepcontrol (sm_90): wait for the grids this one depends on to end and their writes to be
-// visible; then let the next grid start. Both are no-ops for a grid launched the ordinary way.
-__device__ __forceinline__ void WaitForPreviousGrid() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void AllowNextGrid() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
+using detail::AllowNextGrid;
+using detail::WaitForPreviousGrid;
 
 template <int R, bool kNorm, bool kSwiGlu, int kUnroll>
 __global__ void __launch_bounds__(kThreads, kUnroll <= 8 ? 4 : 2) GemvKernel(GemvParams p) {
@@ -153,18 +143,9 @@ cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
   const int64_t units = kSwiGlu ? p.out_features / 2 : p.out_features;
   const int64_t blocks = std::min<int64_t>(
       (units + kWarps - 1) / kWarps, int64_t{kBlocksPerMultiprocessor} * MultiprocessorCount());
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(R * p.in_features * 2);
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = p.programmatic_launch ? 1 : 0;
-  const cudaError_t err = cudaLaunchKernelEx(&config, GemvKernel<R, kNorm, kSwiGlu, kUnroll>, p);
-  return err != cudaSuccess ? err : cudaGetLastError();
+  return detail::LaunchKernel(
+      GemvKernel<R, kNorm, kSwiGlu, kUnroll>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+      static_cast<size_t>(R * p.in_features * 2), stream, p.programmatic_launch, p);
 }
 
 template <int R, int kUnroll>

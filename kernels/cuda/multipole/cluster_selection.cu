@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // Everything above reads what was there before the lookup began (the cluster bounds, the
   // step's metadata); from here on, the lookup's results. Launched as a programmatic dependent,
   // this block may have started while the lookup ran: wait for it to end (a no-op otherwise).
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  detail::WaitForPreviousGrid();
 
   // 2. Normalisers from the lookup blocks' partials (one reduction for every query head).
   const float* logits = a.logits2 + static_cast<int64_t>(hb) * G * a.max_clusters;
@@ -751,17 +751,9 @@ cudaError_t LaunchForGroup(const StepArgs& a, cudaStream_t stream) {
       cudaFuncSetAttribute(ClusterSelectionKernel<G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(SelectionSharedBytes(kMaxClustersPerHead)));
   if (attr != cudaSuccess) return attr;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(a.num_kv_heads, a.batch);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = SelectionSharedBytes(a.max_clusters);
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = a.programmatic_launch ? 1 : 0;
-  return cudaLaunchKernelEx(&config, ClusterSelectionKernel<G>, a);
+  return detail::LaunchKernel(ClusterSelectionKernel<G>, dim3(a.num_kv_heads, a.batch),
+                              dim3(kThreads), SelectionSharedBytes(a.max_clusters), stream,
+                              a.programmatic_launch, a);
 }
 
 }  // namespace
