@@ -498,7 +498,7 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
   const absl::Time start = absl::Now();
   const bool last = gen.prefilled + n == gen.input.size() && gen.max_new_tokens > 0;
   // The last chunk samples on the device where the engine can (with the logprob, if asked).
-  const bool on_device = last && SamplesOnDevice(gen);
+  const bool on_device = last && engine_->SamplesOnDevice();
   int32_t device_token = 0;
   float device_logprob = 0.0f;
   const auto chunk = absl::MakeConstSpan(gen.input).subspan(gen.prefilled, n);
@@ -527,10 +527,6 @@ void DecodeScheduler::PrefillChunk(Generation& gen) {
   Emit(gen, token, logprob);
 }
 
-bool DecodeScheduler::SamplesOnDevice(const Generation& gen) const {
-  return engine_->SamplesOnDevice();
-}
-
 void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
   if (faulted()) return;  // every generation has failed (and ephemeral sessions are gone)
   std::vector<EngineSequence*> seqs;
@@ -540,26 +536,22 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
     tokens.push_back(gen->next_token);
   }
   snap_batch_ = static_cast<int64_t>(batch.size());
-  // Each generation samples the same way throughout: on the device where the engine can (its
-  // logprobs computed there too), else on the host from the step's logits.
-  std::vector<uint8_t> on_device(batch.size());
-  bool any_device = false, any_host = false, any_logprobs = false;
+  // Every generation samples where the engine does: on its device (logprobs computed there too),
+  // or on the host from the step's logits.
+  const bool on_device = engine_->SamplesOnDevice();
+  bool any_logprobs = false;
   std::vector<SamplingParams> params;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    on_device[i] = SamplesOnDevice(*batch[i]);
-    any_device = any_device || on_device[i];
-    any_host = any_host || !on_device[i];
-    any_logprobs = any_logprobs || batch[i]->params.return_logprobs;
-    params.push_back(batch[i]->params.sampling);
+  for (const Generation* gen : batch) {
+    any_logprobs = any_logprobs || gen->params.return_logprobs;
+    params.push_back(gen->params.sampling);
   }
   std::vector<int32_t> device_ids(batch.size());
   std::vector<float> device_logprobs(batch.size());
   const absl::Time start = absl::Now();
   absl::Status status =
-      any_device ? engine_->DecodeAndSample(seqs, tokens, params, device_ids.data(),
-                                            any_host ? logits_.data() : nullptr,
-                                            any_logprobs ? device_logprobs.data() : nullptr)
-                 : engine_->Decode(seqs, tokens, logits_.data());
+      on_device ? engine_->DecodeAndSample(seqs, tokens, params, device_ids.data(), nullptr,
+                                           any_logprobs ? device_logprobs.data() : nullptr)
+                : engine_->Decode(seqs, tokens, logits_.data());
   if (!status.ok()) {
     if (CheckDeviceFault()) return;
     // The sequences' caches may be half-written: their sessions cannot continue.
@@ -578,8 +570,8 @@ void DecodeScheduler::DecodeBatch(const std::vector<Generation*>& batch) {
   const int vocab = engine_->info().vocab_size;
   for (size_t i = 0; i < batch.size(); ++i) {
     Generation& gen = *batch[i];
-    float logprob = on_device[i] ? device_logprobs[i] : 0.0f;
-    const int32_t token = on_device[i]
+    float logprob = on_device ? device_logprobs[i] : 0.0f;
+    const int32_t token = on_device
                               ? device_ids[i]
                               : gen.sampler.Sample(logits_.data() + i * vocab, vocab,
                                                    gen.params.return_logprobs ? &logprob : nullptr);

@@ -103,6 +103,8 @@ class DecodeScheduler {
     fault_handler_ = std::move(handler);
   }
   bool faulted() const { return faulted_.load(); }
+  // The fault, once faulted() is true (written before the flag is set, never after).
+  const absl::Status& fault() const { return fault_; }
   // Blocks until no generation is running or the deadline passes; true if none is running.
   bool WaitForIdle(absl::Time deadline);
   // Stops every running generation at the next step (finish reason CANCELLED).
@@ -133,8 +135,6 @@ class DecodeScheduler {
   int64_t ReservedGrowthBlocks() const;
   // InvalidArgument naming the mode and the device when the engine cannot attend in `mode`.
   absl::Status CheckAttentionSupported(AttentionMode mode) const;
-  // Whether `gen` draws its tokens (and its logprobs) on the engine's device.
-  bool SamplesOnDevice(const Generation& gen) const;
   void PublishSnapshot();
 
   Engine* engine_;

@@ -17,7 +17,6 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -363,15 +362,7 @@ int Serve() {
   // A device fault no call recovers from (the GPU context lost): the scheduler has failed every
   // generation and refuses new ones; the main thread is woken to exit with status 1, so that a
   // supervisor (Kubernetes, systemd) restarts the server on a fresh context.
-  static std::mutex fault_mu;
-  static std::string fault_message;
-  scheduler.set_fault_handler([](const absl::Status& fault) {
-    {
-      std::lock_guard<std::mutex> lock(fault_mu);
-      fault_message = std::string(fault.message());
-    }
-    kill(getpid(), SIGUSR1);
-  });
+  scheduler.set_fault_handler([](const absl::Status&) { kill(getpid(), SIGUSR1); });
   mpa::server::DecodeService service(&scheduler, &metrics,
                                      absl::GetFlag(FLAGS_max_request_text_bytes), api_keys.get());
 
@@ -462,13 +453,10 @@ int Serve() {
     sigwait(&signals, &signal_number);
   } while (signal_number == SIGUSR1 && !scheduler.faulted());  // SIGUSR1 from elsewhere: ignored
   if (signal_number == SIGUSR1) {
-    {
-      std::lock_guard<std::mutex> lock(fault_mu);
-      std::printf(
-          "mpa_server: the model's device failed: %s; exiting with status 1 so that a "
-          "supervisor restarts the server\n",
-          fault_message.c_str());
-    }
+    std::printf(
+        "mpa_server: the model's device failed: %s; exiting with status 1 so that a supervisor "
+        "restarts the server\n",
+        std::string(scheduler.fault().message()).c_str());
     std::fflush(stdout);
     set_serving(false);
     // The failed streams have their final messages queued: a moment to reach the clients.

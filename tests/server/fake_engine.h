@@ -172,7 +172,7 @@ class FakeEngine : public Engine {
     Note(logits != nullptr ? "decode+sample with logits" : "decode+sample");
     return absl::OkStatus();
   }
-  // The log of the fake logits the engine gives after `context` (what a logprob is taken over).
+  // The fake logits the engine gives after `context` (what a logprob is taken over).
   static std::vector<float> LogitsAfter(const std::vector<int32_t>& context) {
     FakeSequence s(nullptr);
     for (int32_t t : context) {
@@ -188,11 +188,9 @@ class FakeEngine : public Engine {
   // a lost device for good (as a GPU context after an illegal memory access). Set before Start.
   void set_fault_after_steps(int n) { fault_after_steps_ = n; }
   absl::Status DeviceStatus() override {
-    ++device_status_calls_;
     return faulted_ ? absl::UnavailableError("fake GPU: cudaErrorIllegalAddress")
                     : absl::OkStatus();
   }
-  int64_t device_status_calls() const { return device_status_calls_.load(); }
 
   int64_t free_kv_blocks() const override {
     return KvBlocksFor(info_.kv_capacity_tokens) - used_blocks_.load();
@@ -270,7 +268,6 @@ class FakeEngine : public Engine {
   int fault_after_steps_ = -1;      // set before the scheduler starts
   int decode_calls_ = 0;            // engine thread
   std::atomic<bool> faulted_{false};
-  std::atomic<int64_t> device_status_calls_{0};
   int sparse_block_factor_ = 1;  // set before the scheduler starts
   std::mutex mu_;
   std::vector<std::string> log_;
