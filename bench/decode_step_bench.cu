@@ -175,6 +175,7 @@ int main(int argc, char** argv) {
   std::string out_path, commit = "unknown";
   std::vector<int> prefill_only;  // prompt lengths: time their prefill only, print, exit
   bool multipole_only = false;    // time multipole against dense decode steps only, exit
+  bool no_quest = false;          // ... without the Quest column
   // --probe MODE,CONTEXT,STEPS: one sequence in that attention mode at that context, STEPS decode
   // steps each checked for CUDA errors (a short run to put under compute-sanitizer), exit.
   std::string probe_mode;
@@ -186,6 +187,8 @@ int main(int argc, char** argv) {
       commit = argv[++i];
     } else if (!std::strcmp(argv[i], "--multipole_only")) {
       multipole_only = true;
+    } else if (!std::strcmp(argv[i], "--no_quest")) {
+      no_quest = true;
     } else if (!std::strcmp(argv[i], "--probe") && i + 1 < argc) {
       const std::string arg = argv[++i];
       const size_t c1 = arg.find(','), c2 = arg.rfind(',');
@@ -205,7 +208,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--out result.md] [--commit SHA] [--prefill_only N,N,...] "
-                   "[--multipole_only] [--probe MODE,CONTEXT,STEPS]\n",
+                   "[--multipole_only [--no_quest]] [--probe MODE,CONTEXT,STEPS]\n",
                    argv[0]);
       return 2;
     }
@@ -242,9 +245,16 @@ int main(int argc, char** argv) {
     if (no_graphs != nullptr && no_graphs[0] == '1') m.set_decode_graphs(false);
     CHECK_OK(m.FillKvCacheRandom(5));
     auto seq = m.NewSequence();
-    CHECK_OK(m.AppendUncomputedContext(*seq, probe_context));
+    // MPA_PROBE_CHUNK=N: the context arrives N tokens at a time, the clusters (or Quest pages)
+    // refreshed after each piece, as a long prompt that comes in several prefill calls.
+    const char* chunk_env = std::getenv("MPA_PROBE_CHUNK");
+    const int chunk = chunk_env != nullptr && std::atoi(chunk_env) > 0 ? std::atoi(chunk_env)
+                                                                        : probe_context;
     CHECK_OK(m.SetAttention(*seq, attention));
-    CHECK_OK(m.RefreshClusters(*seq));
+    for (int done = 0; done < probe_context; done += chunk) {
+      CHECK_OK(m.AppendUncomputedContext(*seq, std::min(chunk, probe_context - done)));
+      CHECK_OK(m.RefreshClusters(*seq));
+    }
     std::vector<mpa::CudaSequence*> ptrs = {seq.get()};
     for (int i = 0; i < probe_steps; ++i) {
       const absl::Status st = m.Decode(ptrs, {42}, nullptr);
@@ -368,9 +378,11 @@ int main(int argc, char** argv) {
     for (const auto& [context, batch] : shapes) {
       const double dense = steps(batch, context, nullptr, 20, nullptr);
       const double sparse = steps(batch, context, &mp, 20, nullptr);
-      const double q = steps(batch, context, &quest, 20, nullptr);
-      std::printf("| %d | %d | %.3f | %.3f | %.2fx | %.3f | %.2fx |\n", context, batch, dense * 1e3,
-                  sparse * 1e3, dense / sparse, q * 1e3, dense / q);
+      const double q = no_quest ? 0.0 : steps(batch, context, &quest, 20, nullptr);
+      char quest_cells[64] = "not run | -";
+      if (!no_quest) std::snprintf(quest_cells, sizeof(quest_cells), "%.3f | %.2fx", q * 1e3, dense / q);
+      std::printf("| %d | %d | %.3f | %.3f | %.2fx | %s |\n", context, batch, dense * 1e3,
+                  sparse * 1e3, dense / sparse, quest_cells);
       std::fflush(stdout);
     }
     double update_s = 0;
