@@ -33,6 +33,9 @@ class CudaModelEngine : public TokenizedEngine {
   int64_t free_kv_blocks() const override {
     return model_->free_kv_tokens() / info_.kv_block_tokens;
   }
+  std::pair<int64_t, int64_t> attention_state_bytes() const override {
+    return {model_->attention_state_budget().used(), model_->attention_state_budget().limit()};
+  }
   absl::Status CheckAttention(const AttentionOptions& options) const override {
     return model_->SupportsAttention(options);
   }

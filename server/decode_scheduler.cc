@@ -1,6 +1,7 @@
 #include "server/decode_scheduler.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -181,6 +182,8 @@ void DecodeScheduler::PublishSnapshot() {
     state.active_generations = active;
     state.kv_free_tokens = snap_kv_free_tokens_;
     state.kv_used_tokens = engine_->info().kv_capacity_tokens - state.kv_free_tokens;
+    std::tie(state.attention_state_bytes, state.attention_state_limit_bytes) =
+        engine_->attention_state_bytes();
     observer_->SetState(state);
   }
   {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -76,6 +77,9 @@ class Engine {
   virtual absl::Status Decode(absl::Span<EngineSequence* const> seqs,
                               absl::Span<const int32_t> tokens, float* logits) = 0;
   virtual int64_t free_kv_blocks() const = 0;
+  // Device memory of the sparse modes' state beside the KV pool (cluster hierarchies, Quest page
+  // bounds): in use and the limit. Engines that keep it in host memory with the cache: 0, 0.
+  virtual std::pair<int64_t, int64_t> attention_state_bytes() const { return {0, 0}; }
   // OK while the engine's device can run. After a failed call the scheduler asks: a fault no
   // later call can recover from (a GPU context lost to an illegal memory access, say) is returned
   // from then on, and the server stops serving and exits so that its supervisor restarts it.

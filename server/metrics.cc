@@ -118,6 +118,12 @@ MetricsRegistry::MetricsRegistry(const BuildInfo& info)
   auto& kv = GaugeFamily(r, "mpa_kv_cache_tokens", "KV cache capacity in tokens, used or free");
   kv_used_ = &kv.Add({{"state", "used"}});
   kv_free_ = &kv.Add({{"state", "free"}});
+  auto& state_bytes = GaugeFamily(
+      r, "mpa_attention_state_bytes",
+      "Device memory of the sparse modes' per-sequence state beside the KV cache (cluster "
+      "centroids and bounds, Quest page bounds): in use, and the limit (--attention_state_mb)");
+  attention_state_used_ = &state_bytes.Add({{"state", "used"}});
+  attention_state_limit_ = &state_bytes.Add({{"state", "limit"}});
   kv_usage_ratio_ =
       &GaugeFamily(r, "mpa_kv_cache_usage_ratio", "KV cache tokens used / capacity").Add({});
 
@@ -207,6 +213,8 @@ void MetricsRegistry::SetState(const ServerState& s) {
   active_generations_->Set(static_cast<double>(s.active_generations));
   kv_used_->Set(static_cast<double>(s.kv_used_tokens));
   kv_free_->Set(static_cast<double>(s.kv_free_tokens));
+  attention_state_used_->Set(static_cast<double>(s.attention_state_bytes));
+  attention_state_limit_->Set(static_cast<double>(s.attention_state_limit_bytes));
   const int64_t capacity = s.kv_used_tokens + s.kv_free_tokens;
   kv_usage_ratio_->Set(capacity > 0 ? static_cast<double>(s.kv_used_tokens) / capacity : 0.0);
 }

@@ -76,6 +76,8 @@ class MetricsRegistry : public ServerObserver {
   prometheus::Gauge* active_generations_;
   prometheus::Gauge* kv_used_;
   prometheus::Gauge* kv_free_;
+  prometheus::Gauge* attention_state_used_;
+  prometheus::Gauge* attention_state_limit_;
   prometheus::Gauge* kv_usage_ratio_;
   std::array<prometheus::Histogram*, kNumModes> exact_fraction_by_mode_{};
   prometheus::Counter* attention_tokens_exact_;

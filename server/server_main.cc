@@ -55,6 +55,11 @@ ABSL_FLAG(std::string, address, "0.0.0.0:50051",
 ABSL_FLAG(int, max_sessions, 64, "Sessions open at once");
 ABSL_FLAG(int64_t, max_kv_tokens, 65536, "KV cache capacity over all sessions, in tokens");
 ABSL_FLAG(int, kv_block_tokens, 16, "Tokens per KV cache block (the admission unit)");
+ABSL_FLAG(int64_t, attention_state_mb, -1,
+          "--device=cuda: MiB of device memory for the sparse modes' per-session state beside "
+          "the KV cache (cluster centroids and bounds, Quest page bounds); a session whose state "
+          "would pass it attends exactly until its context grows again (-1: a quarter of the KV "
+          "cache's bytes, or what the device has left less 1 GiB if that is less)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Input tokens per request (0: the model's context)");
 ABSL_FLAG(int64_t, max_request_text_bytes, 0,
           "Bytes of a request's text, refused before it is tokenized (0: 16 per token of "
@@ -140,6 +145,8 @@ absl::StatusOr<std::unique_ptr<mpa::server::Engine>> LoadEngine(const std::strin
   options.page_size = absl::GetFlag(FLAGS_kv_block_tokens);  // a KV block is a cache page
   options.max_batch = absl::GetFlag(FLAGS_max_batch_size);
   options.device = gpu;
+  const int64_t state_mb = absl::GetFlag(FLAGS_attention_state_mb);
+  options.attention_state_bytes = state_mb < 0 ? -1 : state_mb << 20;
   // The module sits next to the binary; never closed (the engine's code lives in it).
   std::error_code error;
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
@@ -206,6 +213,7 @@ absl::Status CheckFlags() {
       {"max_sessions_per_key", absl::GetFlag(FLAGS_max_sessions_per_key), 1, 1 << 20, true},
       {"max_kv_tokens", absl::GetFlag(FLAGS_max_kv_tokens), 1, int64_t{1} << 32, false},
       {"kv_block_tokens", absl::GetFlag(FLAGS_kv_block_tokens), 1, 1 << 16, false},
+      {"attention_state_mb", absl::GetFlag(FLAGS_attention_state_mb), 0, int64_t{1} << 24, true},
       {"max_prompt_tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 0, kIntMax, false},
       {"max_total_tokens", absl::GetFlag(FLAGS_max_total_tokens), 0, kIntMax, false},
       {"max_request_text_bytes", absl::GetFlag(FLAGS_max_request_text_bytes), 0, 1 << 30, false},

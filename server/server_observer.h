@@ -28,6 +28,8 @@ struct ServerState {
   int64_t active_generations = 0;  // admitted, not finished
   int64_t kv_used_tokens = 0;      // KV capacity held by contexts, in tokens (whole blocks)
   int64_t kv_free_tokens = 0;
+  int64_t attention_state_bytes = 0;        // sparse modes' device state beside the KV pool
+  int64_t attention_state_limit_bytes = 0;  // ... and its limit (0: none kept apart)
 };
 
 // Every method must be cheap and never block: the engine thread calls the first four between

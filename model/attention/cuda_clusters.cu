@@ -64,8 +64,12 @@ absl::Status Grow(T** ptr, int64_t rows, int64_t old_width, int64_t new_width,
 }  // namespace
 
 CudaClusterState::CudaClusterState(const MultipoleConfig& config, int num_layers, int num_kv_heads,
-                                   int head_dim)
-    : config_(config), num_layers_(num_layers), num_kv_heads_(num_kv_heads), head_dim_(head_dim) {}
+                                   int head_dim, DeviceMemoryBudget* budget)
+    : config_(config),
+      num_layers_(num_layers),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      charge_(budget) {}
 
 CudaClusterState::~CudaClusterState() {
   cudaFree(key_centroids_);
@@ -92,8 +96,19 @@ const int32_t* CudaClusterState::slot_positions(int layer, int head) const {
 
 absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slots) {
   const int64_t rows = int64_t{num_layers_} * num_kv_heads_;
+  if (clusters <= cluster_capacity_ && slots <= slot_capacity_) return absl::OkStatus();
+  const int new_clusters =
+      clusters > cluster_capacity_ ? std::max(clusters, cluster_capacity_ + cluster_capacity_ / 2)
+                                   : cluster_capacity_;
+  const int new_slots =
+      slots > slot_capacity_ ? std::max(slots, slot_capacity_ + slot_capacity_ / 2) : slot_capacity_;
+  // Charged first: the arrays at their new capacities (the old ones are freed on the stream).
+  MPA_RETURN_IF_ERROR(charge_.Resize(
+      rows * (int64_t{new_clusters} * head_dim_ * 2 * static_cast<int64_t>(sizeof(bf16)) +
+              (int64_t{new_clusters} + 1) * 4 + int64_t{new_slots} * 4),
+      "a sequence's cluster centroids"));
   if (clusters > cluster_capacity_) {
-    const int cap = std::max(clusters, cluster_capacity_ + cluster_capacity_ / 2);
+    const int cap = new_clusters;
     MPA_RETURN_IF_ERROR(Grow(&key_centroids_, rows, int64_t{cluster_capacity_} * head_dim_,
                              int64_t{cap} * head_dim_, ctx.stream));
     MPA_RETURN_IF_ERROR(Grow(&value_centroids_, rows, int64_t{cluster_capacity_} * head_dim_,
@@ -104,7 +119,7 @@ absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slo
     cluster_capacity_ = cap;
   }
   if (slots > slot_capacity_) {
-    const int cap = std::max(slots, slot_capacity_ + slot_capacity_ / 2);
+    const int cap = new_slots;
     MPA_RETURN_IF_ERROR(Grow(&slot_positions_, rows, slot_capacity_, cap, ctx.stream));
     slot_capacity_ = cap;
   }

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "kernels/cuda/common.h"
 #include "model/config/multipole_config.h"
+#include "model/runtime/device_memory_budget.h"
 
 namespace mpa {
 
@@ -51,7 +52,9 @@ class CudaClusterState {
     cudaStream_t stream = nullptr;
   };
 
-  CudaClusterState(const MultipoleConfig& config, int num_layers, int num_kv_heads, int head_dim);
+  // `budget` (may be null: not counted) is charged for the state's device arrays before they grow.
+  CudaClusterState(const MultipoleConfig& config, int num_layers, int num_kv_heads, int head_dim,
+                   DeviceMemoryBudget* budget = nullptr);
   ~CudaClusterState();
   CudaClusterState(const CudaClusterState&) = delete;
   CudaClusterState& operator=(const CudaClusterState&) = delete;
@@ -61,6 +64,7 @@ class CudaClusterState {
   int region_end() const { return region_end_; }
   int num_clusters() const { return blocks_.empty() ? 0 : blocks_.back().cluster_end; }
   const std::vector<CudaClusterBlock>& blocks() const { return blocks_; }
+  int64_t device_bytes() const { return charge_.bytes(); }  // the persistent device arrays
 
   // Per (layer, head) device arrays, for the decode step's pointer tables.
   const cuda::bf16* key_centroids(int layer, int head) const;    // [num_clusters, head_dim]
@@ -102,6 +106,7 @@ class CudaClusterState {
   cuda::bf16* value_centroids_ = nullptr;
   int32_t* cluster_begin_ = nullptr;
   int32_t* slot_positions_ = nullptr;
+  DeviceMemoryCharge charge_;
 };
 
 }  // namespace mpa

@@ -8,11 +8,13 @@
 
 namespace mpa {
 
-CudaQuestPages::CudaQuestPages(int page_tokens, int num_layers, int num_kv_heads, int head_dim)
+CudaQuestPages::CudaQuestPages(int page_tokens, int num_layers, int num_kv_heads, int head_dim,
+                               DeviceMemoryBudget* budget)
     : page_tokens_(page_tokens),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
-      head_dim_(head_dim) {}
+      head_dim_(head_dim),
+      charge_(budget) {}
 
 CudaQuestPages::~CudaQuestPages() {
   cudaFree(page_min_);
@@ -43,6 +45,9 @@ absl::Status CudaQuestPages::Update(const CudaClusterState::Context& ctx, int be
     int capacity = std::max(64, capacity_);
     while (capacity < pages_needed) capacity *= 2;
     const int64_t rows = int64_t{num_layers_} * num_kv_heads_ * capacity * head_dim_;
+    MPA_RETURN_IF_ERROR(charge_.Resize(
+        2 * rows * static_cast<int64_t>(sizeof(cuda::bf16)) + (int64_t{capacity} + 1) * 4,
+        "a sequence's Quest page bounds"));  // (its copy of the page table, 4 bytes a page, not)
     cuda::bf16* mn = nullptr;
     cuda::bf16* mx = nullptr;
     int32_t* pb = nullptr;

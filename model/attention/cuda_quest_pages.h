@@ -21,7 +21,9 @@ namespace mpa {
 
 class CudaQuestPages {
  public:
-  CudaQuestPages(int page_tokens, int num_layers, int num_kv_heads, int head_dim);
+  // `budget` (may be null: not counted) is charged for the page bounds before they grow.
+  CudaQuestPages(int page_tokens, int num_layers, int num_kv_heads, int head_dim,
+                 DeviceMemoryBudget* budget = nullptr);
   ~CudaQuestPages();
   CudaQuestPages(const CudaQuestPages&) = delete;
   CudaQuestPages& operator=(const CudaQuestPages&) = delete;
@@ -29,6 +31,7 @@ class CudaQuestPages {
   int region_begin() const { return region_begin_; }
   int region_end() const { return region_end_; }
   int num_pages() const { return num_pages_; }
+  int64_t device_bytes() const { return charge_.bytes(); }  // the page bounds' arrays
   const cuda::bf16* page_min(int layer, int head) const;     // [num_pages, head_dim]
   const cuda::bf16* page_max(int layer, int head) const;     // [num_pages, head_dim]
   const int32_t* page_begin() const { return page_begin_; }  // [num_pages + 1], every head
@@ -47,6 +50,7 @@ class CudaQuestPages {
   int32_t* page_begin_ = nullptr;    // [capacity + 1]
   int32_t* device_pages_ = nullptr;  // the sequence's page list, for the bounds kernel
   int device_pages_capacity_ = 0;
+  DeviceMemoryCharge charge_;
 };
 
 }  // namespace mpa

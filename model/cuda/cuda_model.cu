@@ -301,6 +301,16 @@ absl::Status CudaModel::Init() {
 
   free_pages_.resize(num_pages);
   std::iota(free_pages_.rbegin(), free_pages_.rend(), 0);  // pop_back hands out page 0 first
+
+  int64_t state_bytes = options_.attention_state_bytes;
+  if (state_bytes < 0) {
+    const int64_t pool_bytes = 2 * c.num_layers * num_pages * page_elems * int64_t{sizeof(bf16)};
+    size_t free_bytes = 0, total_bytes = 0;
+    MPA_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const int64_t spare = static_cast<int64_t>(free_bytes) - (int64_t{1} << 30);
+    state_bytes = std::max<int64_t>(0, std::min(pool_bytes / 4, spare));
+  }
+  attention_budget_ = DeviceMemoryBudget(state_bytes);
   return absl::OkStatus();
 }
 
@@ -1027,13 +1037,14 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
   if (quest) {
     if (fresh) {
       seq.quest_ = std::make_unique<CudaQuestPages>(config.quest_page_tokens, config_.num_layers,
-                                                    config_.num_kv_heads, config_.head_dim);
+                                                    config_.num_kv_heads, config_.head_dim,
+                                                    &attention_budget_);
     }
     status = seq.quest_->Update(ctx, part.sink_end, part.clustered_end);
     if (!prefill && status.ok()) stats.cluster_updates += 1;
   } else if (fresh) {
-    seq.clusters_ = std::make_unique<CudaClusterState>(config, config_.num_layers,
-                                                       config_.num_kv_heads, config_.head_dim);
+    seq.clusters_ = std::make_unique<CudaClusterState>(
+        config, config_.num_layers, config_.num_kv_heads, config_.head_dim, &attention_budget_);
     status.Update(
         seq.clusters_->Build(ctx, part.sink_end, part.clustered_end, &stats.tokens_reclustered));
     if (!prefill) stats.cluster_updates += 1;

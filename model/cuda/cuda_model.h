@@ -33,6 +33,7 @@
 #include "model/attention/attention_backend.h"
 #include "model/config/model_config.h"
 #include "model/io/weights.h"
+#include "model/runtime/device_memory_budget.h"
 #include "model/runtime/sampler.h"
 
 namespace mpa {
@@ -49,6 +50,11 @@ struct CudaModelOptions {
   // The fused GEMVs are launched as programmatic dependents: each starts streaming its weights
   // while the kernel before it finishes (false: ordinary launches).
   bool programmatic_launch = true;
+  // Device memory for the sparse modes' per-sequence state beside the KV pool (cluster centroids,
+  // cluster bounds and slot maps; Quest page bounds), over all sequences. A sequence whose state
+  // would pass it attends exactly until its region grows again. -1: a quarter of the KV pool's
+  // bytes, less what the device lacks after the model's own allocations (1 GiB kept free).
+  int64_t attention_state_bytes = -1;
 };
 
 class CudaModel;
@@ -69,6 +75,7 @@ class CudaSequence {
   const AttentionStats& stats() const { return stats_; }
   // Null until the clustered region first reaches min_clustered_tokens (and for dense).
   const CudaClusterState* clusters() const { return clusters_.get(); }
+  const CudaQuestPages* quest_pages() const { return quest_.get(); }  // null until built (Quest)
 
  private:
   friend class CudaModel;
@@ -102,6 +109,8 @@ class CudaModel {
   }
   // Bytes of weights a decode step reads (every matrix once, one embedding row per token).
   int64_t weight_bytes_per_step() const { return weight_bytes_per_step_; }
+  // The sparse modes' state beside the KV pool (CudaModelOptions::attention_state_bytes).
+  const DeviceMemoryBudget& attention_state_budget() const { return attention_budget_; }
 
   std::unique_ptr<CudaSequence> NewSequence();
 
@@ -213,6 +222,7 @@ class CudaModel {
   std::vector<int64_t> last_lengths_;      // per logit row: its sequence's length after the step
   std::vector<CudaSequence*> last_batch_;  // the sequences of the last decode step
   int64_t weight_bytes_per_step_ = 0;
+  DeviceMemoryBudget attention_budget_{0};
   std::unique_ptr<Impl> impl_;
 };
 

@@ -51,6 +51,7 @@ const std::vector<std::pair<std::string, std::string>> kFamilies = {
     {"mpa_active_generations", "gauge"},
     {"mpa_kv_cache_tokens", "gauge"},
     {"mpa_kv_cache_usage_ratio", "gauge"},
+    {"mpa_attention_state_bytes", "gauge"},
     {"mpa_attention_exact_fraction", "histogram"},
     {"mpa_attention_tokens_total", "counter"},
     {"mpa_centroids_scored_total", "counter"},
@@ -230,6 +231,8 @@ TEST_F(MetricsRegistryTest, StepsChunksStateAndErrors) {
   state.sessions = RandomCount(0, 64);
   state.active_generations = RandomCount(0, 64);
   state.kv_used_tokens = 16 * RandomCount(0, 100);
+  state.attention_state_limit_bytes = RandomCount(1, 1 << 30);
+  state.attention_state_bytes = RandomCount(0, state.attention_state_limit_bytes);
   state.kv_free_tokens = 16 * RandomCount(1, 100);
   metrics_.SetState(state);
 
@@ -255,6 +258,9 @@ TEST_F(MetricsRegistryTest, StepsChunksStateAndErrors) {
   EXPECT_EQ(Value(s, "mpa_sessions"), state.sessions);
   EXPECT_EQ(Value(s, "mpa_active_generations"), state.active_generations);
   EXPECT_EQ(Value(s, "mpa_kv_cache_tokens{state=\"used\"}"), state.kv_used_tokens);
+  EXPECT_EQ(Value(s, "mpa_attention_state_bytes{state=\"used\"}"), state.attention_state_bytes);
+  EXPECT_EQ(Value(s, "mpa_attention_state_bytes{state=\"limit\"}"),
+            state.attention_state_limit_bytes);
   EXPECT_EQ(Value(s, "mpa_kv_cache_tokens{state=\"free\"}"), state.kv_free_tokens);
   EXPECT_NEAR(
       Value(s, "mpa_kv_cache_usage_ratio"),

@@ -17,6 +17,7 @@
 
 #include "gtest/gtest.h"
 #include "model/attention/cuda_clusters.h"
+#include "model/attention/cuda_quest_pages.h"
 #include "model/cpu/model.h"
 #include "model/cuda/cuda_model.h"
 
@@ -174,6 +175,42 @@ TEST(CudaMultipoleGpuTest, QuestFullBudgetEqualsDense) {
   EXPECT_GT(st.cluster_updates, 0);
   EXPECT_GT(st.centroids_scored, 0);  // pages were scored
   EXPECT_EQ(st.tokens_attended_exact, st.tokens_total);
+}
+
+// The sparse modes' state is charged to the model's budget while a sequence holds it and given
+// back when it goes; a budget too small for any state leaves sequences exact (every token read
+// exactly, no clusters) and the model serving, the logits those of dense attention.
+TEST(CudaMultipoleGpuTest, AttentionStateIsChargedAndBounded) {
+  SKIP_WITHOUT_MODEL();
+  auto cpu = Model::Load(StoriesDir(), ModelOptions{});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  for (AttentionMode mode : {AttentionMode::kMultipole, AttentionMode::kQuest}) {
+    SCOPED_TRACE(AttentionModeName(mode));
+    auto roomy = CudaModel::Load(StoriesDir(), CudaModelOptions{});
+    ASSERT_TRUE(roomy.ok()) << roomy.status();
+    EXPECT_GT((*roomy)->attention_state_budget().limit(), 0);  // the default: a share of the pool
+    {
+      const VersusDense r = RunVersusDense(**roomy, **cpu, Small(mode, 0.3f));
+      const int64_t held = mode == AttentionMode::kQuest ? r.seq->quest_pages()->device_bytes()
+                                                          : r.seq->clusters()->device_bytes();
+      EXPECT_GT(held, 0);
+      EXPECT_EQ((*roomy)->attention_state_budget().used(), held);
+      EXPECT_LT(r.seq->stats().tokens_attended_exact, r.seq->stats().tokens_total);
+    }
+    EXPECT_EQ((*roomy)->attention_state_budget().used(), 0);  // the sequences went
+
+    CudaModelOptions tight;
+    tight.attention_state_bytes = 64;  // less than any state
+    auto small = CudaModel::Load(StoriesDir(), tight);
+    ASSERT_TRUE(small.ok()) << small.status();
+    EXPECT_EQ((*small)->attention_state_budget().limit(), 64);
+    const VersusDense r = RunVersusDense(**small, **cpu, Small(mode, 0.3f));
+    EXPECT_EQ(r.seq->clusters(), nullptr);
+    EXPECT_EQ(r.seq->quest_pages(), nullptr);
+    EXPECT_EQ((*small)->attention_state_budget().used(), 0);
+    EXPECT_EQ(r.seq->stats().tokens_attended_exact, r.seq->stats().tokens_total);
+    EXPECT_LT(r.worst, 1e-2);  // exact: dense within bf16 rounding, as FullBudgetEqualsDense
+  }
 }
 
 TEST(CudaMultipoleGpuTest, AgreesWithCpuWhereTheGapIsWide) {
