@@ -201,7 +201,11 @@ int main(int argc, char** argv) {
     shape.max_clusters = clusters;
     shape.max_seq_len = s.context;
     shape = mpa::cuda::ChooseMultipoleSplits(shape);
-    const size_t ws_bytes = mpa::cuda::MultipoleDecodeWorkspaceBytes(shape);
+    // Room for up to four times the chosen exact splits too (the small batches' sweep below).
+    mpa::cuda::MultipoleShape wide = shape;
+    wide.exact_splits = std::min(4 * shape.exact_splits, 128);
+    const size_t ws_bytes = std::max(mpa::cuda::MultipoleDecodeWorkspaceBytes(shape),
+                                     mpa::cuda::MultipoleDecodeWorkspaceBytes(wide));
     void* ws;
     CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
     const mpa::cuda::MultipoleWorkspace w = mpa::cuda::MultipoleWorkspaceLayout(ws, shape);
@@ -300,6 +304,21 @@ int main(int argc, char** argv) {
           "  one stream %.1f us, two streams %.1f us, selection not programmatic %.1f us (the "
           "call as timed: %.1f us)\n",
           one_stream_t * 1e6, two_streams_t * 1e6, no_pdl_t * 1e6, step_t[2] * 1e6);
+      // Small batches: the exact part's splits (one wave of blocks by default) at 2x and 4x.
+      if (s.batch <= 4) {
+        for (int mult : {2, 4}) {
+          p.exact_splits = std::min(mult * shape.exact_splits, 128);
+          const double split_t = TimeIt(
+              [&](int i) {
+                bind(caches[i % copies]);
+                CHECK_CUDA(mpa::cuda::MultipoleDecode(p, nullptr));
+              },
+              iters, 7);
+          std::printf("  exact splits %d (default %d): %.1f us\n", p.exact_splits,
+                      shape.exact_splits, split_t * 1e6);
+        }
+        p.exact_splits = 0;
+      }
       // The lookup on CUDA cores, for comparison with the tensor-core one above.
       p.stop_after = 1;
       p.kernel = mpa::cuda::DecodeKernel::kCudaCore;
