@@ -248,8 +248,8 @@ int main(int argc, char** argv) {
     // MPA_PROBE_CHUNK=N: the context arrives N tokens at a time, the clusters (or Quest pages)
     // refreshed after each piece, as a long prompt that comes in several prefill calls.
     const char* chunk_env = std::getenv("MPA_PROBE_CHUNK");
-    const int chunk = chunk_env != nullptr && std::atoi(chunk_env) > 0 ? std::atoi(chunk_env)
-                                                                        : probe_context;
+    const int chunk =
+        chunk_env != nullptr && std::atoi(chunk_env) > 0 ? std::atoi(chunk_env) : probe_context;
     CHECK_OK(m.SetAttention(*seq, attention));
     for (int done = 0; done < probe_context; done += chunk) {
       CHECK_OK(m.AppendUncomputedContext(*seq, std::min(chunk, probe_context - done)));
@@ -380,7 +380,8 @@ int main(int argc, char** argv) {
       const double sparse = steps(batch, context, &mp, 20, nullptr);
       const double q = no_quest ? 0.0 : steps(batch, context, &quest, 20, nullptr);
       char quest_cells[64] = "not run | -";
-      if (!no_quest) std::snprintf(quest_cells, sizeof(quest_cells), "%.3f | %.2fx", q * 1e3, dense / q);
+      if (!no_quest)
+        std::snprintf(quest_cells, sizeof(quest_cells), "%.3f | %.2fx", q * 1e3, dense / q);
       std::printf("| %d | %d | %.3f | %.3f | %.2fx | %s |\n", context, batch, dense * 1e3,
                   sparse * 1e3, dense / sparse, quest_cells);
       std::fflush(stdout);

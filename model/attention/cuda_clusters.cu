@@ -97,11 +97,12 @@ const int32_t* CudaClusterState::slot_positions(int layer, int head) const {
 absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slots) {
   const int64_t rows = int64_t{num_layers_} * num_kv_heads_;
   if (clusters <= cluster_capacity_ && slots <= slot_capacity_) return absl::OkStatus();
-  const int new_clusters =
-      clusters > cluster_capacity_ ? std::max(clusters, cluster_capacity_ + cluster_capacity_ / 2)
-                                   : cluster_capacity_;
-  const int new_slots =
-      slots > slot_capacity_ ? std::max(slots, slot_capacity_ + slot_capacity_ / 2) : slot_capacity_;
+  const int new_clusters = clusters > cluster_capacity_
+                               ? std::max(clusters, cluster_capacity_ + cluster_capacity_ / 2)
+                               : cluster_capacity_;
+  const int new_slots = slots > slot_capacity_
+                            ? std::max(slots, slot_capacity_ + slot_capacity_ / 2)
+                            : slot_capacity_;
   // Charged first: the arrays at their new capacities (the old ones are freed on the stream).
   MPA_RETURN_IF_ERROR(charge_.Resize(
       rows * (int64_t{new_clusters} * head_dim_ * 2 * static_cast<int64_t>(sizeof(bf16)) +

@@ -31,7 +31,7 @@ class CudaQuestPages {
   int region_begin() const { return region_begin_; }
   int region_end() const { return region_end_; }
   int num_pages() const { return num_pages_; }
-  int64_t device_bytes() const { return charge_.bytes(); }  // the page bounds' arrays
+  int64_t device_bytes() const { return charge_.bytes(); }   // the page bounds' arrays
   const cuda::bf16* page_min(int layer, int head) const;     // [num_pages, head_dim]
   const cuda::bf16* page_max(int layer, int head) const;     // [num_pages, head_dim]
   const int32_t* page_begin() const { return page_begin_; }  // [num_pages + 1], every head

@@ -10,8 +10,8 @@ absl::Status DeviceMemoryBudget::Charge(int64_t bytes, absl::string_view what) {
   if (bytes < 0) return absl::InvalidArgumentError("a negative charge");
   if (bytes > limit_ - used_) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "attention state memory is full: ", what, " needs ", bytes, " more bytes, ", used_,
-        " of ", limit_, " are in use (raise --attention_state_mb, or lower --max_kv_tokens)"));
+        "attention state memory is full: ", what, " needs ", bytes, " more bytes, ", used_, " of ",
+        limit_, " are in use (raise --attention_state_mb, or lower --max_kv_tokens)"));
   }
   used_ += bytes;
   peak_ = std::max(peak_, used_);

@@ -192,7 +192,7 @@ TEST(CudaMultipoleGpuTest, AttentionStateIsChargedAndBounded) {
     {
       const VersusDense r = RunVersusDense(**roomy, **cpu, Small(mode, 0.3f));
       const int64_t held = mode == AttentionMode::kQuest ? r.seq->quest_pages()->device_bytes()
-                                                          : r.seq->clusters()->device_bytes();
+                                                         : r.seq->clusters()->device_bytes();
       EXPECT_GT(held, 0);
       EXPECT_EQ((*roomy)->attention_state_budget().used(), held);
       EXPECT_LT(r.seq->stats().tokens_attended_exact, r.seq->stats().tokens_total);
