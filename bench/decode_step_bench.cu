@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -231,8 +232,9 @@ int main(int argc, char** argv) {
     attention.mode = *mode;
     attention.multipole.token_budget_fraction = 0.05f;
     mpa::CudaModelOptions options;
-    options.max_batch = 1;
-    options.max_kv_tokens = probe_context + 4096;
+    const bool e2e = std::getenv("MPA_PROBE_E2E") != nullptr;
+    options.max_batch = e2e ? 8 : 1;
+    options.max_kv_tokens = e2e ? 170000 : probe_context + 4096;
     auto model_or = mpa::CudaModel::Random(c, 1, options);
     if (!model_or.ok()) {
       std::fprintf(stderr, "%s\n", model_or.status().ToString().c_str());
@@ -244,6 +246,52 @@ int main(int argc, char** argv) {
     const char* no_graphs = std::getenv("MPA_PROBE_NO_GRAPHS");
     if (no_graphs != nullptr && no_graphs[0] == '1') m.set_decode_graphs(false);
     CHECK_OK(m.FillKvCacheRandom(5));
+    // MPA_PROBE_E2E=1: as a server's requests: a dense, a multipole and then a MODE request, each
+    // a prompt of CONTEXT random ids prefilled 1024 at a time and STEPS decode steps sampled on
+    // the device (batch room 8, as mpa_server --max_batch_size=8).
+    const char* e2e_env = std::getenv("MPA_PROBE_E2E");
+    if (e2e_env != nullptr && e2e_env[0] == '1') {
+      std::mt19937 rng(7);
+      std::vector<int32_t> prompt(probe_context);
+      for (int32_t& id : prompt) id = static_cast<int32_t>(rng() % c.vocab_size);
+      for (mpa::AttentionMode request :
+           {mpa::AttentionMode::kDense, mpa::AttentionMode::kMultipole, attention.mode}) {
+        mpa::AttentionOptions a = attention;
+        a.mode = request;
+        auto s = m.NewSequence();
+        CHECK_OK(m.SetAttention(*s, a));
+        for (int done = 0; done < probe_context; done += 1024) {
+          const int n = std::min(1024, probe_context - done);
+          const absl::Status st =
+              m.Prefill(*s, absl::MakeConstSpan(prompt.data() + done, n), nullptr);
+          if (!st.ok()) {
+            std::printf("probe e2e %s: prefill at %d failed: %s\n",
+                        std::string(mpa::AttentionModeName(request)).c_str(), done,
+                        st.ToString().c_str());
+            return 1;
+          }
+        }
+        std::vector<mpa::CudaSequence*> one = {s.get()};
+        const std::vector<mpa::SamplingParams> greedy(1);
+        std::vector<int32_t> next = {prompt.back()};
+        for (int i = 0; i < probe_steps; ++i) {
+          auto ids = m.DecodeAndSample(one, next, greedy);
+          if (!ids.ok()) {
+            std::printf("probe e2e %s at %d: step %d failed: %s\n",
+                        std::string(mpa::AttentionModeName(request)).c_str(), probe_context, i,
+                        ids.status().ToString().c_str());
+            return 1;
+          }
+          next = *ids;
+        }
+        std::printf("probe e2e %s at %d: %d steps ok (%lld of %lld exact)\n",
+                    std::string(mpa::AttentionModeName(request)).c_str(), probe_context,
+                    probe_steps, static_cast<long long>(s->stats().tokens_attended_exact),
+                    static_cast<long long>(s->stats().tokens_total));
+        std::fflush(stdout);
+      }
+      return 0;
+    }
     auto seq = m.NewSequence();
     // MPA_PROBE_CHUNK=N: the context arrives N tokens at a time, the clusters (or Quest pages)
     // refreshed after each piece, as a long prompt that comes in several prefill calls.

@@ -155,10 +155,9 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   __shared__ unsigned shared_lo, shared_hi;
   __shared__ long long shared_total;
   __shared__ uint64_t shared_key;
-  // Step 4: the score histogram, then the keys of the first miss's bin; step 6: the selected
-  // clusters' value terms [G][head_dim].
+  // Step 4: the score histogram, then the keys of the first miss's bin; step 6: one half of the
+  // merge's sums [G][head_dim].
   __shared__ __align__(16) float corr_o[8 * 256 > kHistBins ? 8 * 256 : kHistBins];
-  __shared__ float corr_l[8];                          // and their weights [G]
   __shared__ float group_m[8], group_z[8], rest_l[8];  // the group's softmax max and normaliser
   static_assert(kBinList * sizeof(uint64_t) <= sizeof(corr_o), "the bin list reuses corr_o");
 
@@ -630,98 +629,119 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
     WriteNoApproximation<G>(a, b, kvh);
     return;
   }
-  // Each selected-cluster sum has one owner: a team of `team` threads (a power of two, inside one
-  // warp) per unit of 8 dimensions x kGc query heads, its threads taking every team-th selected
-  // cluster and summing by shuffles. No shared-memory float atomics: on this hardware they are
-  // compare-and-swap loops, and 32 warps adding onto the same addresses cost 10-13 us whatever the
-  // number of selected clusters (bench/NOTES.md). The sums are also the same from call to call.
+  // The selected clusters' terms: a slot of `lanes` threads reads a selected cluster's value row
+  // (one coalesced row, 8 dimensions per thread) and its group's logits (the same address for the
+  // slot: one transaction), kGc query heads per pass. Each warp's sums go to its own slice of
+  // selected_o, and the merge below subtracts the 32 slices in order: no shared-memory float
+  // atomics (on this hardware compare-and-swap loops: 32 warps adding onto the same addresses
+  // cost 10-13 us whatever the number of selected clusters, bench/NOTES.md), and the same sums
+  // from call to call.
   const int hd = a.head_dim;
   const int vecs = hd >> 3;  // 8-dimension pieces of a value row (head_dim is a multiple of 8)
-  constexpr int kGc = G < 2 ? G : 2;
-  const int units = vecs * (G / kGc);
-  int team = 32;
-  while (team > 1 && units * team > kThreads) team >>= 1;
-  const int unit = tid / team, tl = tid % team;
-  const bool owner = unit < units;
-  const int g0 = owner ? (unit / vecs) * kGc : 0, v = owner ? unit % vecs : 0;
+  const int lanes = vecs <= 1    ? 1
+                    : vecs <= 2  ? 2
+                    : vecs <= 4  ? 4
+                    : vecs <= 8  ? 8
+                    : vecs <= 16 ? 16
+                                 : 32;
+  const int slot = tid / lanes, vlane = tid % lanes, slots_per_block = kThreads / lanes;
   MarkTime(a, 10);
   const bf16* value_centroids = a.value_centroids[hb];
-  float acc[kGc][8], acc_l[kGc];
-#pragma unroll
-  for (int g = 0; g < kGc; ++g) {
-    acc_l[g] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
-  }
-  // Per trip, kTrip selected clusters per thread, every load issued before any is used.
+  float* warp_o = a.selected_o + (static_cast<int64_t>(hb) * kSelectionWarps + warp) * G * hd;
+  constexpr int kGc = G < 2 ? G : 2;
   constexpr int kTrip = 4;
-  for (int i0 = owner ? tl : num_selected; i0 < num_selected; i0 += kTrip * team) {
-    int sc[kTrip];
-    uint4 raw[kTrip];
-    float lg[kTrip][kGc];
+  float my_l[G];  // this warp's weight sums (lane 0)
 #pragma unroll
-    for (int r = 0; r < kTrip; ++r) {
-      const int i = i0 + r * team;
-      sc[r] = i < num_selected ? sel_cluster[i] : -1;
-      raw[r] = sc[r] >= 0 ? __ldg(reinterpret_cast<const uint4*>(
-                                value_centroids + static_cast<int64_t>(sc[r]) * hd + v * 8))
-                          : make_uint4(0, 0, 0, 0);
+  for (int g0 = 0; g0 < G; g0 += kGc) {
+    float acc[kGc][8], acc_l[kGc];
+#pragma unroll
+    for (int g = 0; g < kGc; ++g) {
+      acc_l[g] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+    }
+    for (int i0 = slot; i0 < num_selected; i0 += kTrip * slots_per_block) {
+      int sc[kTrip];
+      uint4 raw[kTrip];
+      float lg[kTrip][kGc];
+#pragma unroll
+      for (int r = 0; r < kTrip; ++r) {
+        const int i = i0 + r * slots_per_block;
+        sc[r] = i < num_selected ? sel_cluster[i] : -1;
+        raw[r] = vlane < vecs && sc[r] >= 0
+                     ? __ldg(reinterpret_cast<const uint4*>(
+                           value_centroids + static_cast<int64_t>(sc[r]) * hd + vlane * 8))
+                     : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int g = 0; g < kGc; ++g) {
+          lg[r][g] = sc[r] >= 0 ? __ldcg(logits + (g0 + g) * a.max_clusters + sc[r]) : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kTrip; ++r) {
+        if (sc[r] < 0) continue;
+        float x[8];
+        detail::Bf16x8ToFloat(raw[r], x);
+        const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
+#pragma unroll
+        for (int g = 0; g < kGc; ++g) {
+          const float w = n * exp2f(lg[r][g] - group_m[g0 + g]);
+          acc_l[g] += w;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, x[e], acc[g][e]);
+        }
+      }
+    }
+    // The warp's slots hold the same dimensions: sum them (lanes apart), then lanes < `lanes`
+    // write the warp's sums.
+    for (int off = 16; off >= lanes; off >>= 1) {
 #pragma unroll
       for (int g = 0; g < kGc; ++g) {
-        lg[r][g] = sc[r] >= 0 ? __ldcg(logits + (g0 + g) * a.max_clusters + sc[r]) : -INFINITY;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
       }
     }
 #pragma unroll
-    for (int r = 0; r < kTrip; ++r) {
-      if (sc[r] < 0) continue;
-      float x[8];
-      detail::Bf16x8ToFloat(raw[r], x);
-      const float n = static_cast<float>(begin[sc[r] + 1] - begin[sc[r]]);
-#pragma unroll
-      for (int g = 0; g < kGc; ++g) {
-        const float w = n * exp2f(lg[r][g] - group_m[g0 + g]);
-        acc_l[g] += w;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w, x[e], acc[g][e]);
+    for (int g = 0; g < kGc; ++g) {
+      // A slot's lanes hold the same weight sum: the first lane of each slot counts it.
+      my_l[g0 + g] = detail::WarpSum(vlane == 0 ? acc_l[g] : 0.0f);
+      if (lane < lanes && vlane < vecs) {
+        float4* dst = reinterpret_cast<float4*>(warp_o + (g0 + g) * hd + vlane * 8);
+        dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+        dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
       }
     }
   }
-  // The team's sums (teams are aligned inside a warp; threads without a unit hold zeros).
-  for (int off = team >> 1; off >= 1; off >>= 1) {
+  if (lane == 0) {
 #pragma unroll
-    for (int g = 0; g < kGc; ++g) {
-      acc_l[g] += __shfl_xor_sync(0xffffffffu, acc_l[g], off);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
-    }
+    for (int g = 0; g < G; ++g) red_m[g][warp] = my_l[g];  // red_m is free again
   }
-  if (owner && tl == 0) {
-#pragma unroll
-    for (int g = 0; g < kGc; ++g) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) corr_o[(g0 + g) * hd + v * 8 + e] = acc[g][e];
-      if (v == 0) corr_l[g0 + g] = acc_l[g];
-    }
-  }
-  __syncthreads();
+  __syncthreads();  // the warps' sums (global and shared) are visible to the whole block
   MarkTime(a, 7);
   const float* block_o = a.approx_o + static_cast<int64_t>(hb) * G * a.lookup_blocks * hd;
-  if (tid == 0) {
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const float l = group_z[g] - corr_l[g];
-      rest_l[g] = group_m[g] != -INFINITY && l > group_z[g] * 0x1p-20f ? l : 0.0f;
-    }
+  if (tid < G) {
+    float l_sel = 0.0f;
+    for (int w = 0; w < kSelectionWarps; ++w) l_sel += red_m[tid][w];  // in order
+    const float l = group_z[tid] - l_sel;
+    rest_l[tid] = group_m[tid] != -INFINITY && l > group_z[tid] * 0x1p-20f ? l : 0.0f;
   }
   __syncthreads();
   const int64_t first_row =
       (static_cast<int64_t>(b) * (a.exact_splits + 1) + a.exact_splits) * a.num_q_heads + kvh * G;
-  for (int t = tid; t < G * hd; t += kThreads) {
-    const int g = t / hd, d = t % hd;
-    const float l = rest_l[g];
-    float total = 0.0f;
-    if (l > 0.0f) {
-      // Eight blocks' loads in flight at a time.
+  const float* sel_o = a.selected_o + static_cast<int64_t>(hb) * kSelectionWarps * G * hd;
+  // Two threads per output where the block has them: one sums the lookup blocks' partials, the
+  // other the selection warps' (each eight loads in flight), then the first combines.
+  const int outputs = G * hd;
+  const bool split = 2 * outputs <= kThreads;
+  float* half_sum = reinterpret_cast<float*>(corr_o);  // [outputs], free again
+  for (int t0 = 0; t0 < (split ? 2 * outputs : outputs); t0 += kThreads) {
+    const int t = t0 + tid;
+    const int o = split ? t % outputs : t;
+    const int part = split ? t / outputs : 0;  // 0: lookup blocks (and, unsplit, warps); 1: warps
+    const int g = o / hd, d = o % hd;
+    const float l = t < (split ? 2 * outputs : outputs) ? rest_l[g] : 0.0f;
+    float total = 0.0f, selected_sum = 0.0f;
+    if (l > 0.0f && part == 0) {
       for (int blk0 = 0; blk0 < used_blocks; blk0 += 8) {
         float bo[8], bm[8];
 #pragma unroll
@@ -738,8 +758,24 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         }
       }
     }
-    a.partial_o[(first_row + g) * hd + d] = l > 0.0f ? (total - corr_o[t]) / l : 0.0f;
-    if (d == 0) a.partial_lse[first_row + g] = l > 0.0f ? group_m[g] + log2f(l) : -INFINITY;
+    if (l > 0.0f && (part == 1 || !split)) {
+      for (int w0 = 0; w0 < kSelectionWarps; w0 += 8) {
+        float so[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) so[u] = __ldcg(sel_o + ((w0 + u) * G + g) * hd + d);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) selected_sum += so[u];
+      }
+    }
+    if (split) {
+      if (part == 1 && t < 2 * outputs) half_sum[o] = selected_sum;
+      __syncthreads();
+    }
+    if (part == 0 && t < outputs) {
+      if (split) selected_sum = half_sum[o];
+      a.partial_o[(first_row + g) * hd + d] = l > 0.0f ? (total - selected_sum) / l : 0.0f;
+      if (d == 0) a.partial_lse[first_row + g] = l > 0.0f ? group_m[g] + log2f(l) : -INFINITY;
+    }
   }
   MarkTime(a, 8);
 }

@@ -30,7 +30,7 @@ bool SupportedHeadDim(int d) {
 }
 
 struct Sizes {
-  size_t logits2, norms, approx_o, scores, selected, rows, counts, partials;
+  size_t logits2, norms, approx_o, selected_o, scores, selected, rows, counts, partials;
 };
 
 Sizes SizesOf(const MultipoleShape& s) {
@@ -41,6 +41,7 @@ Sizes SizesOf(const MultipoleShape& s) {
   z.norms = AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * 2 * sizeof(float));
   z.approx_o =
       AlignUp(heads * group * multipole::LookupBlocks(s.max_clusters) * s.head_dim * sizeof(float));
+  z.selected_o = AlignUp(heads * multipole::kSelectionWarps * group * s.head_dim * sizeof(float));
   z.scores = AlignUp(heads * s.max_clusters * sizeof(float));
   z.selected = AlignUp(heads * s.max_clusters);
   z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
@@ -101,6 +102,7 @@ multipole::StepArgs SliceArgs(multipole::StepArgs a, int b0, int nb, float* part
   a.logits2 += heads * group * a.max_clusters;
   a.norms += heads * group * a.lookup_blocks * 2;
   a.approx_o += heads * group * a.lookup_blocks * a.head_dim;
+  a.selected_o += heads * multipole::kSelectionWarps * group * a.head_dim;
   a.scores += heads * a.max_clusters;
   a.selected += heads * a.max_clusters;
   a.rows += heads * a.max_seq_len;
@@ -128,8 +130,8 @@ MultipoleShape ChooseMultipoleSplits(MultipoleShape shape) {
 size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape) {
   const MultipoleShape s = ChooseMultipoleSplits(shape);
   const Sizes z = SizesOf(s);
-  return z.logits2 + z.norms + z.approx_o + z.scores + z.selected + z.rows + 2 * z.counts +
-         z.partials;
+  return z.logits2 + z.norms + z.approx_o + z.selected_o + z.scores + z.selected + z.rows +
+         2 * z.counts + z.partials;
 }
 
 MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape) {
@@ -143,6 +145,8 @@ MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShap
   p += z.norms;
   w.approx_o = reinterpret_cast<float*>(p);
   p += z.approx_o;
+  w.selected_o = reinterpret_cast<float*>(p);
+  p += z.selected_o;
   w.scores = reinterpret_cast<float*>(p);
   p += z.scores;
   w.selected = p;
@@ -222,6 +226,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.logits2 = w.logits2;
   a.norms = w.norms;
   a.approx_o = w.approx_o;
+  a.selected_o = w.selected_o;
   a.lookup_blocks = multipole::LookupBlocks(c.max_clusters);
   a.scores = w.scores;
   a.selected = w.selected;

@@ -114,6 +114,9 @@ struct MultipoleWorkspace {
   // [batch, num_kv_heads, group, lookup blocks, head_dim]: each block's sum of N_c 2^(s_c - max)
   // Vc_c (multipole sequences only).
   float* approx_o = nullptr;
+  // [batch, num_kv_heads, 32 selection warps, group, head_dim]: each selection warp's sum of its
+  // selected clusters' terms (multipole sequences only).
+  float* selected_o = nullptr;
   float* scores = nullptr;             // [batch, num_kv_heads, max_clusters] GQA-summed scores
   uint8_t* selected = nullptr;         // [batch, num_kv_heads, max_clusters] 1: attended exactly
   int32_t* rows = nullptr;             // [batch, num_kv_heads, max_seq_len] pool rows read exactly

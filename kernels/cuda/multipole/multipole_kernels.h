@@ -43,6 +43,9 @@ struct StepArgs {
   float* norms;     // [batch, num_kv_heads, group, lookup_blocks, 2] (max, sum) per lookup block
   float* approx_o;  // [batch, num_kv_heads, group, lookup_blocks, head_dim] value sums (multipole)
   int lookup_blocks;  // LookupBlocks(max_clusters)
+  // [batch, num_kv_heads, kSelectionWarps, group, head_dim]: each selection warp's sum of its
+  // selected clusters' N_c 2^(s_c - m) Vc_c (multipole), subtracted in the selection's merge.
+  float* selected_o;
   float* scores;
   uint8_t* selected;
   int32_t* rows;
@@ -62,6 +65,9 @@ struct StepArgs {
   bool cuda_core_lookup;
   bool programmatic_launch;  // the selection: see MultipoleDecodeParams
 };
+
+// Warps of the selection kernel's block (1024 threads).
+inline constexpr int kSelectionWarps = 32;
 
 // Clusters per lookup block, and the lookup's blocks per (sequence, KV head).
 inline constexpr int kLookupClustersPerBlock = 256;
