@@ -232,7 +232,8 @@ int main(int argc, char** argv) {
     attention.mode = *mode;
     attention.multipole.token_budget_fraction = 0.05f;
     mpa::CudaModelOptions options;
-    const bool e2e = std::getenv("MPA_PROBE_E2E") != nullptr;
+    const char* e2e_flag = std::getenv("MPA_PROBE_E2E");
+    const bool e2e = e2e_flag != nullptr && e2e_flag[0] == '1';
     options.max_batch = e2e ? 8 : 1;
     options.max_kv_tokens = e2e ? 170000 : probe_context + 4096;
     auto model_or = mpa::CudaModel::Random(c, 1, options);
@@ -249,8 +250,7 @@ int main(int argc, char** argv) {
     // MPA_PROBE_E2E=1: as a server's requests: a dense, a multipole and then a MODE request, each
     // a prompt of CONTEXT random ids prefilled 1024 at a time and STEPS decode steps sampled on
     // the device (batch room 8, as mpa_server --max_batch_size=8).
-    const char* e2e_env = std::getenv("MPA_PROBE_E2E");
-    if (e2e_env != nullptr && e2e_env[0] == '1') {
+    if (e2e) {
       std::mt19937 rng(7);
       std::vector<int32_t> prompt(probe_context);
       for (int32_t& id : prompt) id = static_cast<int32_t>(rng() % c.vocab_size);

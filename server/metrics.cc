@@ -118,12 +118,16 @@ MetricsRegistry::MetricsRegistry(const BuildInfo& info)
   auto& kv = GaugeFamily(r, "mpa_kv_cache_tokens", "KV cache capacity in tokens, used or free");
   kv_used_ = &kv.Add({{"state", "used"}});
   kv_free_ = &kv.Add({{"state", "free"}});
-  auto& state_bytes = GaugeFamily(
-      r, "mpa_attention_state_bytes",
-      "Device memory of the sparse modes' per-sequence state beside the KV cache (cluster "
-      "centroids and bounds, Quest page bounds): in use, and the limit (--attention_state_mb)");
-  attention_state_used_ = &state_bytes.Add({{"state", "used"}});
-  attention_state_limit_ = &state_bytes.Add({{"state", "limit"}});
+  attention_state_used_ =
+      &GaugeFamily(r, "mpa_attention_state_bytes",
+                   "Device memory in use for the sparse modes' per-sequence state beside the KV "
+                   "cache (cluster centroids and bounds, Quest page bounds)")
+           .Add({});
+  attention_state_limit_ =
+      &GaugeFamily(r, "mpa_attention_state_limit_bytes",
+                   "Limit of mpa_attention_state_bytes (--attention_state_mb; 0 where the engine "
+                   "keeps that state with the KV cache, as the CPU does)")
+           .Add({});
   kv_usage_ratio_ =
       &GaugeFamily(r, "mpa_kv_cache_usage_ratio", "KV cache tokens used / capacity").Add({});
 

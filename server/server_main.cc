@@ -428,6 +428,13 @@ int Serve() {
       info.model_name.c_str(), info.architecture.c_str(), info.vocab_size, info.max_context_tokens,
       info.has_tokenizer ? "yes" : "no", std::string(mpa::AttentionModeName(*mode)).c_str(),
       info.device.c_str());
+  if (const auto [used, limit] = (*engine)->attention_state_bytes();
+      limit > 0 || gpu.value() >= 0) {
+    std::printf(
+        "mpa_server: sparse attention state beside the KV cache: up to %.1f MiB "
+        "(--attention_state_mb)%s\n",
+        limit / 1048576.0, limit == 0 ? "; with none, every sparse request attends exactly" : "");
+  }
   std::printf("mpa_server listening on %s\n", BoundAddress(address, port).c_str());
   std::printf("mpa_server: %s\n", tls_summary.c_str());
   if (api_keys != nullptr) {

@@ -1047,7 +1047,7 @@ absl::Status CudaModel::MaintainClusters(CudaSequence& seq, bool prefill) {
         config, config_.num_layers, config_.num_kv_heads, config_.head_dim, &attention_budget_);
     status.Update(
         seq.clusters_->Build(ctx, part.sink_end, part.clustered_end, &stats.tokens_reclustered));
-    if (!prefill) stats.cluster_updates += 1;
+    if (!prefill && status.ok()) stats.cluster_updates += 1;
   } else {
     // One interval at a time while decoding, as the CPU reference. A prompt's later chunks (a
     // long prompt arrives in many) join in steps of up to half a block: each update re-clusters

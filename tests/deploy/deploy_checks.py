@@ -44,6 +44,8 @@ FAMILIES = {
     "mpa_cluster_update_seconds_total": ("counter", set()),
     "mpa_tokens_reclustered_total": ("counter", set()),
     "mpa_prefill_cluster_seconds_total": ("counter", set()),
+    "mpa_attention_state_bytes": ("gauge", set()),
+    "mpa_attention_state_limit_bytes": ("gauge", set()),
 }
 # Label values the server emits, where a query may match on them.
 LABEL_VALUES = {
@@ -63,6 +65,7 @@ REQUIRED_SERIES = [
     "mpa_kv_cache_usage_ratio", "mpa_kv_cache_tokens", "mpa_sessions", "mpa_active_generations",
     "mpa_attention_exact_fraction_bucket", "mpa_cluster_update_seconds_total",
     "mpa_cluster_updates_total", "mpa_tokens_reclustered_total", "mpa_centroids_scored_total",
+    "mpa_attention_state_bytes", "mpa_attention_state_limit_bytes",
 ]
 
 failures = []

@@ -52,6 +52,7 @@ const std::vector<std::pair<std::string, std::string>> kFamilies = {
     {"mpa_kv_cache_tokens", "gauge"},
     {"mpa_kv_cache_usage_ratio", "gauge"},
     {"mpa_attention_state_bytes", "gauge"},
+    {"mpa_attention_state_limit_bytes", "gauge"},
     {"mpa_attention_exact_fraction", "histogram"},
     {"mpa_attention_tokens_total", "counter"},
     {"mpa_centroids_scored_total", "counter"},
@@ -258,9 +259,8 @@ TEST_F(MetricsRegistryTest, StepsChunksStateAndErrors) {
   EXPECT_EQ(Value(s, "mpa_sessions"), state.sessions);
   EXPECT_EQ(Value(s, "mpa_active_generations"), state.active_generations);
   EXPECT_EQ(Value(s, "mpa_kv_cache_tokens{state=\"used\"}"), state.kv_used_tokens);
-  EXPECT_EQ(Value(s, "mpa_attention_state_bytes{state=\"used\"}"), state.attention_state_bytes);
-  EXPECT_EQ(Value(s, "mpa_attention_state_bytes{state=\"limit\"}"),
-            state.attention_state_limit_bytes);
+  EXPECT_EQ(Value(s, "mpa_attention_state_bytes"), state.attention_state_bytes);
+  EXPECT_EQ(Value(s, "mpa_attention_state_limit_bytes"), state.attention_state_limit_bytes);
   EXPECT_EQ(Value(s, "mpa_kv_cache_tokens{state=\"free\"}"), state.kv_free_tokens);
   EXPECT_NEAR(
       Value(s, "mpa_kv_cache_usage_ratio"),
