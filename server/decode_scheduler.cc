@@ -46,6 +46,12 @@ struct Generation {
 
 namespace {
 
+// What clients hear once the engine's device has failed for good.
+absl::Status FaultError(const absl::Status& device) {
+  return absl::UnavailableError(
+      absl::StrCat("the model's device failed (", device.message(), "); the server is restarting"));
+}
+
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 // The counters accumulated between two readings of one sequence's stats.
@@ -344,8 +350,7 @@ int64_t DecodeScheduler::ReservedGrowthBlocks() const {
 
 void DecodeScheduler::StartGeneration(GenerateParams params, std::shared_ptr<GenerationSink> sink) {
   if (faulted()) {
-    sink->Fail(absl::UnavailableError(absl::StrCat("the model's device failed (", fault_.message(),
-                                                   "); the server is restarting")));
+    sink->Fail(FaultError(fault_));
     return;
   }
   if (draining()) {
@@ -664,8 +669,7 @@ bool DecodeScheduler::CheckDeviceFault() {
   faulted_ = true;
   // The handler first: by the time a client hears of the failure, the exit is under way.
   if (fault_handler_) fault_handler_(device);
-  const absl::Status failed = absl::UnavailableError(
-      absl::StrCat("the model's device failed (", device.message(), "); the server is restarting"));
+  const absl::Status failed = FaultError(device);
   for (auto& gen : generations_) FailGeneration(*gen, failed);
   return true;
 }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -136,6 +137,21 @@ VersusDense RunVersusDense(CudaModel& gpu, Model& cpu, const AttentionOptions& o
   return r;
 }
 
+// Rows where `want`'s top-2 logit gap is at least `min_gap`, and how many of them pick another
+// greedy token in `got`.
+std::pair<int, int> WideGapAgreement(const std::vector<std::vector<float>>& got,
+                                     const std::vector<std::vector<float>>& want, float min_gap) {
+  int wide = 0, disagree = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    std::vector<float> sorted = want[i];
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    if (sorted[0] - sorted[1] < min_gap) continue;
+    ++wide;
+    disagree += Argmax(got[i]) != Argmax(want[i]);
+  }
+  return {wide, disagree};
+}
+
 TEST(CudaMultipoleGpuTest, FullBudgetEqualsDense) {
   SKIP_WITHOUT_MODEL();
   auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
@@ -146,14 +162,7 @@ TEST(CudaMultipoleGpuTest, FullBudgetEqualsDense) {
   // BF16 activations: the order of the attention's fp32 sums differs, and a bf16 rounding of the
   // attention output that flips moves the logits by about 2^-9 relative.
   EXPECT_LT(r.worst, 1e-2);
-  int wide = 0, disagree = 0;
-  for (size_t i = 0; i < r.got.size(); ++i) {
-    std::vector<float> sorted = r.want[i];
-    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-    if (sorted[0] - sorted[1] < 0.5f) continue;
-    ++wide;
-    disagree += Argmax(r.got[i]) != Argmax(r.want[i]);
-  }
+  const auto [wide, disagree] = WideGapAgreement(r.got, r.want, 0.5f);
   EXPECT_EQ(disagree, 0) << "of " << wide;
   const AttentionStats& st = r.seq->stats();
   ASSERT_NE(r.seq->clusters(), nullptr);
@@ -218,14 +227,7 @@ TEST(CudaMultipoleGpuTest, AttentionStateIsChargedAndBounded) {
     for (size_t i = 0; i < r.got.size(); ++i) ASSERT_EQ(r.got[i], u.got[i]) << "row " << i;
     // And that is dense attention up to the order of the fp32 sums: the same greedy token where
     // dense's top-2 gap is wide (the logits move by a bf16 rounding of the attention output).
-    int wide = 0, disagree = 0;
-    for (size_t i = 0; i < r.got.size(); ++i) {
-      std::vector<float> sorted = r.want[i];
-      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-      if (sorted[0] - sorted[1] < 0.5f) continue;
-      ++wide;
-      disagree += Argmax(r.got[i]) != Argmax(r.want[i]);
-    }
+    const auto [wide, disagree] = WideGapAgreement(r.got, r.want, 0.5f);
     EXPECT_GT(wide, 0);
     EXPECT_EQ(disagree, 0) << "of " << wide;
     EXPECT_LT(r.worst, 2e-2) << "measured 0.0118 on an H100";
@@ -246,14 +248,7 @@ TEST(CudaMultipoleGpuTest, AgreesWithCpuWhereTheGapIsWide) {
     ASSERT_TRUE((*gpu)->SetAttention(*seq, options).ok());
     const auto got = GpuLogits(**gpu, *seq, tokens, 100);
     const auto want = CpuLogits(**cpu, options, tokens, 100);
-    int wide = 0, disagree = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      std::vector<float> sorted = want[i];
-      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-      if (sorted[0] - sorted[1] < 2.0f) continue;
-      ++wide;
-      if (Argmax(got[i]) != Argmax(want[i])) ++disagree;
-    }
+    const auto [wide, disagree] = WideGapAgreement(got, want, 2.0f);
     const AttentionStats& st = seq->stats();
     SCOPED_TRACE(std::string(AttentionModeName(mode)));
     EXPECT_GT(wide, 50);
