@@ -5,6 +5,7 @@
 // whole region and an empty region both equal dense decode on the GPU.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -44,6 +45,10 @@ struct Case {
   DecodeKernel kernel = DecodeKernel::kAuto;
   int page_size = 16;
   int pipeline_parts = 0;  // MultipoleDecodeParams::pipeline_parts
+  // Two levels: coarse clusters over runs of 1 .. 2 coarse_per - 1 consecutive fine clusters
+  // (0: one level), expanded up to ceil(expansion x budget) tokens.
+  int coarse_per = 0;
+  float expansion = 4.0f;
 };
 
 std::string Describe(const Case& c) {
@@ -51,6 +56,12 @@ std::string Describe(const Case& c) {
                   std::to_string(c.num_kv_heads) +
                   (c.kernel == DecodeKernel::kCudaCore ? " cuda-core" : " auto") +
                   (c.pipeline_parts == 2 ? " two streams" : "");
+  if (c.coarse_per > 0) {
+    char levels[96];
+    std::snprintf(levels, sizeof(levels), " two levels (coarse ~%d fine, expansion %g)",
+                  c.coarse_per, c.expansion);
+    s += levels;
+  }
   for (const SeqSpec& q : c.seqs) {
     s += " [len " + std::to_string(q.len) + " sink " + std::to_string(q.sink) + " cend " +
          std::to_string(q.clustered_end) + " C " + std::to_string(q.clusters) + " budget " +
@@ -74,6 +85,12 @@ struct Scene {
   std::vector<std::vector<int32_t>> begin, slot_pos;
   std::vector<std::vector<float>> kc, vc;  // [C, D] bf16 values
   std::vector<std::vector<uint16_t>> kc_bits, vc_bits;
+  // Two levels, per (b, h): coarse cluster c holds fine clusters [fine_of[c], fine_of[c + 1])
+  // and slots [cbegin[c], cbegin[c + 1]); its centroids are the means of those slots' rows.
+  int max_coarse = 0;
+  std::vector<std::vector<int32_t>> fine_of, cbegin;
+  std::vector<std::vector<float>> ckc, cvc;
+  std::vector<std::vector<uint16_t>> ckc_bits, cvc_bits;
 
   size_t Row(int page_id, int h, int offset) const {
     return ((static_cast<size_t>(page_id) * H + h) * page + offset) * D;
@@ -194,6 +211,36 @@ Scene MakeScene(const Case& c, std::mt19937_64& rng) {
       s.vc_bits.push_back(testing::ToBf16(vc));
       s.kc.push_back(std::move(kc));
       s.vc.push_back(std::move(vc));
+      if (c.coarse_per <= 0) continue;
+      std::uniform_int_distribution<int> run(1, 2 * c.coarse_per - 1);
+      std::vector<int32_t> fine_of = {0}, cbegin = {0};
+      while (fine_of.back() < q.clusters) {
+        fine_of.push_back(std::min(q.clusters, fine_of.back() + run(rng)));
+        cbegin.push_back(begin[fine_of.back()]);
+      }
+      const int coarse = static_cast<int>(fine_of.size()) - 1;
+      std::vector<float> ckc(static_cast<size_t>(coarse) * s.D, 0.0f), cvc(ckc.size(), 0.0f);
+      for (int cl = 0; cl < coarse; ++cl) {
+        const int count = cbegin[cl + 1] - cbegin[cl];
+        for (int slot = cbegin[cl]; slot < cbegin[cl + 1]; ++slot) {
+          const size_t row = s.PosRow(b, h, slot_pos[slot]);
+          for (int d = 0; d < s.D; ++d) {
+            ckc[static_cast<size_t>(cl) * s.D + d] += s.k[row + d];
+            cvc[static_cast<size_t>(cl) * s.D + d] += s.v[row + d];
+          }
+        }
+        for (int d = 0; count > 0 && d < s.D; ++d) {
+          ckc[static_cast<size_t>(cl) * s.D + d] /= count;
+          cvc[static_cast<size_t>(cl) * s.D + d] /= count;
+        }
+      }
+      s.max_coarse = std::max(s.max_coarse, coarse);
+      s.ckc_bits.push_back(testing::ToBf16(ckc));
+      s.cvc_bits.push_back(testing::ToBf16(cvc));
+      s.ckc.push_back(std::move(ckc));
+      s.cvc.push_back(std::move(cvc));
+      s.fine_of.push_back(std::move(fine_of));
+      s.cbegin.push_back(std::move(cbegin));
     }
   }
   return s;
@@ -207,6 +254,10 @@ struct DeviceScene {
   DeviceBuffer<uint16_t> kc, vc;
   DeviceBuffer<int32_t> begin;
   DeviceBuffer<uintptr_t> kc_ptrs, vc_ptrs, begin_ptrs;
+  // Two levels (empty otherwise).
+  DeviceBuffer<uint16_t> ckc, cvc;
+  DeviceBuffer<int32_t> cbegin, fine_of, num_coarse;
+  DeviceBuffer<uintptr_t> ckc_ptrs, cvc_ptrs, cbegin_ptrs, fine_of_ptrs;
 
   static std::vector<int32_t> Field(const Case& c, int SeqSpec::*field) {
     std::vector<int32_t> out;
@@ -251,7 +302,35 @@ struct DeviceScene {
         begin(ConcatInt(s.begin)),
         kc_ptrs(s.kc_bits.size()),
         vc_ptrs(s.kc_bits.size()),
-        begin_ptrs(s.kc_bits.size()) {
+        begin_ptrs(s.kc_bits.size()),
+        ckc(Concat(s.ckc_bits)),
+        cvc(Concat(s.cvc_bits)),
+        cbegin(ConcatInt(s.cbegin)),
+        fine_of(ConcatInt(s.fine_of)),
+        num_coarse(s.cbegin.size()),
+        ckc_ptrs(s.cbegin.size()),
+        cvc_ptrs(s.cbegin.size()),
+        cbegin_ptrs(s.cbegin.size()),
+        fine_of_ptrs(s.cbegin.size()) {
+    if (!s.cbegin.empty()) {
+      std::vector<uintptr_t> kp, vp, bp, fp;
+      std::vector<int32_t> counts;
+      size_t centroid_offset = 0, begin_offset = 0;
+      for (size_t i = 0; i < s.cbegin.size(); ++i) {
+        kp.push_back(reinterpret_cast<uintptr_t>(ckc.get() + centroid_offset));
+        vp.push_back(reinterpret_cast<uintptr_t>(cvc.get() + centroid_offset));
+        bp.push_back(reinterpret_cast<uintptr_t>(cbegin.get() + begin_offset));
+        fp.push_back(reinterpret_cast<uintptr_t>(fine_of.get() + begin_offset));
+        counts.push_back(static_cast<int32_t>(s.cbegin[i].size()) - 1);
+        centroid_offset += s.ckc_bits[i].size();
+        begin_offset += s.cbegin[i].size();
+      }
+      ckc_ptrs.Upload(kp);
+      cvc_ptrs.Upload(vp);
+      cbegin_ptrs.Upload(bp);
+      fine_of_ptrs.Upload(fp);
+      num_coarse.Upload(counts);
+    }
     std::vector<uintptr_t> kp, vp, bp;
     size_t centroid_offset = 0, begin_offset = 0;
     for (size_t i = 0; i < s.kc_bits.size(); ++i) {
@@ -289,6 +368,16 @@ struct DeviceScene {
     p.scale = 1.0f / std::sqrt(static_cast<float>(s.D));
     p.kernel = c.kernel;
     p.pipeline_parts = c.pipeline_parts;
+    if (c.coarse_per > 0) {
+      CoarseLevel& cl = p.clusters.coarse;
+      cl.key_centroids = reinterpret_cast<const bf16* const*>(ckc_ptrs.get());
+      cl.value_centroids = reinterpret_cast<const bf16* const*>(cvc_ptrs.get());
+      cl.cluster_begin = reinterpret_cast<const int32_t* const*>(cbegin_ptrs.get());
+      cl.fine_begin = reinterpret_cast<const int32_t* const*>(fine_of_ptrs.get());
+      cl.num_clusters = num_coarse.get();
+      cl.max_clusters = std::max(s.max_coarse, 1);
+      cl.expansion = c.expansion;
+    }
     return p;
   }
 };
@@ -302,12 +391,220 @@ MultipoleShape ShapeOf(const MultipoleDecodeParams& p) {
   shape.max_clusters = p.clusters.max_clusters;
   shape.max_seq_len = p.max_seq_len;
   shape.exact_splits = p.exact_splits;
+  shape.max_coarse_clusters =
+      p.clusters.coarse.key_centroids != nullptr ? p.clusters.coarse.max_clusters : 0;
   return shape;
 }
 
 // Relative to the fp32 reference on the same bf16 inputs: summation order, exp2 rounding and the
 // exact part's P carried in two bf16 terms (~16 bits) on the tensor-core path.
 constexpr double kF32Bound = 1e-4;
+
+template <typename T>
+std::vector<T> Download(const T* ptr, size_t n) {
+  std::vector<T> host(n);
+  cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost);
+  return host;
+}
+
+// One KV head's keys (or values) by position, [len, D].
+std::vector<float> HeadCache(const Scene& s, int b, int h, int len, bool values) {
+  std::vector<float> out(static_cast<size_t>(len) * s.D);
+  for (int t = 0; t < len; ++t) {
+    std::copy_n((values ? s.v : s.k).begin() + s.PosRow(b, h, t), s.D,
+                out.begin() + static_cast<size_t>(t) * s.D);
+  }
+  return out;
+}
+
+// Two levels, after model/attention/multipole_attention.cc: the coarse logits, scores and
+// expansion (the CPU rule on the GPU's coarse scores), the list of expanded fine clusters, the
+// fine logits and scores of the listed clusters (the CPU lookup over every fine cluster with the
+// counts of clusters outside the expanded ones set to 0), the fine selection (the CPU rule on the
+// GPU's fine scores), and the output: exact over sink + recent + the selected fine clusters,
+// the listed clusters not selected through their fine centroids, the coarse clusters not
+// expanded through their coarse centroids. Returns the output's error.
+double TwoLevelReference(const Case& c, const Scene& s, const MultipoleWorkspace& w, float scale,
+                         const std::vector<float>& got) {
+  const size_t heads = static_cast<size_t>(s.batch) * s.H;
+  const int nq = s.H * s.G;
+  const int M = s.max_clusters, Mc = std::max(s.max_coarse, 1);
+  const std::vector<float> clogits = Download(w.coarse_logits2, heads * s.G * Mc);
+  const std::vector<float> cscores = Download(w.coarse_scores, heads * Mc);
+  const std::vector<uint8_t> expanded = Download(w.coarse_expanded, heads * Mc);
+  const std::vector<int32_t> expanded_tokens = Download(w.expanded_tokens, heads);
+  const std::vector<int32_t> fine_ids = Download(w.fine_ids, heads * M);
+  const std::vector<int32_t> fine_count = Download(w.fine_count, heads);
+  const std::vector<float> logits = Download(w.logits2, heads * s.G * M);
+  const std::vector<float> scores = Download(w.scores, heads * M);
+  const std::vector<uint8_t> selected = Download(w.selected, heads * M);
+  const std::vector<int32_t> selected_tokens = Download(w.selected_tokens, heads);
+  std::vector<float> want(got.size());
+  int failures = 0;
+  auto near = [](float x, float want_x) {
+    return std::isinf(want_x) ? x == want_x
+                              : std::fabs(x - want_x) <= 1e-4 * (1 + std::fabs(want_x));
+  };
+  for (int b = 0; b < s.batch; ++b) {
+    const SeqSpec& q = c.seqs[b];
+    for (int h = 0; h < s.H; ++h) {
+      const size_t hb = static_cast<size_t>(b) * s.H + h;
+      char where[32];
+      std::snprintf(where, sizeof(where), "b%d h%d", b, h);
+      SCOPED_TRACE(where);
+      const float* qh = s.q.data() + (static_cast<size_t>(b) * nq + h * s.G) * s.D;
+      const std::vector<int32_t>& fine_of = s.fine_of[hb];
+      const std::vector<int32_t>& cbegin = s.cbegin[hb];
+      const int C = q.clusters, Cc = static_cast<int>(cbegin.size()) - 1;
+      std::vector<int32_t> counts(C), ccounts(Cc);
+      for (int cl = 0; cl < C; ++cl) counts[cl] = s.begin[hb][cl + 1] - s.begin[hb][cl];
+      for (int cl = 0; cl < Cc; ++cl) ccounts[cl] = cbegin[cl + 1] - cbegin[cl];
+      // 1. Coarse logits, scores, expansion.
+      std::vector<float> ref_clogits(static_cast<size_t>(s.G) * Cc), ref_cscores(Cc);
+      cpu::CentroidLookupParams lp;
+      lp.q = qh;
+      lp.key_centroids = s.ckc[hb].data();
+      lp.counts = ccounts.data();
+      lp.num_clusters = Cc;
+      lp.group_size = s.G;
+      lp.head_dim = s.D;
+      lp.scale = scale;
+      lp.logits2 = ref_clogits.data();
+      lp.scores = ref_cscores.data();
+      cpu::CentroidLookup(lp);
+      for (int g = 0; g < s.G; ++g) {
+        for (int cl = 0; cl < Cc; ++cl) {
+          const float x = clogits[(hb * s.G + g) * Mc + cl];
+          if (!near(x, ref_clogits[static_cast<size_t>(g) * Cc + cl]) && ++failures <= 5) {
+            ADD_FAILURE() << "coarse logit g" << g << " c" << cl << ": " << x << " vs "
+                          << ref_clogits[static_cast<size_t>(g) * Cc + cl];
+          }
+        }
+      }
+      std::vector<float> gpu_cscores(cscores.begin() + hb * Mc, cscores.begin() + hb * Mc + Cc);
+      for (int cl = 0; cl < Cc; ++cl) {
+        if (!(std::fabs(gpu_cscores[cl] - ref_cscores[cl]) <= 1e-4 * ref_cscores[cl] + 1e-7) &&
+            ++failures <= 5) {
+          ADD_FAILURE() << "coarse score c" << cl << ": " << gpu_cscores[cl] << " vs "
+                        << ref_cscores[cl];
+        }
+      }
+      std::vector<uint8_t> ref_expanded(Cc);
+      cpu::ClusterSelectionParams sp;
+      sp.scores = gpu_cscores.data();
+      sp.counts = ccounts.data();
+      sp.num_clusters = Cc;
+      sp.token_budget = static_cast<int64_t>(
+          std::ceil(static_cast<double>(q.budget) * static_cast<double>(c.expansion)));
+      sp.selected = ref_expanded.data();
+      EXPECT_EQ(expanded_tokens[hb], cpu::SelectClusters(sp));
+      std::vector<int32_t> want_list;
+      std::vector<int32_t> fine_counts(C, 0);
+      for (int cl = 0; cl < Cc; ++cl) {
+        if (expanded[hb * Mc + cl] != ref_expanded[cl] && ++failures <= 5) {
+          ADD_FAILURE() << "expansion c" << cl << ": gpu " << int(expanded[hb * Mc + cl]) << " cpu "
+                        << int(ref_expanded[cl]);
+        }
+        if (!ref_expanded[cl]) continue;
+        for (int f = fine_of[cl]; f < fine_of[cl + 1]; ++f) {
+          want_list.push_back(f);
+          fine_counts[f] = counts[f];
+        }
+      }
+      // 2. The list, the fine logits and scores of its entries, the fine selection.
+      const int n = fine_count[hb];
+      EXPECT_EQ(n, static_cast<int>(want_list.size()));
+      if (n != static_cast<int>(want_list.size())) continue;
+      for (int i = 0; i < n; ++i) {
+        EXPECT_EQ(fine_ids[hb * M + i], want_list[i]) << "list entry " << i;
+      }
+      std::vector<float> ref_logits(static_cast<size_t>(s.G) * C), ref_scores(C);
+      lp.key_centroids = s.kc[hb].data();
+      lp.counts = fine_counts.data();
+      lp.num_clusters = C;
+      lp.logits2 = ref_logits.data();
+      lp.scores = ref_scores.data();
+      cpu::CentroidLookup(lp);
+      std::vector<float> gpu_scores(C, 0.0f);
+      for (int i = 0; i < n; ++i) {
+        const int f = want_list[i];
+        gpu_scores[f] = scores[hb * M + i];
+        for (int g = 0; g < s.G; ++g) {
+          const float x = logits[(hb * s.G + g) * M + i];
+          if (!near(x, ref_logits[static_cast<size_t>(g) * C + f]) && ++failures <= 5) {
+            ADD_FAILURE() << "fine logit g" << g << " entry " << i << ": " << x << " vs "
+                          << ref_logits[static_cast<size_t>(g) * C + f];
+          }
+        }
+        if (!(std::fabs(gpu_scores[f] - ref_scores[f]) <= 1e-4 * ref_scores[f] + 1e-7) &&
+            ++failures <= 5) {
+          ADD_FAILURE() << "fine score entry " << i << ": " << gpu_scores[f] << " vs "
+                        << ref_scores[f];
+        }
+      }
+      std::vector<uint8_t> ref_selected(C), gpu_selected(C, 0);
+      sp.scores = gpu_scores.data();
+      sp.counts = fine_counts.data();
+      sp.num_clusters = C;
+      sp.token_budget = q.budget;
+      sp.selected = ref_selected.data();
+      EXPECT_EQ(selected_tokens[hb], cpu::SelectClusters(sp));
+      for (int i = 0; i < n; ++i) gpu_selected[want_list[i]] = selected[hb * M + i];
+      for (int f = 0; f < C; ++f) {
+        if (gpu_selected[f] != ref_selected[f] && ++failures <= 5) {
+          ADD_FAILURE() << "fine selection f" << f << ": gpu " << int(gpu_selected[f]) << " cpu "
+                        << int(ref_selected[f]);
+        }
+      }
+      // 3. The output.
+      const std::vector<float> kh = HeadCache(s, b, h, q.len, false);
+      const std::vector<float> vh = HeadCache(s, b, h, q.len, true);
+      const cpu::TokenRange positions[2] = {{0, q.sink}, {q.clustered_end, q.len}};
+      std::vector<cpu::TokenRange> ranges;
+      for (int f = 0; f < C; ++f) {
+        if (gpu_selected[f]) ranges.push_back({s.begin[hb][f], s.begin[hb][f + 1]});
+      }
+      for (int g = 0; g < s.G; ++g) {
+        cpu::PartialAttention acc(s.D);
+        cpu::SparseExactParams ep;
+        ep.q = qh + static_cast<size_t>(g) * s.D;
+        ep.k_head = kh.data();
+        ep.v_head = vh.data();
+        ep.head_dim = s.D;
+        ep.scale = scale;
+        ep.position_ranges = positions;
+        ep.num_position_ranges = 2;
+        ep.slots = s.slot_pos[hb].data();
+        ep.slot_ranges = ranges.data();
+        ep.num_slot_ranges = static_cast<int>(ranges.size());
+        cpu::AccumulateSparseExact(ep, acc);
+        if (q.approximate) {
+          cpu::PartialAttention fine(s.D), coarse(s.D);
+          cpu::CentroidApproximationParams ap;
+          ap.logits2 = ref_logits.data() + static_cast<size_t>(g) * C;
+          ap.value_centroids = s.vc[hb].data();
+          ap.counts = fine_counts.data();
+          ap.selected = gpu_selected.data();
+          ap.num_clusters = C;
+          ap.head_dim = s.D;
+          cpu::AccumulateCentroidApproximation(ap, fine);
+          cpu::MergePartial(acc, fine);
+          std::vector<uint8_t> gpu_expanded(expanded.begin() + hb * Mc,
+                                            expanded.begin() + hb * Mc + Cc);
+          ap.logits2 = ref_clogits.data() + static_cast<size_t>(g) * Cc;
+          ap.value_centroids = s.cvc[hb].data();
+          ap.counts = ccounts.data();
+          ap.selected = gpu_expanded.data();
+          ap.num_clusters = Cc;
+          cpu::AccumulateCentroidApproximation(ap, coarse);
+          cpu::MergePartial(acc, coarse);
+        }
+        cpu::FinalizePartial(acc, want.data() + (static_cast<size_t>(b) * nq + h * s.G + g) * s.D);
+      }
+    }
+  }
+  return RelativeL2(got, want);
+}
 
 // Runs one case, checks every intermediate against the CPU twins, returns the output's error.
 double RunCase(const Case& c) {
@@ -343,6 +640,9 @@ double RunCase(const Case& c) {
   std::vector<float> want(got.size());
   const float scale = p.scale;
   int logit_failures = 0, score_failures = 0, selection_failures = 0;
+  if (c.coarse_per > 0) {
+    return TwoLevelReference(c, s, w, scale, got);
+  }
   for (int b = 0; b < s.batch; ++b) {
     const SeqSpec& q = c.seqs[b];
     for (int h = 0; h < s.H; ++h) {
@@ -552,6 +852,32 @@ TEST(MultipoleDecodeGpuTest, TwoStreamsMatchOneStream) {
   }
 }
 
+// Two levels against the CPU twins: the sequences' edges (budget 0 and 1, everything fitting,
+// exact-only, a giant cluster), an integral and a fractional expansion, both lookups, two streams.
+TEST(MultipoleDecodeGpuTest, TwoLevelsMatchCpuTwins) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int hd : {8, 64, 128}) {
+    for (int group : {1, 2, 4, 8}) {
+      Case c{hd, group, 2, MixedSequences()};
+      c.coarse_per = 4;
+      c.expansion = group % 2 == 0 ? 4.0f : 1.5f;
+      EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+    }
+  }
+  for (int parts : {1, 2}) {
+    Case c{128, 4, 3, MixedSequences(), DecodeKernel::kCudaCore};
+    c.coarse_per = 8;
+    c.pipeline_parts = parts;
+    EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+    c.kernel = DecodeKernel::kAuto;
+    EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+  }
+  // A long region: thousands of fine clusters, more than one lookup block of coarse ones.
+  Case c{128, 4, 1, {{40000, 10, 39800, 4000, 2000, true}, {5000, 10, 4800, 700, 512, true}}};
+  c.coarse_per = 6;
+  EXPECT_LT(RunCase(c), kF32Bound) << Describe(c);
+}
+
 TEST(MultipoleDecodeGpuTest, SortsTheLargestClusterCount) {
   MPA_SKIP_WITHOUT_GPU();
   const int C = kMaxClustersPerHead;
@@ -569,6 +895,8 @@ TEST(MultipoleDecodeGpuTest, FullBudgetEqualsDense) {
                group,
                2,
                {{513, 10, 385, 37, 1 << 30, approximate}, {2000, 0, 1900, 150, 1900, approximate}}};
+        EXPECT_LT(MultipoleVersusDense(c), kF32Bound) << Describe(c);
+        c.coarse_per = 5;  // two levels: everything expanded, every fine cluster selected
         EXPECT_LT(MultipoleVersusDense(c), kF32Bound) << Describe(c);
       }
     }
@@ -608,6 +936,34 @@ TEST(MultipoleDecodeGpuTest, RejectsUnsupportedShapes) {
   bad = p;
   bad.num_q_heads = 3;
   EXPECT_EQ(MultipoleDecode(bad, nullptr), cudaErrorInvalidValue);
+  // Two levels: an incomplete coarse level, a bad expansion, Quest sequences.
+  Case two = c;
+  two.coarse_per = 3;
+  const Scene s2 = MakeScene(two, rng);
+  const DeviceScene dev2(two, s2);
+  MultipoleDecodeParams p2 = dev2.Params(two, s2);
+  p2.out_f32 = out.get();
+  const size_t bytes2 = MultipoleDecodeWorkspaceBytes(ShapeOf(p2));
+  DeviceBuffer<char> ws2(bytes2);
+  p2.workspace = ws2.get();
+  p2.workspace_bytes = bytes2;
+  EXPECT_GT(bytes2, bytes);
+  bad = p2;
+  bad.clusters.coarse.fine_begin = nullptr;
+  EXPECT_EQ(MultipoleDecode(bad, nullptr), cudaErrorInvalidValue);
+  for (float e : {0.0f, -1.0f, NAN, INFINITY}) {
+    bad = p2;
+    bad.clusters.coarse.expansion = e;
+    EXPECT_EQ(MultipoleDecode(bad, nullptr), cudaErrorInvalidValue) << e;
+  }
+  DeviceBuffer<uint8_t> quest(std::vector<uint8_t>{0});
+  bad = p2;
+  bad.quest = quest.get();
+  EXPECT_EQ(MultipoleDecode(bad, nullptr), cudaErrorInvalidValue);
+  bad = p2;
+  bad.workspace_bytes = bytes;  // a one-level workspace is too small
+  EXPECT_EQ(MultipoleDecode(bad, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(MultipoleDecode(p2, nullptr), cudaSuccess);
   EXPECT_EQ(MultipoleDecode(p, nullptr), cudaSuccess);
 }
 

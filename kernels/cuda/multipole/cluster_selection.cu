@@ -132,7 +132,7 @@ __device__ __forceinline__ void MarkTime(const StepArgs& a, int i) {
 template <int G>
 __device__ void WriteNoApproximation(const StepArgs& a, int b, int kvh) {
   const int64_t first_row =
-      (static_cast<int64_t>(b) * (a.exact_splits + 1) + a.exact_splits) * a.num_q_heads + kvh * G;
+      (static_cast<int64_t>(b) * a.partial_slots + a.approx_slot) * a.num_q_heads + kvh * G;
   for (int t = threadIdx.x; t < G * a.head_dim; t += blockDim.x) {
     a.partial_o[first_row * a.head_dim + t] = 0.0f;
     if (t % a.head_dim == 0) a.partial_lse[first_row + t / a.head_dim] = -INFINITY;
@@ -168,13 +168,18 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   const int sink = min(a.sink_end[b], len);
   const int clustered_end = max(sink, min(a.clustered_end[b], len));
   const int num_clusters = a.num_clusters[hb];
-  const int64_t budget = a.token_budget[b];
+  // The coarse pass of two levels selects (expands) up to ceil(expansion x budget) tokens, as the
+  // CPU reference computes it (multipole_attention.cc).
+  const bool coarse = a.expansion > 0.0f;
+  const int64_t budget = coarse ? static_cast<int64_t>(ceil(static_cast<double>(a.token_budget[b]) *
+                                                            static_cast<double>(a.expansion)))
+                                : a.token_budget[b];
   int32_t* rows = a.rows + static_cast<int64_t>(hb) * a.max_seq_len;
   const int mask = a.page_size - 1;
   MarkTime(a, 0);
 
   // 1. Sink and recent window.
-  const int exact_positions = sink + (len - clustered_end);
+  const int exact_positions = coarse ? 0 : sink + (len - clustered_end);
   const int32_t* table = a.pages + static_cast<int64_t>(b) * a.max_pages;
   for (int t = tid; t < exact_positions; t += kThreads) {
     const int pos = t < sink ? t : clustered_end + (t - sink);
@@ -189,16 +194,21 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       selected[c] = 0;
     }
     if (tid == 0) {
-      a.row_counts[hb] = exact_positions;
       a.selected_tokens[hb] = 0;
-      if (a.exact_tokens != nullptr) atomicAdd(&a.exact_tokens[b], exact_positions);
+      if (coarse) {  // an empty list: the fine pass attends to the sink and window alone
+        a.list_count[hb] = 0;
+        a.list_begin[static_cast<int64_t>(hb) * (a.max_fine + 1)] = 0;
+      } else {
+        a.row_counts[hb] = exact_positions;
+        if (a.exact_tokens != nullptr) atomicAdd(&a.exact_tokens[b], exact_positions);
+      }
     }
     WriteNoApproximation<G>(a, b, kvh);
     return;
   }
   // The cluster bounds (all loads issued before any store), the flags, the histogram.
   {
-    const int32_t* cluster_begin = a.cluster_begin[hb];
+    const int32_t* cluster_begin = ClusterBounds(a, hb);
     int32_t v[kPer + 1];
 #pragma unroll
     for (int i = 0; i <= kPer; ++i) {
@@ -274,14 +284,16 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   MarkTime(a, 1);
 
   // 3. Scores and rank keys (one pass over the logits, loads of four clusters in flight), with
-  // the live clusters' token total and the range of their score bits.
+  // the live clusters' token total and the range of their score bits. The fine pass of two levels
+  // stops at its list's end (its capacity is far above its use).
+  const int scan_end = a.fine_ids != nullptr ? num_clusters : a.max_clusters;
   {
     long long tokens_local = 0;
     unsigned lo_local = 0xffffffffu, hi_local = 0;
 #pragma unroll 4
     for (int i = 0; i < kPer; ++i) {
       const int c = tid + i * kThreads;
-      if (c >= a.max_clusters) break;
+      if (c >= scan_end) break;
       float lg[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) lg[g] = quest ? 0.0f : __ldcg(logits + g * a.max_clusters + c);
@@ -559,12 +571,50 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       ++i;
     }
   }
-  for (int c = tid; c < a.max_clusters; c += kThreads) selected[c] = flags[c];
+  for (int c = tid; c < scan_end; c += kThreads) selected[c] = flags[c];
+  if (coarse) {
+    // 5'. The coarse pass lists the expanded clusters' fine clusters for the fine pass, in
+    // cluster order: entry i is fine cluster list_ids[i], its tokens numbered from list_begin[i].
+    const int32_t* fine_of = a.fine_of_coarse[hb];
+    const int32_t* fine_begin = a.fine_slot_begin[hb];
+    int my_entries = 0;
+    for (int c = c0; c < c1; ++c) {
+      if (flags[c]) my_entries += __ldg(fine_of + c + 1) - __ldg(fine_of + c);
+    }
+    long long entries_total;
+    int entry = static_cast<int>(
+        BlockExclusiveScan(static_cast<long long>(my_entries), scan_scratch, &entries_total));
+    int32_t* ids = a.list_ids + static_cast<int64_t>(hb) * a.max_fine;
+    int32_t* list_begin = a.list_begin + static_cast<int64_t>(hb) * (a.max_fine + 1);
+    int tokens = static_cast<int>(both & ((1ll << kTokenBits) - 1));
+    for (int c = c0; c < c1; ++c) {
+      if (!flags[c]) continue;
+      const int f1 = __ldg(fine_of + c + 1);
+      for (int f = __ldg(fine_of + c); f < f1; ++f, ++entry) {
+        if (entry < a.max_fine) {
+          ids[entry] = f;
+          list_begin[entry] = tokens + (__ldg(fine_begin + f) - begin[c]);
+        }
+      }
+      tokens += begin[c + 1] - begin[c];
+    }
+    if (tid == 0) {
+      const int listed = static_cast<int>(min(entries_total, static_cast<long long>(a.max_fine)));
+      list_begin[listed] = selected_total;
+      a.list_count[hb] = listed;
+      a.selected_tokens[hb] = selected_total;
+    }
+  }
   __syncthreads();
   MarkTime(a, 11);
   const int32_t* ctable = a.clustered_pages + static_cast<int64_t>(b) * a.max_clustered_pages;
   const int slot_base = a.slots_after_sink ? a.sink_end[b] : 0;  // in place: rows of the region
-  {
+  // The first slot of cluster c (the fine pass: of its list entry's fine cluster).
+  const int32_t* level_begin = a.cluster_begin[hb];
+  auto slot_start = [&](int c) {
+    return a.fine_ids != nullptr ? __ldg(level_begin + CentroidRow(a, hb, c)) : begin[c];
+  };
+  if (!coarse) {
     // Each thread writes a contiguous run of tokens: one binary search for its first token's
     // cluster, then a walk; the page-table loads of eight tokens are issued together.
     const int run = (selected_total + kThreads - 1) / kThreads;
@@ -583,7 +633,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       k = lo;
     }
     int next_first = k + 1 < num_selected ? sel_first[k + 1] : selected_total;
-    int s = t0 < t1 ? begin[sel_cluster[k]] + (t0 - sel_first[k]) + slot_base : 0;
+    int s = t0 < t1 ? slot_start(sel_cluster[k]) + (t0 - sel_first[k]) + slot_base : 0;
     for (int t = t0; t < t1; t += 8) {
       int slots[8];
 #pragma unroll
@@ -591,7 +641,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         if (t + u == next_first && t + u < t1) {
           ++k;
           next_first = k + 1 < num_selected ? sel_first[k + 1] : selected_total;
-          s = begin[sel_cluster[k]] + slot_base;
+          s = slot_start(sel_cluster[k]) + slot_base;
         }
         slots[u] = s++;
       }
@@ -608,7 +658,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
       }
     }
   }
-  if (tid == 0) {
+  if (tid == 0 && !coarse) {
     a.row_counts[hb] = exact_positions + selected_total;
     a.selected_tokens[hb] = selected_total;
     if (a.exact_tokens != nullptr) {
@@ -670,7 +720,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         sc[r] = i < num_selected ? sel_cluster[i] : -1;
         raw[r] = vlane < vecs && sc[r] >= 0
                      ? __ldg(reinterpret_cast<const uint4*>(
-                           value_centroids + static_cast<int64_t>(sc[r]) * hd + vlane * 8))
+                           value_centroids + static_cast<int64_t>(CentroidRow(a, hb, sc[r])) * hd +
+                           vlane * 8))
                      : make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int g = 0; g < kGc; ++g) {
@@ -727,7 +778,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   }
   __syncthreads();
   const int64_t first_row =
-      (static_cast<int64_t>(b) * (a.exact_splits + 1) + a.exact_splits) * a.num_q_heads + kvh * G;
+      (static_cast<int64_t>(b) * a.partial_slots + a.approx_slot) * a.num_q_heads + kvh * G;
   const float* sel_o = a.selected_o + static_cast<int64_t>(hb) * kSelectionWarps * G * hd;
   // Two threads per output where the block has them: one sums the lookup blocks' partials, the
   // other the selection warps' (each eight loads in flight), then the first combines.

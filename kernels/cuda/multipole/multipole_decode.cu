@@ -1,5 +1,6 @@
 // MultipoleDecode: validation, workspace layout and the four launches (multipole_decode.h).
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <mutex>
 
@@ -31,7 +32,18 @@ bool SupportedHeadDim(int d) {
 
 struct Sizes {
   size_t logits2, norms, approx_o, selected_o, scores, selected, rows, counts, partials;
+  // Two levels (0 otherwise).
+  size_t coarse_logits2 = 0, coarse_norms = 0, coarse_approx_o = 0, coarse_scores = 0,
+         coarse_selected = 0, fine_ids = 0, list_begin = 0;
+  size_t total() const {
+    return logits2 + norms + approx_o + selected_o + scores + selected + rows + 2 * counts +
+           partials + coarse_logits2 + coarse_norms + coarse_approx_o + coarse_scores +
+           coarse_selected + fine_ids + list_begin + (fine_ids > 0 ? 2 * counts : 0);
+  }
 };
+
+// Approximation partials after the exact part's: one per level.
+int ApproximationSlots(const MultipoleShape& s) { return s.max_coarse_clusters > 0 ? 2 : 1; }
 
 Sizes SizesOf(const MultipoleShape& s) {
   const size_t heads = static_cast<size_t>(s.batch) * s.num_kv_heads;
@@ -47,9 +59,20 @@ Sizes SizesOf(const MultipoleShape& s) {
   z.rows = AlignUp(heads * std::max(s.max_seq_len, 1) * sizeof(int32_t));
   z.counts = AlignUp(heads * sizeof(int32_t));
   // Two halves each take their own partials (the second at an aligned offset).
-  z.partials = AlignUp(
-      DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim, s.exact_splits + 1) +
-      kAlign);
+  z.partials = AlignUp(DecodeAttentionWorkspaceBytes(s.batch, s.num_q_heads, s.head_dim,
+                                                     s.exact_splits + ApproximationSlots(s)) +
+                       kAlign);
+  if (s.max_coarse_clusters > 0) {
+    const size_t nc = s.max_coarse_clusters;
+    const size_t blocks = multipole::LookupBlocks(s.max_coarse_clusters);
+    z.coarse_logits2 = AlignUp(heads * group * nc * sizeof(float));
+    z.coarse_norms = AlignUp(heads * group * blocks * 2 * sizeof(float));
+    z.coarse_approx_o = AlignUp(heads * group * blocks * s.head_dim * sizeof(float));
+    z.coarse_scores = AlignUp(heads * nc * sizeof(float));
+    z.coarse_selected = AlignUp(heads * nc);
+    z.fine_ids = AlignUp(heads * s.max_clusters * sizeof(int32_t));
+    z.list_begin = AlignUp(heads * (s.max_clusters + 1) * sizeof(int32_t));
+  }
   return z;
 }
 
@@ -90,6 +113,17 @@ multipole::StepArgs SliceArgs(multipole::StepArgs a, int b0, int nb, float* part
   a.value_centroids += heads;
   a.cluster_begin += heads;
   a.num_clusters += heads;
+  if (a.fine_of_coarse != nullptr) {  // the coarse pass of two levels
+    a.fine_of_coarse += heads;
+    a.fine_slot_begin += heads;
+    a.list_ids += heads * a.max_fine;
+    a.list_begin += heads * (a.max_fine + 1);
+    a.list_count += heads;
+  }
+  if (a.fine_ids != nullptr) {  // the fine pass
+    a.fine_ids += heads * a.max_clusters;
+    a.fine_list_begin += heads * (a.max_clusters + 1);
+  }
   a.pages += int64_t{b0} * a.max_pages;
   a.clustered_pages += int64_t{b0} * a.max_clustered_pages;
   a.seq_lens += b0;
@@ -110,7 +144,7 @@ multipole::StepArgs SliceArgs(multipole::StepArgs a, int b0, int nb, float* part
   a.selected_tokens += heads;
   if (a.exact_tokens != nullptr) a.exact_tokens += b0;
   a.partial_o = partials;
-  a.partial_lse = partials + int64_t{nb} * (a.exact_splits + 1) * a.num_q_heads * a.head_dim;
+  a.partial_lse = partials + int64_t{nb} * a.partial_slots * a.num_q_heads * a.head_dim;
   if (b0 != 0) a.trace = nullptr;
   return a;
 }
@@ -128,10 +162,7 @@ MultipoleShape ChooseMultipoleSplits(MultipoleShape shape) {
 }
 
 size_t MultipoleDecodeWorkspaceBytes(const MultipoleShape& shape) {
-  const MultipoleShape s = ChooseMultipoleSplits(shape);
-  const Sizes z = SizesOf(s);
-  return z.logits2 + z.norms + z.approx_o + z.selected_o + z.scores + z.selected + z.rows +
-         2 * z.counts + z.partials;
+  return SizesOf(ChooseMultipoleSplits(shape)).total();
 }
 
 MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShape& shape) {
@@ -159,6 +190,26 @@ MultipoleWorkspace MultipoleWorkspaceLayout(void* workspace, const MultipoleShap
   p += z.counts;
   w.partials = p;
   w.partials_bytes = z.partials;
+  p += z.partials;
+  if (s.max_coarse_clusters > 0) {
+    w.coarse_logits2 = reinterpret_cast<float*>(p);
+    p += z.coarse_logits2;
+    w.coarse_norms = reinterpret_cast<float*>(p);
+    p += z.coarse_norms;
+    w.coarse_approx_o = reinterpret_cast<float*>(p);
+    p += z.coarse_approx_o;
+    w.coarse_scores = reinterpret_cast<float*>(p);
+    p += z.coarse_scores;
+    w.coarse_expanded = p;
+    p += z.coarse_selected;
+    w.fine_ids = reinterpret_cast<int32_t*>(p);
+    p += z.fine_ids;
+    w.list_begin = reinterpret_cast<int32_t*>(p);
+    p += z.list_begin;
+    w.fine_count = reinterpret_cast<int32_t*>(p);
+    p += z.counts;
+    w.expanded_tokens = reinterpret_cast<int32_t*>(p);
+  }
   return w;
 }
 
@@ -179,6 +230,15 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   }
   const int group = p.num_q_heads / nkv;
   if (group != 1 && group != 2 && group != 4 && group != 8) return cudaErrorInvalidValue;
+  const CoarseLevel& coarse = c.coarse;
+  const bool two_levels = coarse.key_centroids != nullptr;
+  if (two_levels &&
+      (coarse.value_centroids == nullptr || coarse.cluster_begin == nullptr ||
+       coarse.fine_begin == nullptr || coarse.num_clusters == nullptr || p.quest != nullptr ||
+       coarse.max_clusters < 1 || coarse.max_clusters > kMaxClustersPerHead ||
+       !(coarse.expansion > 0.0f) || !std::isfinite(coarse.expansion))) {
+    return cudaErrorInvalidValue;
+  }
   // Rows are int32 pool row indices.
   if (p.pool_pages <= 0 || p.pool_pages * nkv * p.kv.page_size > INT32_MAX) {
     return cudaErrorInvalidValue;
@@ -193,6 +253,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   shape.max_clusters = c.max_clusters;
   shape.max_seq_len = p.max_seq_len;
   shape.exact_splits = p.exact_splits;
+  shape.max_coarse_clusters = two_levels ? coarse.max_clusters : 0;
   shape = ChooseMultipoleSplits(shape);
   if (p.workspace_bytes < MultipoleDecodeWorkspaceBytes(shape)) return cudaErrorInvalidValue;
   const MultipoleWorkspace w = MultipoleWorkspaceLayout(p.workspace, shape);
@@ -234,13 +295,56 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.row_counts = w.row_counts;
   a.selected_tokens = w.selected_tokens;
   a.exact_tokens = p.exact_tokens;
-  const int slots = shape.exact_splits + 1;
+  const int slots = shape.exact_splits + ApproximationSlots(shape);
   a.partial_o = static_cast<float*>(w.partials);
   a.partial_lse = a.partial_o + static_cast<size_t>(p.batch) * slots * p.num_q_heads * hd;
   a.exact_splits = shape.exact_splits;
+  a.partial_slots = slots;
+  a.approx_slot = shape.exact_splits;
   a.trace = p.trace;
   a.cuda_core_lookup = p.kernel == DecodeKernel::kCudaCore;
   a.programmatic_launch = p.programmatic_launch;
+  a.expansion = 0.0f;
+  a.fine_of_coarse = nullptr;
+  a.fine_slot_begin = nullptr;
+  a.list_ids = nullptr;
+  a.list_begin = nullptr;
+  a.list_count = nullptr;
+  a.max_fine = 0;
+  a.fine_ids = nullptr;
+  a.fine_list_begin = nullptr;
+
+  // Two levels: the coarse pass ranks and expands the coarse clusters into the list of fine
+  // clusters the fine pass (`a`) then treats as its clusters; its approximation takes the second
+  // approximation slot.
+  multipole::StepArgs ca = a;
+  if (two_levels) {
+    ca.key_centroids = coarse.key_centroids;
+    ca.value_centroids = coarse.value_centroids;
+    ca.cluster_begin = coarse.cluster_begin;
+    ca.num_clusters = coarse.num_clusters;
+    ca.max_clusters = coarse.max_clusters;
+    ca.logits2 = w.coarse_logits2;
+    ca.norms = w.coarse_norms;
+    ca.approx_o = w.coarse_approx_o;
+    ca.lookup_blocks = multipole::LookupBlocks(coarse.max_clusters);
+    ca.scores = w.coarse_scores;
+    ca.selected = w.coarse_expanded;
+    ca.selected_tokens = w.expanded_tokens;
+    ca.exact_tokens = nullptr;
+    ca.approx_slot = shape.exact_splits + 1;
+    ca.trace = nullptr;
+    ca.expansion = coarse.expansion;
+    ca.fine_of_coarse = coarse.fine_begin;
+    ca.fine_slot_begin = c.cluster_begin;
+    ca.list_ids = w.fine_ids;
+    ca.list_begin = w.list_begin;
+    ca.list_count = w.fine_count;
+    ca.max_fine = c.max_clusters;
+    a.num_clusters = w.fine_count;
+    a.fine_ids = w.fine_ids;
+    a.fine_list_begin = w.list_begin;
+  }
 
   DecodeAttentionParams d;
   d.q = p.q;
@@ -254,7 +358,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   d.rows.rows = w.rows;
   d.rows.counts = w.row_counts;
   d.rows.capacity = a.max_seq_len;
-  d.extra_partials = 1;
+  d.extra_partials = ApproximationSlots(shape);
   d.out = p.out;
   d.out_f32 = p.out_f32;
   d.workspace = w.partials;
@@ -267,10 +371,23 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
                  cudaEvent_t looked_up) -> cudaError_t {
     const multipole::StepArgs sa =
         nb == p.batch ? a : SliceArgs(a, b0, nb, static_cast<float*>(partials));
-    cudaError_t err = multipole::LaunchCentroidLookup(sa, s);
-    if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(sa, s);
-    if (err == cudaSuccess && looked_up != nullptr) err = cudaEventRecord(looked_up, s);
-    if (err != cudaSuccess || p.stop_after == 1) return err;
+    cudaError_t err = cudaSuccess;
+    if (two_levels) {
+      // Benchmarks: stop_after 1 is the coarse lookup, 2 everything before the exact part.
+      const multipole::StepArgs sca =
+          nb == p.batch ? ca : SliceArgs(ca, b0, nb, static_cast<float*>(partials));
+      err = multipole::LaunchCentroidLookup(sca, s);
+      if (err == cudaSuccess && looked_up != nullptr) err = cudaEventRecord(looked_up, s);
+      if (err != cudaSuccess || p.stop_after == 1) return err;
+      if ((err = multipole::LaunchClusterSelection(sca, s)) != cudaSuccess) return err;
+      err = multipole::LaunchCentroidLookup(sa, s);
+    } else {
+      err = multipole::LaunchCentroidLookup(sa, s);
+      if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(sa, s);
+      if (err == cudaSuccess && looked_up != nullptr) err = cudaEventRecord(looked_up, s);
+      if (err != cudaSuccess || p.stop_after == 1) return err;
+    }
+    if (err != cudaSuccess) return err;
     if ((err = multipole::LaunchClusterSelection(sa, s)) != cudaSuccess) return err;
     if (p.stop_after == 2) return cudaSuccess;
     DecodeAttentionParams dd = d;

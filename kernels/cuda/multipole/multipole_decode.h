@@ -36,6 +36,25 @@ namespace mpa::cuda {
 // The clustered region of every (sequence, KV head) of one layer. Per-head arrays are reached
 // through device arrays of pointers indexed by b * num_kv_heads + h, so each sequence may keep its
 // cluster state wherever it lives between steps.
+// Two levels (DESIGN.md section 5, the hierarchical option): coarse clusters over the fine ones
+// of ClusteredRegion, the fine clusters of each coarse cluster numbered consecutively (so a coarse
+// cluster is also one contiguous run of slots). The coarse level is looked up and selected first,
+// up to ceil(expansion x token budget) tokens; the fine clusters of those coarse clusters are then
+// looked up and selected up to the budget, the rest of them approximated by their fine
+// centroids, and every coarse cluster not expanded by its coarse centroids (the CPU twin:
+// model/attention/multipole_attention.cc with levels 2).
+struct CoarseLevel {
+  const bf16* const* key_centroids = nullptr;  // -> [num_coarse, head_dim]; null: one level
+  const bf16* const* value_centroids = nullptr;
+  // -> [num_coarse + 1]: coarse cluster c holds slots [cluster_begin[c], cluster_begin[c + 1]),
+  // which are the slots of its fine clusters [fine_begin[c], fine_begin[c + 1]).
+  const int32_t* const* cluster_begin = nullptr;
+  const int32_t* const* fine_begin = nullptr;  // -> [num_coarse + 1]
+  const int32_t* num_clusters = nullptr;       // [batch * num_kv_heads]
+  int max_clusters = 0;                        // host: an upper bound of num_clusters
+  float expansion = 4.0f;
+};
+
 struct ClusteredRegion {
   BlockTable pages;  // [batch, max_pages] pool pages of the cluster-major slots
   // The slots are the region's own rows, reordered in place: slot s is row sink_end + s of
@@ -48,6 +67,7 @@ struct ClusteredRegion {
   const int32_t* const* cluster_begin = nullptr;
   const int32_t* num_clusters = nullptr;  // [batch * num_kv_heads] (0: no clustered region)
   int max_clusters = 0;  // host: an upper bound of num_clusters (sizes grids and scratch)
+  CoarseLevel coarse;    // two levels where coarse.key_centroids is set
 };
 
 struct MultipoleDecodeParams {
@@ -67,7 +87,7 @@ struct MultipoleDecodeParams {
   // consecutive positions (cluster_begin: page starts), key_centroids and value_centroids hold
   // each page's per-channel minimum and maximum of its keys (QuestPageBounds), pages are ranked by
   // the largest over the group's query heads of sum_i max(q_i min_i, q_i max_i) and selected by
-  // the same budget rule; no approximation (approximate is ignored).
+  // the same budget rule; no approximation (approximate is ignored). Not with two levels.
   const uint8_t* quest = nullptr;
   ClusteredRegion clusters;
   int batch = 0;
@@ -124,6 +144,20 @@ struct MultipoleWorkspace {
   int32_t* selected_tokens = nullptr;  // [batch, num_kv_heads] clustered tokens attended exactly
   void* partials = nullptr;            // DecodeAttention's partials (decode_attention.h)
   size_t partials_bytes = 0;
+  // Two levels (MultipoleShape::max_coarse_clusters > 0; null otherwise). The fine level's
+  // arrays above are then indexed by the entries of the list of expanded fine clusters (entry i
+  // is fine cluster fine_ids[i]; fine_count entries), the coarse level's below by coarse cluster.
+  float* coarse_logits2 = nullptr;     // [batch, num_kv_heads, group, max_coarse_clusters]
+  float* coarse_scores = nullptr;      // [batch, num_kv_heads, max_coarse_clusters]
+  uint8_t* coarse_expanded = nullptr;  // [batch, num_kv_heads, max_coarse_clusters] 1: expanded
+  int32_t* expanded_tokens = nullptr;  // [batch, num_kv_heads] tokens of the expanded clusters
+  int32_t* fine_ids = nullptr;         // [batch, num_kv_heads, max_clusters]
+  int32_t* fine_count = nullptr;       // [batch, num_kv_heads]
+  // Internal to the call: the coarse lookup's per-block partials (as norms and approx_o) and
+  // the list's token bounds ([batch, num_kv_heads, max_clusters + 1]).
+  float* coarse_norms = nullptr;
+  float* coarse_approx_o = nullptr;
+  int32_t* list_begin = nullptr;
 };
 
 struct MultipoleShape {
@@ -133,7 +167,8 @@ struct MultipoleShape {
   int head_dim = 0;
   int max_clusters = 0;
   int max_seq_len = 0;
-  int exact_splits = 0;  // as chosen (ChooseMultipoleSplits)
+  int exact_splits = 0;         // as chosen (ChooseMultipoleSplits)
+  int max_coarse_clusters = 0;  // two levels: CoarseLevel::max_clusters; 0: one level
 };
 
 // The splits the launcher uses for a shape (fills shape.exact_splits where 0).
@@ -167,7 +202,8 @@ cudaError_t QuestPageBounds(const QuestPageBoundsParams& p, cudaStream_t stream)
 inline constexpr int kMaxClustersPerHead = 16384;
 
 // cudaErrorInvalidValue on unsupported shapes (head_dim not a multiple of 8 up to 256, group
-// not 1/2/4/8, max_clusters over kMaxClustersPerHead, pool rows over int32) or missing pointers.
+// not 1/2/4/8, max_clusters over kMaxClustersPerHead, pool rows over int32), missing pointers, or
+// two levels with Quest sequences or an expansion that is not a positive number.
 cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream);
 
 }  // namespace mpa::cuda

@@ -52,11 +52,32 @@ struct StepArgs {
   int32_t* row_counts;
   int32_t* selected_tokens;
   unsigned long long* exact_tokens;  // [batch] or null: += rows attended exactly
-  // DecodeAttention's partials: [batch, exact_splits + 1, num_q_heads, head_dim] then lse [batch,
-  // exact_splits + 1, num_q_heads]; the approximation owns the last slot (exact_splits).
+  // DecodeAttention's partials: [batch, partial_slots, num_q_heads, head_dim] then lse [batch,
+  // partial_slots, num_q_heads]; slots [0, exact_splits) are the exact part's, then one
+  // approximation slot per level (the fine level's is exact_splits, the coarse level's
+  // exact_splits + 1); this launch's approximation goes to approx_slot.
   float* partial_o;
   float* partial_lse;
   int exact_splits;
+  int partial_slots;
+  int approx_slot;
+
+  // Two levels (multipole_decode.h, CoarseLevel). The coarse pass (expansion > 0) ranks the
+  // coarse clusters and selects them up to ceil(expansion x token budget) tokens, writes no rows,
+  // and lists the fine clusters of the selected ("expanded") coarse clusters, in cluster order,
+  // for the fine pass: fine_ids[i] is the fine cluster of list entry i, list_begin[i] its first
+  // token in the list's own numbering (entry i holds list_begin[i + 1] - list_begin[i] tokens),
+  // list_count the entries. The fine pass (fine_ids non-null) treats list entry i as its cluster
+  // i: centroid rows fine_ids[i], counts from list_begin, first slot cluster_begin[fine_ids[i]].
+  float expansion;                        // > 0: this launch is the coarse pass
+  const int32_t* const* fine_of_coarse;   // coarse pass: -> [num_coarse + 1]
+  const int32_t* const* fine_slot_begin;  // coarse pass: the fine level's cluster_begin
+  int32_t* list_ids;                      // coarse pass writes, fine pass reads (fine_ids)
+  int32_t* list_begin;                    // [batch * num_kv_heads, max_fine + 1]
+  int32_t* list_count;                    // [batch * num_kv_heads]
+  int max_fine;                           // the list's capacity per (sequence, KV head)
+  const int32_t* fine_ids;                // fine pass: list_ids (null: one level)
+  const int32_t* fine_list_begin;         // fine pass: list_begin
   // Benchmarks only: the selection kernel's block (0, 0) writes clock64() at its phase ends
   // (0..11) and counts (16: keys in the first miss's bin, 17: tail rounds, 18: tail candidates,
   // 19: clusters selected); null: nothing.
@@ -82,6 +103,18 @@ cudaError_t LaunchQuestScores(const StepArgs& a, cudaStream_t stream);
 
 __device__ __forceinline__ bool IsQuest(const StepArgs& a, int b) {
   return a.quest != nullptr && a.quest[b] != 0;
+}
+
+// The token bounds of (sequence, KV head) hb's clusters: cluster c holds bounds[c + 1] -
+// bounds[c] tokens (the fine pass's list numbering, or the level's own slots).
+__device__ __forceinline__ const int32_t* ClusterBounds(const StepArgs& a, int hb) {
+  return a.fine_ids != nullptr ? a.fine_list_begin + static_cast<int64_t>(hb) * (a.max_clusters + 1)
+                               : a.cluster_begin[hb];
+}
+// The centroid row of cluster c of hb (the fine pass: its list entry's fine cluster).
+__device__ __forceinline__ int CentroidRow(const StepArgs& a, int hb, int c) {
+  return a.fine_ids != nullptr ? __ldg(a.fine_ids + static_cast<int64_t>(hb) * a.max_clusters + c)
+                               : c;
 }
 
 // Dynamic shared memory of the selection kernel for max_clusters (bytes).
