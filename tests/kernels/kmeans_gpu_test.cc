@@ -103,7 +103,9 @@ struct GpuResult {
 };
 
 GpuResult RunGpu(const Batch& b, const std::vector<int32_t>* seeds, const std::vector<float>& start,
-                 int iterations, bool cuda_core_assign = false) {
+                 int iterations, bool cuda_core_assign = false,
+                 const std::vector<float>* weights = nullptr) {
+  DeviceBuffer<float> weight_buffer(weights ? *weights : std::vector<float>(1));
   DeviceBuffer<uint16_t> points(b.point_bits);
   DeviceBuffer<KMeansProblem> problems(b.problems);
   DeviceBuffer<float> centroids(start.empty() ? std::vector<float>(b.total_clusters * b.dim)
@@ -129,6 +131,7 @@ GpuResult RunGpu(const Batch& b, const std::vector<int32_t>* seeds, const std::v
   p.workspace = ws.get();
   p.workspace_bytes = bytes;
   p.cuda_core_assign = cuda_core_assign;
+  p.weights = weights ? weight_buffer.get() : nullptr;
   EXPECT_EQ(KMeansLloyd(p, nullptr), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return {centroids.Download(), labels.Download(), counts.Download()};
@@ -146,25 +149,29 @@ std::vector<int32_t> Seeds(const Batch& b, uint64_t seed) {
   return out;
 }
 
-// Counts are the histogram of the labels and centroids the means of their members.
-void ExpectConsistent(const Batch& b, const GpuResult& r) {
+// Counts are the histogram of the labels and centroids the (weighted) means of their members.
+void ExpectConsistent(const Batch& b, const GpuResult& r,
+                      const std::vector<float>* weights = nullptr) {
   for (const KMeansProblem& pr : b.problems) {
     std::vector<int> hist(pr.num_clusters, 0);
     std::vector<double> sums(static_cast<size_t>(pr.num_clusters) * b.dim, 0.0);
+    std::vector<double> mass(pr.num_clusters, 0.0);
     for (int i = 0; i < pr.num_points; ++i) {
       const int c = r.labels[pr.point_begin + i];
       ASSERT_GE(c, 0);
       ASSERT_LT(c, pr.num_clusters);
       ++hist[c];
+      const double w = weights ? (*weights)[pr.point_begin + i] : 1.0;
+      mass[c] += w;
       for (int d = 0; d < b.dim; ++d) {
-        sums[static_cast<size_t>(c) * b.dim + d] += b.points[(pr.point_begin + i) * b.dim + d];
+        sums[static_cast<size_t>(c) * b.dim + d] += w * b.points[(pr.point_begin + i) * b.dim + d];
       }
     }
     for (int c = 0; c < pr.num_clusters; ++c) {
       EXPECT_EQ(r.counts[pr.cluster_begin + c], hist[c]) << "cluster " << c;
       if (pr.num_points >= pr.num_clusters) EXPECT_GT(hist[c], 0) << "cluster " << c << " empty";
       for (int d = 0; hist[c] > 0 && d < b.dim; ++d) {
-        const double want = sums[static_cast<size_t>(c) * b.dim + d] / hist[c];
+        const double want = sums[static_cast<size_t>(c) * b.dim + d] / mass[c];
         EXPECT_NEAR(r.centroids[(pr.cluster_begin + c) * b.dim + d], want,
                     1e-4 * (1.0 + std::fabs(want)));
       }
@@ -221,6 +228,50 @@ TEST(KMeansGpuTest, WellSeparatedRunsMatchTheCpu) {
         std::vector<int32_t> labels(pr.num_points);
         cpu::KMeansParams kp;
         kp.points = b.points.data() + pr.point_begin * dim;
+        kp.num_points = pr.num_points;
+        kp.dim = dim;
+        kp.num_clusters = pr.num_clusters;
+        kp.iterations = iterations;
+        kp.seed = seed + i;
+        kp.centroids = cents.data();
+        kp.labels = labels.data();
+        cpu::KMeansLloyd(kp);
+        int mismatched = 0;
+        for (int j = 0; j < pr.num_points; ++j)
+          mismatched += labels[j] != r.labels[pr.point_begin + j];
+        EXPECT_EQ(mismatched, 0) << "problem " << i << " iterations " << iterations;
+        for (size_t j = 0; j < cents.size(); ++j) {
+          EXPECT_NEAR(r.centroids[pr.cluster_begin * dim + j], cents[j],
+                      1e-4 * (1.0 + std::fabs(cents[j])));
+        }
+      }
+    }
+  }
+}
+
+// Weighted points (the coarse level of two levels clusters fine centroids weighted by their token
+// counts): the same labels and weighted means as the CPU twin's weighted run.
+TEST(KMeansGpuTest, WeightedRunsMatchTheCpu) {
+  MPA_SKIP_WITHOUT_GPU();
+  for (int dim : {8, 128}) {
+    const uint64_t seed = testing::FreshSeed();
+    SCOPED_TRACE("dim " + std::to_string(dim) + " seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const Batch b = MakeSeparatedBatch({{600, 12}, {1024, 128}, {77, 7}}, dim, 0.05f, seed, rng);
+    std::vector<float> weights(b.total_points);
+    std::uniform_int_distribution<int> tokens(1, 30);
+    for (float& w : weights) w = static_cast<float>(tokens(rng));
+    const std::vector<int32_t> seeds = Seeds(b, seed);
+    for (int iterations : {1, 5}) {
+      const GpuResult r = RunGpu(b, &seeds, {}, iterations, false, &weights);
+      ExpectConsistent(b, r, &weights);
+      for (size_t i = 0; i < b.problems.size(); ++i) {
+        const KMeansProblem& pr = b.problems[i];
+        std::vector<float> cents(static_cast<size_t>(pr.num_clusters) * dim);
+        std::vector<int32_t> labels(pr.num_points);
+        cpu::KMeansParams kp;
+        kp.points = b.points.data() + pr.point_begin * dim;
+        kp.weights = weights.data() + pr.point_begin;
         kp.num_points = pr.num_points;
         kp.dim = dim;
         kp.num_clusters = pr.num_clusters;

@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) CentroidLookupKernel
   if (first >= num_clusters) {  // nothing here: every slot still gets a defined -inf
     // (the fine pass of two levels: the list's capacity is far above its use, and nothing reads
     // past its entries)
-    if (a.fine_ids != nullptr) return;
+    if (ListedClusters(a, b)) return;
     for (int i = threadIdx.x; i < (last - first) * G; i += kThreads) {
       out[(i / (last - first)) * a.max_clusters + first + i % (last - first)] = -INFINITY;
     }
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) CentroidLookupKernel
   }
   const bf16* key_centroids = a.key_centroids[hb];
   const bf16* value_centroids = a.value_centroids[hb];
-  const int32_t* begin = ClusterBounds(a, hb);
+  const int32_t* begin = ClusterBounds(a, b, hb);
 
   float q[G][8];
 #pragma unroll
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kThreads, G >= 8 ? 1 : 2) CentroidLookupKernel
     for (int u = 0; u < kUnroll; ++u) {
       const int c = base + u * kSlots + slot;
       const bool in = c < num_clusters && lane_active;
-      const int64_t row = static_cast<int64_t>(in ? CentroidRow(a, hb, c) : 0) * HD + lane * 8;
+      const int64_t row = static_cast<int64_t>(in ? CentroidRow(a, b, hb, c) : 0) * HD + lane * 8;
       raw_k[u] =
           in ? __ldg(reinterpret_cast<const uint4*>(key_centroids + row)) : make_uint4(0, 0, 0, 0);
       raw_v[u] = in && approximate ? __ldg(reinterpret_cast<const uint4*>(value_centroids + row))
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
   float* norms = a.norms + static_cast<int64_t>(hb) * G * a.lookup_blocks * 2;
   float* block_o = a.approx_o + static_cast<int64_t>(hb) * G * a.lookup_blocks * HD;
   if (first >= num_clusters) {
-    if (a.fine_ids != nullptr) return;  // see the CUDA-core kernel
+    if (ListedClusters(a, b)) return;  // see the CUDA-core kernel
     for (int i = threadIdx.x; i < (last - first) * G; i += kWarps * 32) {
       out[(i / (last - first)) * a.max_clusters + first + i % (last - first)] = -INFINITY;
     }
@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
   }
   const bf16* key_centroids = a.key_centroids[hb];
   const bf16* value_centroids = a.value_centroids[hb];
-  const int32_t* cluster_begin = ClusterBounds(a, hb);
+  const int32_t* cluster_begin = ClusterBounds(a, b, hb);
   // Tile j of this warp covers clusters first + (warp + kWarps j) 16 + 0..15. Lane L holds the
   // token counts of row L % 16 of tiles L / 16 (counts_lo) and 2 + L / 16 (counts_hi).
   auto cluster_of = [&](int j, int r) { return first + (warp + kWarps * j) * kTile + r; };
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
   // The centroid rows, held the same way (the fine pass of two levels reads them from its list).
   auto load_row = [&](int j) {
     const int c = cluster_of(j, lane & 15);
-    return c < num_clusters ? CentroidRow(a, hb, c) : 0;
+    return c < num_clusters ? CentroidRow(a, b, hb, c) : 0;
   };
   const int rows_lo = load_row(lane >> 4), rows_hi = load_row(2 + (lane >> 4));
   auto row_of = [&](int j, int r) {

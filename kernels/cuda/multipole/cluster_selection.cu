@@ -177,6 +177,15 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   int32_t* rows = a.rows + static_cast<int64_t>(hb) * a.max_seq_len;
   const int mask = a.page_size - 1;
   MarkTime(a, 0);
+  if (coarse && !TwoLevel(a, b)) {
+    // A one-level (or Quest) sequence of a two-level call: its fine pass reads its own clusters.
+    if (tid == 0) {
+      a.list_count[hb] = a.fine_num_clusters[hb];
+      a.selected_tokens[hb] = 0;
+    }
+    WriteNoApproximation<G>(a, b, kvh);
+    return;
+  }
 
   // 1. Sink and recent window.
   const int exact_positions = coarse ? 0 : sink + (len - clustered_end);
@@ -208,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   }
   // The cluster bounds (all loads issued before any store), the flags, the histogram.
   {
-    const int32_t* cluster_begin = ClusterBounds(a, hb);
+    const int32_t* cluster_begin = ClusterBounds(a, b, hb);
     int32_t v[kPer + 1];
 #pragma unroll
     for (int i = 0; i <= kPer; ++i) {
@@ -286,7 +295,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // 3. Scores and rank keys (one pass over the logits, loads of four clusters in flight), with
   // the live clusters' token total and the range of their score bits. The fine pass of two levels
   // stops at its list's end (its capacity is far above its use).
-  const int scan_end = a.fine_ids != nullptr ? num_clusters : a.max_clusters;
+  const int scan_end = ListedClusters(a, b) ? num_clusters : a.max_clusters;
   {
     long long tokens_local = 0;
     unsigned lo_local = 0xffffffffu, hi_local = 0;
@@ -612,7 +621,7 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // The first slot of cluster c (the fine pass: of its list entry's fine cluster).
   const int32_t* level_begin = a.cluster_begin[hb];
   auto slot_start = [&](int c) {
-    return a.fine_ids != nullptr ? __ldg(level_begin + CentroidRow(a, hb, c)) : begin[c];
+    return ListedClusters(a, b) ? __ldg(level_begin + CentroidRow(a, b, hb, c)) : begin[c];
   };
   if (!coarse) {
     // Each thread writes a contiguous run of tokens: one binary search for its first token's
@@ -720,8 +729,8 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
         sc[r] = i < num_selected ? sel_cluster[i] : -1;
         raw[r] = vlane < vecs && sc[r] >= 0
                      ? __ldg(reinterpret_cast<const uint4*>(
-                           value_centroids + static_cast<int64_t>(CentroidRow(a, hb, sc[r])) * hd +
-                           vlane * 8))
+                           value_centroids +
+                           static_cast<int64_t>(CentroidRow(a, b, hb, sc[r])) * hd + vlane * 8))
                      : make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int g = 0; g < kGc; ++g) {

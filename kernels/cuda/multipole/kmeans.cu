@@ -20,9 +20,10 @@ constexpr int kAssignThreads = 256;
 constexpr int kFinalizeThreads = 1024;
 
 struct Workspace {
-  float* sums;      // [total_clusters, D]
+  float* sums;      // [total_clusters, D] (weighted: sums of w x)
   float* norms;     // [total_clusters] |c|^2
   float* distance;  // [total_points] squared distance to the assigned centroid
+  float* mass;      // [total_clusters] sums of the members' weights (weighted problems only)
 };
 
 Workspace Layout(void* w, const KMeansParams& p) {
@@ -31,6 +32,7 @@ Workspace Layout(void* w, const KMeansParams& p) {
   ws.sums = f;
   ws.norms = ws.sums + p.total_clusters * p.head_dim;
   ws.distance = ws.norms + p.total_clusters;
+  ws.mass = p.weights != nullptr ? ws.distance + p.total_points : nullptr;
   return ws;
 }
 
@@ -365,10 +367,15 @@ __global__ void AccumulateKernel(KMeansParams p, Workspace ws) {
   if (point >= pr.num_points || pr.num_clusters <= 0) return;
   const int64_t row = pr.point_begin + point;
   const int64_t cluster = pr.cluster_begin + p.labels[row];
+  const float w = p.weights != nullptr ? p.weights[row] : 1.0f;
   for (int d = lane; d < p.head_dim; d += 32) {
-    atomicAdd(&ws.sums[cluster * p.head_dim + d], __bfloat162float(p.points[row * p.head_dim + d]));
+    atomicAdd(&ws.sums[cluster * p.head_dim + d],
+              w * __bfloat162float(p.points[row * p.head_dim + d]));
   }
-  if (lane == 0) atomicAdd(&p.counts[cluster], 1);
+  if (lane == 0) {
+    atomicAdd(&p.counts[cluster], 1);
+    if (ws.mass != nullptr) atomicAdd(&ws.mass[cluster], w);
+  }
 }
 
 // (value, index) maximum over the block, larger value first, lower index on ties.
@@ -437,8 +444,9 @@ __global__ void __launch_bounds__(kFinalizeThreads) FinalizeKernel(KMeansParams 
       if (far_d < 0.0f) break;  // fewer points than clusters
       const int owner = labels[far];
       const bf16* x = p.points + (pr.point_begin + far) * D;
+      const float w = p.weights != nullptr ? p.weights[pr.point_begin + far] : 1.0f;
       for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        const float v = __bfloat162float(x[d]);
+        const float v = w * __bfloat162float(x[d]);
         sums[owner * D + d] -= v;
         sums[c * D + d] = v;
       }
@@ -447,13 +455,19 @@ __global__ void __launch_bounds__(kFinalizeThreads) FinalizeKernel(KMeansParams 
         counts[owner] -= 1;
         counts[c] = 1;
         labels[far] = c;
+        if (ws.mass != nullptr) {
+          ws.mass[pr.cluster_begin + owner] -= w;
+          ws.mass[pr.cluster_begin + c] = w;
+        }
       }
       __syncthreads();
     }
   }
+  const float* mass = ws.mass != nullptr ? ws.mass + pr.cluster_begin : nullptr;
   for (int i = threadIdx.x; i < pr.num_clusters * D; i += blockDim.x) {
     const int c = i / D;
-    if (counts[c] > 0) p.centroids[(pr.cluster_begin + c) * D + i % D] = sums[i] / counts[c];
+    const float m = mass != nullptr ? mass[c] : static_cast<float>(counts[c]);
+    if (counts[c] > 0 && m > 0.0f) p.centroids[(pr.cluster_begin + c) * D + i % D] = sums[i] / m;
   }
 }
 
@@ -471,7 +485,8 @@ cudaError_t AssignOnTensorCores(const KMeansParams& p, const Workspace& ws, cuda
 }  // namespace
 
 size_t KMeansWorkspaceBytes(int64_t total_points, int64_t total_clusters, int head_dim) {
-  return sizeof(float) * (static_cast<size_t>(total_clusters) * (head_dim + 1) + total_points);
+  // The last total_clusters floats hold the weight sums of a weighted problem.
+  return sizeof(float) * (static_cast<size_t>(total_clusters) * (head_dim + 2) + total_points);
 }
 
 cudaError_t KMeansLloyd(const KMeansParams& p, cudaStream_t stream) {
@@ -512,6 +527,10 @@ cudaError_t KMeansLloyd(const KMeansParams& p, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     err = cudaMemsetAsync(p.counts, 0, sizeof(int32_t) * p.total_clusters, stream);
     if (err != cudaSuccess) return err;
+    if (ws.mass != nullptr) {
+      err = cudaMemsetAsync(ws.mass, 0, sizeof(float) * p.total_clusters, stream);
+      if (err != cudaSuccess) return err;
+    }
     AccumulateKernel<<<accumulate_grid, 256, 0, stream>>>(p, ws);
     FinalizeKernel<<<p.num_problems, kFinalizeThreads, 0, stream>>>(p, ws);
     NormKernel<<<per_cluster, 32, 0, stream>>>(p, ws);

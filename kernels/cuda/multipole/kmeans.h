@@ -34,6 +34,10 @@ struct KMeansParams {
   // [total_clusters] device: the point (index inside its problem) each centroid starts from, -1
   // to keep the centroid given (running means of an online update); or null to keep them all.
   const int32_t* seeds = nullptr;
+  // [total_points] device: each point's multiplicity (> 0) in the means (the coarse level of two
+  // levels clusters fine centroids weighted by their token counts); null: all 1. The assignment
+  // and the re-seeding of emptied clusters do not depend on them; counts stay member counts.
+  const float* weights = nullptr;
   int iterations = 0;          // Lloyd passes; 0 only assigns
   float* centroids = nullptr;  // [total_clusters, head_dim] in/out
   int32_t* labels = nullptr;   // [total_points] out: cluster of each point, inside its problem

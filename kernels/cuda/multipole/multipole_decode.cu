@@ -132,6 +132,8 @@ multipole::StepArgs SliceArgs(multipole::StepArgs a, int b0, int nb, float* part
   a.token_budget += b0;
   a.approximate += b0;
   if (a.quest != nullptr) a.quest += b0;
+  if (a.two_level != nullptr) a.two_level += b0;
+  if (a.fine_num_clusters != nullptr) a.fine_num_clusters += heads;
   a.batch = nb;
   a.logits2 += heads * group * a.max_clusters;
   a.norms += heads * group * a.lookup_blocks * 2;
@@ -232,11 +234,10 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   if (group != 1 && group != 2 && group != 4 && group != 8) return cudaErrorInvalidValue;
   const CoarseLevel& coarse = c.coarse;
   const bool two_levels = coarse.key_centroids != nullptr;
-  if (two_levels &&
-      (coarse.value_centroids == nullptr || coarse.cluster_begin == nullptr ||
-       coarse.fine_begin == nullptr || coarse.num_clusters == nullptr || p.quest != nullptr ||
-       coarse.max_clusters < 1 || coarse.max_clusters > kMaxClustersPerHead ||
-       !(coarse.expansion > 0.0f) || !std::isfinite(coarse.expansion))) {
+  if (two_levels && (coarse.value_centroids == nullptr || coarse.cluster_begin == nullptr ||
+                     coarse.fine_begin == nullptr || coarse.num_clusters == nullptr ||
+                     coarse.max_clusters < 1 || coarse.max_clusters > kMaxClustersPerHead ||
+                     !(coarse.expansion > 0.0f) || !std::isfinite(coarse.expansion))) {
     return cudaErrorInvalidValue;
   }
   // Rows are int32 pool row indices.
@@ -313,6 +314,8 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.max_fine = 0;
   a.fine_ids = nullptr;
   a.fine_list_begin = nullptr;
+  a.two_level = coarse.two_level;
+  a.fine_num_clusters = nullptr;
 
   // Two levels: the coarse pass ranks and expands the coarse clusters into the list of fine
   // clusters the fine pass (`a`) then treats as its clusters; its approximation takes the second
@@ -341,6 +344,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
     ca.list_begin = w.list_begin;
     ca.list_count = w.fine_count;
     ca.max_fine = c.max_clusters;
+    ca.fine_num_clusters = c.num_clusters;
     a.num_clusters = w.fine_count;
     a.fine_ids = w.fine_ids;
     a.fine_list_begin = w.list_begin;
@@ -381,6 +385,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
       if (err != cudaSuccess || p.stop_after == 1) return err;
       if ((err = multipole::LaunchClusterSelection(sca, s)) != cudaSuccess) return err;
       err = multipole::LaunchCentroidLookup(sa, s);
+      if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(sa, s);
     } else {
       err = multipole::LaunchCentroidLookup(sa, s);
       if (err == cudaSuccess && p.quest != nullptr) err = multipole::LaunchQuestScores(sa, s);

@@ -53,6 +53,10 @@ struct CoarseLevel {
   const int32_t* num_clusters = nullptr;       // [batch * num_kv_heads]
   int max_clusters = 0;                        // host: an upper bound of num_clusters
   float expansion = 4.0f;
+  // [batch] 1: the sequence has two levels, 0: one level (its coarse arrays are not read; the
+  // fine level is its only level, as in a one-level call); null: every sequence. Quest
+  // sequences always have one.
+  const uint8_t* two_level = nullptr;
 };
 
 struct ClusteredRegion {
@@ -87,7 +91,7 @@ struct MultipoleDecodeParams {
   // consecutive positions (cluster_begin: page starts), key_centroids and value_centroids hold
   // each page's per-channel minimum and maximum of its keys (QuestPageBounds), pages are ranked by
   // the largest over the group's query heads of sum_i max(q_i min_i, q_i max_i) and selected by
-  // the same budget rule; no approximation (approximate is ignored). Not with two levels.
+  // the same budget rule; no approximation (approximate is ignored); one level.
   const uint8_t* quest = nullptr;
   ClusteredRegion clusters;
   int batch = 0;
@@ -203,7 +207,7 @@ inline constexpr int kMaxClustersPerHead = 16384;
 
 // cudaErrorInvalidValue on unsupported shapes (head_dim not a multiple of 8 up to 256, group
 // not 1/2/4/8, max_clusters over kMaxClustersPerHead, pool rows over int32), missing pointers, or
-// two levels with Quest sequences or an expansion that is not a positive number.
+// a coarse level with missing arrays or an expansion that is not a positive number.
 cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream);
 
 }  // namespace mpa::cuda

@@ -78,6 +78,11 @@ struct StepArgs {
   int max_fine;                           // the list's capacity per (sequence, KV head)
   const int32_t* fine_ids;                // fine pass: list_ids (null: one level)
   const int32_t* fine_list_begin;         // fine pass: list_begin
+  // [batch] 1: the sequence has two levels; 0: one level (its fine pass reads its own clusters,
+  // the coarse pass only copies its cluster count, fine_num_clusters, into list_count); null:
+  // every sequence of a two-level call has two levels. Quest sequences are one-level.
+  const uint8_t* two_level;
+  const int32_t* fine_num_clusters;  // coarse pass: the fine level's num_clusters
   // Benchmarks only: the selection kernel's block (0, 0) writes clock64() at its phase ends
   // (0..11) and counts (16: keys in the first miss's bin, 17: tail rounds, 18: tail candidates,
   // 19: clusters selected); null: nothing.
@@ -105,16 +110,24 @@ __device__ __forceinline__ bool IsQuest(const StepArgs& a, int b) {
   return a.quest != nullptr && a.quest[b] != 0;
 }
 
-// The token bounds of (sequence, KV head) hb's clusters: cluster c holds bounds[c + 1] -
+// Whether sequence b of a two-level call has two levels (see StepArgs::two_level).
+__device__ __forceinline__ bool TwoLevel(const StepArgs& a, int b) {
+  return !IsQuest(a, b) && (a.two_level == nullptr || a.two_level[b] != 0);
+}
+// Whether this launch is the fine pass of a two-level sequence: its clusters are list entries.
+__device__ __forceinline__ bool ListedClusters(const StepArgs& a, int b) {
+  return a.fine_ids != nullptr && TwoLevel(a, b);
+}
+// The token bounds of (sequence b, KV head) hb's clusters: cluster c holds bounds[c + 1] -
 // bounds[c] tokens (the fine pass's list numbering, or the level's own slots).
-__device__ __forceinline__ const int32_t* ClusterBounds(const StepArgs& a, int hb) {
-  return a.fine_ids != nullptr ? a.fine_list_begin + static_cast<int64_t>(hb) * (a.max_clusters + 1)
-                               : a.cluster_begin[hb];
+__device__ __forceinline__ const int32_t* ClusterBounds(const StepArgs& a, int b, int hb) {
+  return ListedClusters(a, b) ? a.fine_list_begin + static_cast<int64_t>(hb) * (a.max_clusters + 1)
+                              : a.cluster_begin[hb];
 }
 // The centroid row of cluster c of hb (the fine pass: its list entry's fine cluster).
-__device__ __forceinline__ int CentroidRow(const StepArgs& a, int hb, int c) {
-  return a.fine_ids != nullptr ? __ldg(a.fine_ids + static_cast<int64_t>(hb) * a.max_clusters + c)
-                               : c;
+__device__ __forceinline__ int CentroidRow(const StepArgs& a, int b, int hb, int c) {
+  return ListedClusters(a, b) ? __ldg(a.fine_ids + static_cast<int64_t>(hb) * a.max_clusters + c)
+                              : c;
 }
 
 // Dynamic shared memory of the selection kernel for max_clusters (bytes).
