@@ -76,6 +76,19 @@ CudaClusterState::~CudaClusterState() {
   cudaFree(value_centroids_);
   cudaFree(cluster_begin_);
   cudaFree(slot_positions_);
+  cudaFree(coarse_key_centroids_);
+  cudaFree(coarse_value_centroids_);
+  cudaFree(coarse_cluster_begin_);
+  cudaFree(fine_of_coarse_);
+}
+
+int CudaClusterState::FineClusters(int tokens) const {
+  return ClustersForTokens(tokens, config_.fine_ratio());
+}
+int CudaClusterState::CoarseClusters(int tokens) const {
+  return two_levels() ? std::min(ClustersForTokens(tokens, config_.coarse_tokens_per_centroid),
+                                 FineClusters(tokens))
+                      : 0;
 }
 
 const bf16* CudaClusterState::key_centroids(int layer, int head) const {
@@ -93,21 +106,57 @@ const int32_t* CudaClusterState::cluster_begin(int layer, int head) const {
 const int32_t* CudaClusterState::slot_positions(int layer, int head) const {
   return slot_positions_ + (static_cast<int64_t>(layer) * num_kv_heads_ + head) * slot_capacity_;
 }
+const bf16* CudaClusterState::coarse_key_centroids(int layer, int head) const {
+  return coarse_key_centroids_ +
+         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * coarse_capacity_ * head_dim_;
+}
+const bf16* CudaClusterState::coarse_value_centroids(int layer, int head) const {
+  return coarse_value_centroids_ +
+         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * coarse_capacity_ * head_dim_;
+}
+const int32_t* CudaClusterState::coarse_cluster_begin(int layer, int head) const {
+  return coarse_cluster_begin_ +
+         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * (coarse_capacity_ + 1);
+}
+const int32_t* CudaClusterState::fine_of_coarse(int layer, int head) const {
+  return fine_of_coarse_ +
+         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * (coarse_capacity_ + 1);
+}
 
-absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slots) {
+absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slots, int coarse) {
   const int64_t rows = int64_t{num_layers_} * num_kv_heads_;
-  if (clusters <= cluster_capacity_ && slots <= slot_capacity_) return absl::OkStatus();
+  if (clusters <= cluster_capacity_ && slots <= slot_capacity_ && coarse <= coarse_capacity_) {
+    return absl::OkStatus();
+  }
   const int new_clusters = clusters > cluster_capacity_
                                ? std::max(clusters, cluster_capacity_ + cluster_capacity_ / 2)
                                : cluster_capacity_;
   const int new_slots = slots > slot_capacity_
                             ? std::max(slots, slot_capacity_ + slot_capacity_ / 2)
                             : slot_capacity_;
+  const int new_coarse = coarse > coarse_capacity_
+                             ? std::max(coarse, coarse_capacity_ + coarse_capacity_ / 2)
+                             : coarse_capacity_;
   // Charged first: the arrays at their new capacities (the old ones are freed on the stream).
+  const int64_t per_cluster = int64_t{head_dim_} * 2 * static_cast<int64_t>(sizeof(bf16));
   MPA_RETURN_IF_ERROR(charge_.Resize(
-      rows * (int64_t{new_clusters} * head_dim_ * 2 * static_cast<int64_t>(sizeof(bf16)) +
-              (int64_t{new_clusters} + 1) * 4 + int64_t{new_slots} * 4),
+      rows * (int64_t{new_clusters} * per_cluster + (int64_t{new_clusters} + 1) * 4 +
+              int64_t{new_slots} * 4 +
+              (new_coarse > 0 ? int64_t{new_coarse} * per_cluster + (int64_t{new_coarse} + 1) * 8
+                              : 0)),
       "a sequence's cluster centroids"));
+  if (coarse > coarse_capacity_) {
+    const int cap = new_coarse;
+    const int old = coarse_capacity_;
+    MPA_RETURN_IF_ERROR(Grow(&coarse_key_centroids_, rows, int64_t{old} * head_dim_,
+                             int64_t{cap} * head_dim_, ctx.stream));
+    MPA_RETURN_IF_ERROR(Grow(&coarse_value_centroids_, rows, int64_t{old} * head_dim_,
+                             int64_t{cap} * head_dim_, ctx.stream));
+    MPA_RETURN_IF_ERROR(
+        Grow(&coarse_cluster_begin_, rows, old > 0 ? old + 1 : 0, cap + 1, ctx.stream));
+    MPA_RETURN_IF_ERROR(Grow(&fine_of_coarse_, rows, old > 0 ? old + 1 : 0, cap + 1, ctx.stream));
+    coarse_capacity_ = cap;
+  }
   if (clusters > cluster_capacity_) {
     const int cap = new_clusters;
     MPA_RETURN_IF_ERROR(Grow(&key_centroids_, rows, int64_t{cluster_capacity_} * head_dim_,
@@ -191,6 +240,68 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
   int32_t* d_seeds = nullptr;
   std::vector<int32_t> seeds(clusters);
 
+  // Two levels: one coarse k-means problem per job over its fine centroids.
+  const bool two = two_levels();
+  std::vector<cuda::CoarseJob> coarse_jobs;
+  std::vector<cuda::KMeansProblem> coarse_problems;
+  int64_t coarse_rows = 0;
+  int max_coarse = 0;
+  if (two) {
+    for (const cuda::ClusterJob& c : layout) {
+      const CudaClusterBlock& b = blocks_[jobs[coarse_jobs.size() % jobs.size()].block];
+      const int kc = b.coarse_end - b.coarse_begin;
+      coarse_jobs.push_back({kc, coarse_rows, b.coarse_begin});
+      coarse_problems.push_back({c.centroid_begin, c.num_clusters, coarse_rows, kc});
+      coarse_rows += kc;
+      max_coarse = std::max(max_coarse, kc);
+    }
+  }
+  cuda::CoarseLayoutParams cp;
+  cuda::KMeansParams ckp;
+  std::vector<int32_t> coarse_seeds(coarse_rows);
+  int32_t *d_coarse_seeds = nullptr, *d_fine_of = nullptr, *d_perm_counts = nullptr;
+  float* d_perm_centroids = nullptr;
+  if (two) {
+    MPA_ASSIGN_OR_RETURN(cp.jobs, scratch.Upload(layout));
+    MPA_ASSIGN_OR_RETURN(cp.coarse_jobs, scratch.Upload(coarse_jobs));
+    cp.num_jobs = static_cast<int>(layout.size());
+    cp.max_points = max_points;
+    cp.max_clusters = max_clusters;
+    cp.max_coarse = max_coarse;
+    cp.head_dim = D;
+    cp.coarse_stride = coarse_capacity_;
+    MPA_ASSIGN_OR_RETURN(const cuda::KMeansProblem* d_cproblems, scratch.Upload(coarse_problems));
+    MPA_ASSIGN_OR_RETURN(bf16 * d_cpoints, scratch.Alloc<bf16>(clusters * D));
+    MPA_ASSIGN_OR_RETURN(float* d_weights, scratch.Alloc<float>(clusters));
+    MPA_ASSIGN_OR_RETURN(int32_t * d_clabels, scratch.Alloc<int32_t>(clusters));
+    MPA_ASSIGN_OR_RETURN(int32_t * d_ccounts, scratch.Alloc<int32_t>(coarse_rows));
+    MPA_ASSIGN_OR_RETURN(float* d_ccentroids, scratch.Alloc<float>(coarse_rows * D));
+    const size_t cws_bytes = cuda::KMeansWorkspaceBytes(clusters, coarse_rows, D);
+    MPA_ASSIGN_OR_RETURN(char* d_cws, scratch.Alloc<char>(static_cast<int64_t>(cws_bytes)));
+    MPA_ASSIGN_OR_RETURN(d_coarse_seeds, scratch.Alloc<int32_t>(coarse_rows));
+    MPA_ASSIGN_OR_RETURN(d_fine_of,
+                         scratch.Alloc<int32_t>(int64_t{cp.num_jobs} * (max_coarse + 1)));
+    MPA_ASSIGN_OR_RETURN(d_perm_counts, scratch.Alloc<int32_t>(clusters));
+    MPA_ASSIGN_OR_RETURN(d_perm_centroids, scratch.Alloc<float>(clusters * D));
+    cp.coarse_labels = d_clabels;
+    ckp.points = d_cpoints;
+    ckp.problems = d_cproblems;
+    ckp.num_problems = cp.num_jobs;
+    ckp.head_dim = D;
+    ckp.total_points = clusters;
+    ckp.total_clusters = coarse_rows;
+    ckp.max_points = max_clusters;
+    ckp.max_clusters = max_coarse;
+    ckp.seeds = d_coarse_seeds;
+    ckp.weights = d_weights;
+    ckp.iterations = config_.prefill_kmeans_iterations;
+    ckp.centroids = d_ccentroids;
+    ckp.labels = d_clabels;
+    ckp.counts = d_ccounts;
+    ckp.workspace = d_cws;
+    ckp.workspace_bytes = cws_bytes;
+  }
+
   for (int layer = 0; layer < num_layers_; ++layer) {
     // Seeds as the CPU reference draws them for this (layer, head, block).
     size_t next = 0;
@@ -266,7 +377,41 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     kp.workspace = d_ws;
     kp.workspace_bytes = ws_bytes;
     MPA_CUDA_STATE(cuda::KMeansLloyd(kp, ctx.stream));
+    if (two) {
+      // The coarse level: seeds as the CPU draws them, the weighted k-means of the fine
+      // centroids, the fine clusters renumbered coarse-major before the layout.
+      size_t at = 0;
+      for (int h = 0; h < H; ++h) {
+        const uint64_t head_seed = ClusterHeadSeed(config_, layer, h);
+        for (const Job& j : jobs) {
+          const CudaClusterBlock& b = blocks_[j.block];
+          const int k = b.cluster_end - b.cluster_begin, kc = b.coarse_end - b.coarse_begin;
+          cpu::SampleDistinct(
+              k, kc, ClusterBlockSeed(head_seed, b.token_begin, b.token_end) ^ 0x5EEDC0A45Eull,
+              coarse_seeds.data() + at);
+          at += kc;
+        }
+      }
+      MPA_CUDA_STATE(cudaMemcpyAsync(d_coarse_seeds, coarse_seeds.data(), coarse_seeds.size() * 4,
+                                     cudaMemcpyHostToDevice, ctx.stream));
+      MPA_CUDA_STATE(cuda::CoarsePoints(d_centroids, d_counts, clusters, D,
+                                        const_cast<bf16*>(ckp.points),
+                                        const_cast<float*>(ckp.weights), ctx.stream));
+      MPA_CUDA_STATE(cuda::KMeansLloyd(ckp, ctx.stream));
+      MPA_CUDA_STATE(cuda::RenumberCoarseMajor(cp, d_labels, d_centroids, d_counts,
+                                               d_perm_centroids, d_perm_counts, d_fine_of,
+                                               ctx.stream));
+      lp.counts = d_perm_counts;
+      lp.centroids = d_perm_centroids;
+    }
     MPA_CUDA_STATE(cuda::BuildClusterLayout(lp, d_points, d_values, ctx.stream));
+    if (two) {
+      cp.coarse_cluster_begin = coarse_cluster_begin_ + head_block * (coarse_capacity_ + 1);
+      cp.fine_of_coarse = fine_of_coarse_ + head_block * (coarse_capacity_ + 1);
+      cp.coarse_key_centroids = coarse_key_centroids_ + head_block * coarse_capacity_ * D;
+      cp.coarse_value_centroids = coarse_value_centroids_ + head_block * coarse_capacity_ * D;
+      MPA_CUDA_STATE(cuda::BuildCoarseLevel(cp, lp, d_fine_of, ctx.stream));
+    }
   }
   return absl::OkStatus();
 }
@@ -274,17 +419,19 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
 absl::Status CudaClusterState::Build(const Context& ctx, int begin, int end, int64_t* reclustered) {
   if (end <= begin) return absl::InvalidArgumentError("an empty clustered region");
   std::vector<CudaClusterBlock> blocks;
-  int token = begin, cluster = 0;
+  int token = begin, cluster = 0, coarse = 0;
   while (end - token > config_.final_window_max) {
-    const int k = ClustersForTokens(config_.block_tokens, config_.tokens_per_centroid);
-    blocks.push_back({token, token + config_.block_tokens, cluster, cluster + k});
+    const int k = FineClusters(config_.block_tokens), kc = CoarseClusters(config_.block_tokens);
+    blocks.push_back(
+        {token, token + config_.block_tokens, cluster, cluster + k, coarse, coarse + kc});
     token += config_.block_tokens;
     cluster += k;
+    coarse += kc;
   }
-  const int k = ClustersForTokens(end - token, config_.tokens_per_centroid);
-  blocks.push_back({token, end, cluster, cluster + k});
+  const int k = FineClusters(end - token), kc = CoarseClusters(end - token);
+  blocks.push_back({token, end, cluster, cluster + k, coarse, coarse + kc});
   region_begin_ = begin;
-  MPA_RETURN_IF_ERROR(Reserve(ctx, cluster + k, end - begin));
+  MPA_RETURN_IF_ERROR(Reserve(ctx, cluster + k, end - begin, coarse + kc));
   blocks_ = std::move(blocks);
   region_end_ = end;
   std::vector<Job> jobs;
@@ -308,10 +455,12 @@ absl::Status CudaClusterState::Extend(const Context& ctx, int new_end, int64_t* 
     // update of the whole window before the freeze is replaced by this result there too).
     blocks.pop_back();
     const int split = fw.token_begin + config_.block_tokens;
-    const int k1 = ClustersForTokens(config_.block_tokens, config_.tokens_per_centroid);
-    const int k2 = ClustersForTokens(new_end - split, config_.tokens_per_centroid);
-    blocks.push_back({fw.token_begin, split, fw.cluster_begin, fw.cluster_begin + k1});
-    blocks.push_back({split, new_end, fw.cluster_begin + k1, fw.cluster_begin + k1 + k2});
+    const int k1 = FineClusters(config_.block_tokens), k2 = FineClusters(new_end - split);
+    const int c1 = CoarseClusters(config_.block_tokens), c2 = CoarseClusters(new_end - split);
+    blocks.push_back({fw.token_begin, split, fw.cluster_begin, fw.cluster_begin + k1,
+                      fw.coarse_begin, fw.coarse_begin + c1});
+    blocks.push_back({split, new_end, fw.cluster_begin + k1, fw.cluster_begin + k1 + k2,
+                      fw.coarse_begin + c1, fw.coarse_begin + c1 + c2});
     const int last = static_cast<int>(blocks.size()) - 1;
     jobs.push_back({last - 1, 0, 0, true});
     jobs.push_back({last, 0, 0, true});
@@ -320,13 +469,15 @@ absl::Status CudaClusterState::Extend(const Context& ctx, int new_end, int64_t* 
   } else {
     const int m = new_end - old_end;
     const int k_old = fw.cluster_end - fw.cluster_begin;
-    const int k_new = std::clamp(ClustersForTokens(n, config_.tokens_per_centroid) - k_old, 0, m);
+    const int k_new = std::clamp(FineClusters(n) - k_old, 0, m);
     fw.token_end = new_end;
     fw.cluster_end = fw.cluster_begin + k_old + k_new;
+    fw.coarse_end = fw.coarse_begin + std::min(CoarseClusters(n), k_old + k_new);
     blocks.back() = fw;
     jobs.push_back({static_cast<int>(blocks.size()) - 1, k_old, old_end - fw.token_begin, false});
   }
-  MPA_RETURN_IF_ERROR(Reserve(ctx, blocks.back().cluster_end, new_end - region_begin_));
+  MPA_RETURN_IF_ERROR(
+      Reserve(ctx, blocks.back().cluster_end, new_end - region_begin_, blocks.back().coarse_end));
   blocks_ = std::move(blocks);
   region_end_ = new_end;
   *reclustered += tokens * num_kv_heads_ * num_layers_;

@@ -19,7 +19,14 @@
 // update_kmeans_iterations passes starting from its current centroids plus new ones seeded from
 // the new tokens (the CPU first assigns the new tokens to running means; the GPU lets the Lloyd
 // passes do it), and a final window grown past final_window_max freezes its first block_tokens
-// (both parts clustered anew). Only one level (levels 1) and post-RoPE keys.
+// (both parts clustered anew). Post-RoPE keys only.
+//
+// Two levels (levels 2): the fine clusters (one per fine_tokens_per_centroid tokens) of each
+// block are clustered into coarse ones (one per coarse_tokens_per_centroid tokens, k-means of the
+// fine centroids weighted by their token counts, as the CPU ClusterIndex does) and numbered
+// coarse-major, so a coarse cluster is a contiguous run of fine clusters and of slots; its
+// centroids are the means of its slots' keys and values. Blocks and their coarse clusters are
+// re-made with the fine ones (an online update re-clusters the final window's coarse level).
 //
 // Every call is enqueued on the stream it is given; the state's buffers are the sequence's.
 #pragma once
@@ -41,6 +48,8 @@ struct CudaClusterBlock {
   int token_end = 0;
   int cluster_begin = 0;  // cluster ids [cluster_begin, cluster_end) of every head
   int cluster_end = 0;
+  int coarse_begin = 0;  // two levels: coarse ids [coarse_begin, coarse_end) of every head
+  int coarse_end = 0;
 };
 
 class CudaClusterState {
@@ -63,6 +72,8 @@ class CudaClusterState {
   int region_begin() const { return region_begin_; }  // the sink's end
   int region_end() const { return region_end_; }
   int num_clusters() const { return blocks_.empty() ? 0 : blocks_.back().cluster_end; }
+  bool two_levels() const { return config_.levels == 2; }
+  int num_coarse() const { return blocks_.empty() ? 0 : blocks_.back().coarse_end; }
   const std::vector<CudaClusterBlock>& blocks() const { return blocks_; }
   int64_t device_bytes() const { return charge_.bytes(); }  // the persistent device arrays
 
@@ -72,6 +83,11 @@ class CudaClusterState {
   const int32_t* cluster_begin(int layer, int head) const;       // [num_clusters + 1]
   // [region tokens] slot -> position (tests and statistics).
   const int32_t* slot_positions(int layer, int head) const;
+  // Two levels: the coarse level (multipole_decode.h, CoarseLevel).
+  const cuda::bf16* coarse_key_centroids(int layer, int head) const;    // [num_coarse, head_dim]
+  const cuda::bf16* coarse_value_centroids(int layer, int head) const;  // [num_coarse, head_dim]
+  const int32_t* coarse_cluster_begin(int layer, int head) const;       // [num_coarse + 1] slots
+  const int32_t* fine_of_coarse(int layer, int head) const;  // [num_coarse + 1] fine clusters
 
   // Clusters positions [begin, end) of every layer from scratch. Tokens re-clustered are added to
   // *reclustered (per KV head and layer).
@@ -88,7 +104,10 @@ class CudaClusterState {
   };
   // Grows the device arrays to hold `clusters` clusters and `slots` slots per (layer, head),
   // keeping their contents.
-  absl::Status Reserve(const Context& ctx, int clusters, int slots);
+  absl::Status Reserve(const Context& ctx, int clusters, int slots, int coarse);
+  // The blocks' cluster counts: fine (or single-level) and coarse.
+  int FineClusters(int tokens) const;
+  int CoarseClusters(int tokens) const;
   // Clusters the given blocks (jobs, contiguous) of every layer and lays them out in place;
   // positions below laid_out_end were laid out before (their rows are reordered).
   absl::Status Run(const Context& ctx, const std::vector<Job>& jobs, int iterations,
@@ -106,6 +125,11 @@ class CudaClusterState {
   cuda::bf16* value_centroids_ = nullptr;
   int32_t* cluster_begin_ = nullptr;
   int32_t* slot_positions_ = nullptr;
+  int coarse_capacity_ = 0;
+  cuda::bf16* coarse_key_centroids_ = nullptr;
+  cuda::bf16* coarse_value_centroids_ = nullptr;
+  int32_t* coarse_cluster_begin_ = nullptr;
+  int32_t* fine_of_coarse_ = nullptr;
   DeviceMemoryCharge charge_;
 };
 

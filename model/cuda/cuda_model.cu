@@ -120,10 +120,12 @@ struct CudaModel::Impl {
   std::vector<int64_t> h_slots;
   std::vector<cuda::SamplingRow> h_sampling;
   // Multipole decode (a batch with a sparse sequence): per-step metadata, staged in one copy.
-  int32_t* mp_ints = nullptr;  // sink_end | clustered_end | budget [max_batch] | num_clusters
-                               // [max_batch, nkv] | slot pages [max_batch, max_pages_per_seq]
-  uint8_t* mp_approximate = nullptr;  // [2, max_batch]: approximate, then Quest flags
-  uintptr_t* mp_ptrs = nullptr;       // [3, layers, max_batch, nkv]: key / value centroids, begins
+  int32_t* mp_ints = nullptr;  // sink_end | clustered_end | budget | coarse budget [max_batch] |
+                               // num_clusters | coarse clusters [max_batch, nkv]
+  uint8_t* mp_approximate = nullptr;  // [3, max_batch]: approximate, Quest, two-level flags
+  // [7, layers, max_batch, nkv]: key / value centroids, begins; two levels: the coarse key /
+  // value centroids, begins and fine runs.
+  uintptr_t* mp_ptrs = nullptr;
   unsigned long long* mp_exact = nullptr;       // [max_batch] tokens attended exactly, this step
   unsigned long long* mp_exact_host = nullptr;  // pinned copy for the statistics
   void* mp_workspace = nullptr;                 // MultipoleDecodeWorkspaceBytes
@@ -136,6 +138,9 @@ struct CudaModel::Impl {
   bool step_sparse = false;                 // this step runs the multipole decode
   bool step_quest = false;                  // ... and a sequence of the batch is Quest
   int step_cluster_bucket = 0;              // its max_clusters (a power of two)
+  bool step_two_level = false;              // ... and a sequence of the batch has two levels
+  int step_coarse_bucket = 0;               // their max coarse clusters (a power of two)
+  int mp_workspace_coarse = 0;              // the coarse bucket the workspace holds
   // Cluster maintenance timing: a pair of events per sequence updated in the step.
   struct Timing {
     CudaSequence* seq;
@@ -150,7 +155,7 @@ struct CudaModel::Impl {
     cudaGraphExec_t exec = nullptr;
     int64_t last_used = 0;
   };
-  std::map<std::tuple<int, int, int>, DecodeGraph> graphs;
+  std::map<std::tuple<int, int, int, int>, DecodeGraph> graphs;
   int64_t graph_clock = 0;
 
   void ClearGraphs() {
@@ -284,12 +289,12 @@ absl::Status CudaModel::Init() {
   MPA_ASSIGN_OR_RETURN(char* blas_ws, d.arena.Alloc<char>(kBlasWorkspaceBytes));
   d.blas_workspace = blas_ws;
   MPA_BLAS(cublasSetWorkspace(d.blas, d.blas_workspace, kBlasWorkspaceBytes));
-  const int64_t mp_ints = 3 * int64_t{options_.max_batch} + int64_t{options_.max_batch} * nkv;
+  const int64_t mp_ints = 4 * int64_t{options_.max_batch} + 2 * int64_t{options_.max_batch} * nkv;
   MPA_ASSIGN_OR_RETURN(d.mp_ints, d.arena.Alloc<int32_t>(mp_ints));
   d.h_mp_ints.assign(mp_ints, 0);
-  MPA_ASSIGN_OR_RETURN(d.mp_approximate, d.arena.Alloc<uint8_t>(2 * options_.max_batch));
-  d.h_mp_approximate.assign(2 * options_.max_batch, 0);
-  const int64_t mp_ptrs = 3 * int64_t{c.num_layers} * options_.max_batch * nkv;
+  MPA_ASSIGN_OR_RETURN(d.mp_approximate, d.arena.Alloc<uint8_t>(3 * options_.max_batch));
+  d.h_mp_approximate.assign(3 * options_.max_batch, 0);
+  const int64_t mp_ptrs = 7 * int64_t{c.num_layers} * options_.max_batch * nkv;
   MPA_ASSIGN_OR_RETURN(d.mp_ptrs, d.arena.Alloc<uintptr_t>(mp_ptrs));
   d.h_mp_ptrs.assign(mp_ptrs, 0);
   MPA_ASSIGN_OR_RETURN(d.mp_exact, d.arena.Alloc<unsigned long long>(options_.max_batch));
@@ -580,8 +585,20 @@ absl::Status CudaModel::Forward(int rows, bool prefill, int batch, int max_len, 
           reinterpret_cast<const bf16* const*>(d.mp_ptrs + per_kind + layer * table);
       p.clusters.cluster_begin =
           reinterpret_cast<const int32_t* const*>(d.mp_ptrs + 2 * per_kind + layer * table);
-      p.clusters.num_clusters = d.mp_ints + 3 * mb;
+      p.clusters.num_clusters = d.mp_ints + 4 * mb;
       p.clusters.max_clusters = d.step_cluster_bucket;
+      if (d.step_two_level) {
+        cuda::CoarseLevel& cl = p.clusters.coarse;
+        auto kind = [&](int k) { return d.mp_ptrs + k * per_kind + layer * table; };
+        cl.key_centroids = reinterpret_cast<const bf16* const*>(kind(3));
+        cl.value_centroids = reinterpret_cast<const bf16* const*>(kind(4));
+        cl.cluster_begin = reinterpret_cast<const int32_t* const*>(kind(5));
+        cl.fine_begin = reinterpret_cast<const int32_t* const*>(kind(6));
+        cl.num_clusters = d.mp_ints + 4 * mb + table;
+        cl.max_clusters = d.step_coarse_bucket;
+        cl.two_level = d.mp_approximate + 2 * mb;
+        cl.token_budget = d.mp_ints + 3 * mb;
+      }
       p.batch = batch;
       p.num_q_heads = c.num_heads;
       p.max_seq_len = max_len;
@@ -646,8 +663,9 @@ absl::Status CudaModel::DecodeForward(int batch, int length_bucket) {
     return Forward(batch, /*prefill=*/false, batch, length_bucket, 1, 0, batch);
   }
   // A step with a Quest sequence launches the Quest scoring too: its own graph.
-  const std::tuple<int, int, int> key(
-      batch, length_bucket, d.step_sparse ? 2 * d.step_cluster_bucket + (d.step_quest ? 1 : 0) : 0);
+  const std::tuple<int, int, int, int> key(
+      batch, length_bucket, d.step_sparse ? 2 * d.step_cluster_bucket + (d.step_quest ? 1 : 0) : 0,
+      d.step_sparse && d.step_two_level ? d.step_coarse_bucket : 0);
   auto it = d.graphs.find(key);
   if (it == d.graphs.end()) {
     if (d.graphs.size() >= kMaxDecodeGraphs) {
@@ -943,11 +961,6 @@ absl::Status CudaModel::SupportsAttention(const AttentionOptions& options) const
   MPA_RETURN_IF_ERROR(options.multipole.Validate());
   const MultipoleConfig& m = options.multipole;
   const bool quest = options.mode == AttentionMode::kQuest;
-  // Quest reads neither the hierarchy's levels nor its centroids.
-  if (!quest && m.levels != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("attention ", mode, " with levels ", m.levels,
-                                                   " is not available on the GPU (1 only)"));
-  }
   if (!quest && m.centroid_keys != CentroidKeys::kPostRope) {
     return absl::InvalidArgumentError(
         absl::StrCat("attention ", mode, " with centroid_keys ", CentroidKeysName(m.centroid_keys),
@@ -1076,12 +1089,18 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
   Impl& d = *impl_;
   d.step_sparse = false;
   d.step_quest = false;
-  int max_clusters = 1;
+  d.step_two_level = false;
+  int max_clusters = 1, max_coarse = 1;
   for (CudaSequence* seq : seqs) {
     if (seq->attention_.mode == AttentionMode::kDense) continue;
     d.step_sparse = true;
-    if (seq->clusters_ != nullptr)
+    if (seq->clusters_ != nullptr) {
       max_clusters = std::max(max_clusters, seq->clusters_->num_clusters());
+      if (seq->clusters_->two_levels() && seq->attention_.mode != AttentionMode::kQuest) {
+        d.step_two_level = true;
+        max_coarse = std::max(max_coarse, seq->clusters_->num_coarse());
+      }
+    }
     if (seq->attention_.mode == AttentionMode::kQuest) {
       d.step_quest = true;
       if (seq->quest_ != nullptr) max_clusters = std::max(max_clusters, seq->quest_->num_pages());
@@ -1099,14 +1118,24 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
   while (bucket < max_clusters) bucket *= 2;
   bucket = std::min(bucket, cuda::kMaxClustersPerHead);
   d.step_cluster_bucket = bucket;
+  int coarse_bucket = 0;
+  if (d.step_two_level) {
+    coarse_bucket = 64;
+    while (coarse_bucket < max_coarse) coarse_bucket *= 2;
+    coarse_bucket = std::min(coarse_bucket, cuda::kMaxClustersPerHead);
+  }
+  d.step_coarse_bucket = coarse_bucket;
   const ModelConfig& c = config_;
-  if (bucket > d.mp_workspace_clusters) {
+  if (bucket > d.mp_workspace_clusters || coarse_bucket > d.mp_workspace_coarse) {
+    bucket = std::max(bucket, d.mp_workspace_clusters);
+    coarse_bucket = std::max(coarse_bucket, d.mp_workspace_coarse);
     cuda::MultipoleShape shape;
     shape.batch = options_.max_batch;
     shape.num_q_heads = c.num_heads;
     shape.num_kv_heads = c.num_kv_heads;
     shape.head_dim = c.head_dim;
     shape.max_clusters = bucket;
+    shape.max_coarse_clusters = coarse_bucket;
     shape.max_seq_len = static_cast<int>(
         std::min<int64_t>(c.max_position_embeddings, options_.max_kv_tokens + options_.page_size));
     // The splits depend on the step's batch: the largest need over every batch size.
@@ -1123,13 +1152,16 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
     MPA_CUDA(cudaMalloc(&d.mp_workspace, bytes));
     d.mp_workspace_bytes = bytes;
     d.mp_workspace_clusters = bucket;
+    d.mp_workspace_coarse = coarse_bucket;
   }
   const int mb = options_.max_batch, nkv = c.num_kv_heads;
   int32_t* sink = d.h_mp_ints.data();
   int32_t* cend = sink + mb;
   int32_t* budget = cend + mb;
-  int32_t* clusters = budget + mb;
-  int32_t* slot_table = clusters + int64_t{mb} * nkv;  // the end of the staged ints
+  int32_t* coarse_budget = budget + mb;
+  int32_t* clusters = coarse_budget + mb;
+  int32_t* coarse_clusters = clusters + int64_t{mb} * nkv;
+  int32_t* slot_table = coarse_clusters + int64_t{mb} * nkv;  // the end of the staged ints
   const int64_t table = int64_t{mb} * nkv, per_kind = int64_t{c.num_layers} * table;
   for (size_t b = 0; b < seqs.size(); ++b) {
     const CudaSequence& seq = *seqs[b];
@@ -1146,8 +1178,17 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
                        : 0;
     d.h_mp_approximate[b] =
         seq.attention_.mode == AttentionMode::kMultipole && seq.attention_.multipole.approximate;
+    const bool two = sparse && !is_quest && state->two_levels();
+    d.h_mp_approximate[2 * mb + b] = two;
+    coarse_budget[b] =
+        two ? static_cast<int32_t>(std::min<double>(
+                  std::ceil(static_cast<double>(budget[b]) *
+                            static_cast<double>(seq.attention_.multipole.coarse_expansion)),
+                  INT32_MAX))
+            : 0;
     for (int h = 0; h < nkv; ++h) {
       clusters[b * nkv + h] = !sparse ? 0 : is_quest ? quest->num_pages() : state->num_clusters();
+      coarse_clusters[b * nkv + h] = two ? state->num_coarse() : 0;
       for (int l = 0; l < c.num_layers; ++l) {
         const int64_t at = l * table + int64_t(b) * nkv + h;
         if (sparse && is_quest) {  // pages as clusters: bounds in the centroids' places
@@ -1161,13 +1202,21 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
             sparse ? reinterpret_cast<uintptr_t>(state->value_centroids(l, h)) : 0;
         d.h_mp_ptrs[2 * per_kind + at] =
             sparse ? reinterpret_cast<uintptr_t>(state->cluster_begin(l, h)) : 0;
+        d.h_mp_ptrs[3 * per_kind + at] =
+            two ? reinterpret_cast<uintptr_t>(state->coarse_key_centroids(l, h)) : 0;
+        d.h_mp_ptrs[4 * per_kind + at] =
+            two ? reinterpret_cast<uintptr_t>(state->coarse_value_centroids(l, h)) : 0;
+        d.h_mp_ptrs[5 * per_kind + at] =
+            two ? reinterpret_cast<uintptr_t>(state->coarse_cluster_begin(l, h)) : 0;
+        d.h_mp_ptrs[6 * per_kind + at] =
+            two ? reinterpret_cast<uintptr_t>(state->fine_of_coarse(l, h)) : 0;
       }
     }
   }
   const int64_t staged_ints = slot_table - sink;
   MPA_CUDA(cudaMemcpyAsync(d.mp_ints, d.h_mp_ints.data(), staged_ints * sizeof(int32_t),
                            cudaMemcpyHostToDevice, d.stream));
-  MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), 2 * mb,
+  MPA_CUDA(cudaMemcpyAsync(d.mp_approximate, d.h_mp_approximate.data(), 3 * mb,
                            cudaMemcpyHostToDevice, d.stream));
   // The pointer tables change only when a batch's sequences or their cluster buffers do.
   if (d.h_mp_ptrs != d.uploaded_mp_ptrs) {
@@ -1190,8 +1239,11 @@ void CudaModel::CompleteDecode() {
       st.tokens_total += int64_t{seq.num_tokens()} * c.num_kv_heads * c.num_layers;
       st.tokens_attended_exact += static_cast<int64_t>(d.mp_exact_host[b]);
       if (seq.clusters_ != nullptr) {
+        // Two levels: every coarse centroid and, at most, every fine one (the fine pass scores
+        // only the expanded clusters' fine ones; this counts what the level holds).
         st.centroids_scored +=
-            int64_t{seq.clusters_->num_clusters()} * c.num_kv_heads * c.num_layers;
+            int64_t{seq.clusters_->num_clusters() + seq.clusters_->num_coarse()} * c.num_kv_heads *
+            c.num_layers;
       }
       if (seq.quest_ != nullptr) {
         st.centroids_scored += int64_t{seq.quest_->num_pages()} * c.num_kv_heads * c.num_layers;

@@ -115,7 +115,7 @@ class CudaModel {
   std::unique_ptr<CudaSequence> NewSequence();
 
   // Whether sequences of this model can attend with `options` on the GPU: OK, or
-  // InvalidArgument naming what is not supported here (two levels, pre-RoPE centroids,
+  // InvalidArgument naming what is not supported here (pre-RoPE centroids,
   // an unsupported head_dim or GQA group) or what is invalid in the config.
   absl::Status SupportsAttention(const AttentionOptions& options) const;
   // Sets how `seq` attends from its next step on. A change of multipole knobs drops its clusters

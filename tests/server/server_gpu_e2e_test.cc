@@ -257,8 +257,8 @@ TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
 }
 
 TEST_F(ServerGpuE2eTest, KnobsTheGpuDoesNotRunAreRefusedAtStartUp) {
-  server_ =
-      std::make_unique<GpuServer>(std::vector<std::string>{"--attention=multipole", "--levels=2"});
+  server_ = std::make_unique<GpuServer>(
+      std::vector<std::string>{"--attention=multipole", "--centroid_keys=pre_rope"});
   if (std::string skip = NoGpuReason(*server_); !skip.empty()) {
     GTEST_SKIP() << "no usable GPU; the server said:\n" << skip;
   }
@@ -266,7 +266,7 @@ TEST_F(ServerGpuE2eTest, KnobsTheGpuDoesNotRunAreRefusedAtStartUp) {
   EXPECT_EQ(*server_->exit_code(), 2);
   EXPECT_THAT(server_->output(),
               HasSubstr("multipole attention is not available on device cuda:0"));
-  EXPECT_THAT(server_->output(), HasSubstr("levels 2"));
+  EXPECT_THAT(server_->output(), HasSubstr("centroid_keys pre_rope"));
 }
 
 }  // namespace

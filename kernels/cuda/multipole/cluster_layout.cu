@@ -1,4 +1,6 @@
 // Cluster-major layout kernels (cluster_layout.h).
+#include <algorithm>
+
 #include "kernels/cuda/multipole/cluster_layout.h"
 
 namespace mpa::cuda {
@@ -164,7 +166,144 @@ __global__ void LoadKernel(ClusterLayoutParams p, float* centroids) {
   }
 }
 
+__global__ void CoarsePointsKernel(const float* centroids, const int32_t* counts, int64_t rows,
+                                   int head_dim, bf16* points, float* weights) {
+  const int64_t n = rows * head_dim;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    points[i] = __float2bfloat16_rn(centroids[i]);
+    // An emptied fine cluster (fewer points than clusters) weighs nothing but must stay > 0.
+    if (i % head_dim == 0)
+      weights[i / head_dim] = fmaxf(static_cast<float>(counts[i / head_dim]), 1e-6f);
+  }
+}
+
+// One block per job: a stable counting sort of its fine clusters by coarse label (thread 0; a
+// job has at most a few thousand), then the points relabelled and the centroids and counts
+// moved, in parallel.
+constexpr int kRenumberThreads = 256;
+__global__ void __launch_bounds__(kRenumberThreads)
+    RenumberKernel(CoarseLayoutParams p, int32_t* labels, const float* centroids,
+                   const int32_t* counts, float* out_centroids, int32_t* out_counts,
+                   int32_t* fine_of) {
+  extern __shared__ int new_id[];  // [max_clusters]
+  const ClusterJob job = p.jobs[blockIdx.x];
+  const CoarseJob cj = p.coarse_jobs[blockIdx.x];
+  const int32_t* clabels = p.coarse_labels + job.centroid_begin;
+  int32_t* runs = fine_of + static_cast<int64_t>(blockIdx.x) * (p.max_coarse + 1);
+  if (threadIdx.x == 0) {
+    for (int c = 0; c <= cj.num_coarse; ++c) runs[c] = 0;
+    for (int f = 0; f < job.num_clusters; ++f) ++runs[clabels[f] + 1];
+    for (int c = 0; c < cj.num_coarse; ++c) runs[c + 1] += runs[c];
+    // new_id[f]: the next place of f's coarse cluster (fine ids ascending: stable).
+    for (int f = 0; f < job.num_clusters; ++f) new_id[f] = runs[clabels[f]]++;
+    for (int c = cj.num_coarse; c > 0; --c) runs[c] = runs[c - 1];
+    runs[0] = 0;
+  }
+  __syncthreads();
+  int32_t* job_labels = labels + job.point_begin;
+  for (int i = threadIdx.x; i < job.num_points; i += blockDim.x)
+    job_labels[i] = new_id[job_labels[i]];
+  const int D = p.head_dim;
+  for (int i = threadIdx.x; i < job.num_clusters * D; i += blockDim.x) {
+    const int f = i / D;
+    out_centroids[(job.centroid_begin + new_id[f]) * D + i % D] =
+        centroids[(job.centroid_begin + f) * D + i % D];
+  }
+  for (int f = threadIdx.x; f < job.num_clusters; f += blockDim.x) {
+    out_counts[job.centroid_begin + new_id[f]] = counts[job.centroid_begin + f];
+  }
+}
+
+// One warp per coarse cluster: its slot range and fine run, and the means of its slots' keys and
+// values.
+__global__ void CoarseLevelKernel(CoarseLayoutParams p, ClusterLayoutParams fine,
+                                  const int32_t* fine_of, int shift) {
+  const ClusterJob job = p.jobs[blockIdx.y];
+  const CoarseJob cj = p.coarse_jobs[blockIdx.y];
+  const int c = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (c >= cj.num_coarse) return;
+  const int D = p.head_dim;
+  const int32_t* runs = fine_of + static_cast<int64_t>(blockIdx.y) * (p.max_coarse + 1);
+  const int32_t* fine_begin =
+      fine.cluster_begin + static_cast<int64_t>(job.kv_head) * (fine.cluster_stride + 1);
+  const int first = fine_begin[job.first_cluster + runs[c]];
+  const int last = fine_begin[job.first_cluster + runs[c + 1]];
+  const int64_t head = static_cast<int64_t>(job.kv_head) * (p.coarse_stride + 1);
+  if (lane == 0) {
+    p.coarse_cluster_begin[head + cj.first_coarse + c] = first;
+    p.fine_of_coarse[head + cj.first_coarse + c] = job.first_cluster + runs[c];
+    if (c == cj.num_coarse - 1) {  // the end of this job (the next job's first, or the last)
+      p.coarse_cluster_begin[head + cj.first_coarse + c + 1] = last;
+      p.fine_of_coarse[head + cj.first_coarse + c + 1] = job.first_cluster + job.num_clusters;
+    }
+  }
+  const int64_t out =
+      (static_cast<int64_t>(job.kv_head) * p.coarse_stride + cj.first_coarse + c) * D;
+  for (int d = lane; d < D; d += 32) {
+    float k = 0.0f, v = 0.0f;
+    for (int s = first; s < last; ++s) {
+      const int64_t row =
+          PoolRow(fine.kv, fine.slot_pages, s + fine.slot_row_offset, job.kv_head, shift) + d;
+      k += __bfloat162float(fine.kv.k[row]);
+      v += __bfloat162float(fine.kv.v[row]);
+    }
+    const float inv = last > first ? 1.0f / (last - first) : 0.0f;
+    p.coarse_key_centroids[out + d] = __float2bfloat16_rn(k * inv);
+    p.coarse_value_centroids[out + d] = __float2bfloat16_rn(v * inv);
+  }
+}
+
 }  // namespace
+
+cudaError_t CoarsePoints(const float* centroids, const int32_t* counts, int64_t rows, int head_dim,
+                         bf16* points, float* weights, cudaStream_t stream) {
+  if (centroids == nullptr || counts == nullptr || points == nullptr || weights == nullptr ||
+      rows < 0 || head_dim <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (rows == 0) return cudaSuccess;
+  const int64_t n = rows * head_dim;
+  const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 4096));
+  CoarsePointsKernel<<<blocks, 256, 0, stream>>>(centroids, counts, rows, head_dim, points,
+                                                 weights);
+  return cudaGetLastError();
+}
+
+cudaError_t RenumberCoarseMajor(const CoarseLayoutParams& p, int32_t* labels,
+                                const float* centroids, const int32_t* counts, float* out_centroids,
+                                int32_t* out_counts, int32_t* fine_of, cudaStream_t stream) {
+  if (p.jobs == nullptr || p.coarse_jobs == nullptr || p.coarse_labels == nullptr ||
+      labels == nullptr || centroids == nullptr || counts == nullptr || out_centroids == nullptr ||
+      out_counts == nullptr || fine_of == nullptr || p.max_clusters > kMaxClustersPerJob ||
+      p.head_dim <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.num_jobs == 0) return cudaSuccess;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      RenumberKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxClustersPerJob * 4);
+  if (attr != cudaSuccess) return attr;
+  RenumberKernel<<<p.num_jobs, kRenumberThreads, std::max(p.max_clusters, 1) * 4, stream>>>(
+      p, labels, centroids, counts, out_centroids, out_counts, fine_of);
+  return cudaGetLastError();
+}
+
+cudaError_t BuildCoarseLevel(const CoarseLayoutParams& p, const ClusterLayoutParams& fine,
+                             const int32_t* fine_of, cudaStream_t stream) {
+  const int shift = Log2PowerOfTwo(fine.kv.page_size);
+  if (p.jobs == nullptr || p.coarse_jobs == nullptr || fine_of == nullptr ||
+      p.coarse_cluster_begin == nullptr || p.fine_of_coarse == nullptr ||
+      p.coarse_key_centroids == nullptr || p.coarse_value_centroids == nullptr ||
+      fine.cluster_begin == nullptr || fine.slot_pages == nullptr || shift < 0 ||
+      p.head_dim != fine.kv.head_dim) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.num_jobs == 0 || p.max_coarse == 0) return cudaSuccess;
+  CoarseLevelKernel<<<dim3((p.max_coarse + 7) / 8, p.num_jobs), 256, 0, stream>>>(p, fine, fine_of,
+                                                                                  shift);
+  return cudaGetLastError();
+}
 
 cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int max_keep, float* centroids,
                              cudaStream_t stream) {

@@ -85,4 +85,54 @@ cudaError_t LocatePositions(const ClusterLayoutParams& p, int first_slot, int nu
 cudaError_t LoadKeyCentroids(const ClusterLayoutParams& p, int max_keep, float* centroids,
                              cudaStream_t stream);
 
+// Two levels (DESIGN.md section 5, as ClusterIndex builds them on the CPU): after a job's fine
+// k-means, its fine centroids (weighted by their member counts) are clustered into coarse
+// clusters (KMeansLloyd with weights), the fine clusters renumbered coarse-major so that every
+// coarse cluster is a contiguous run of fine clusters (and, once laid out, of slots), and the
+// coarse level's tables derived from the fine level's.
+struct CoarseJob {
+  int num_coarse = 0;            // >= 1
+  int64_t coarse_row_begin = 0;  // rows of the coarse k-means centroids
+  int first_coarse = 0;          // the head's coarse clusters [first, first + num_coarse)
+};
+
+struct CoarseLayoutParams {
+  const ClusterJob* jobs = nullptr;        // [num_jobs] the fine jobs
+  const CoarseJob* coarse_jobs = nullptr;  // [num_jobs]
+  int num_jobs = 0;
+  int max_points = 0;    // host bound of a job's num_points
+  int max_clusters = 0;  // host bound of a job's (fine) num_clusters
+  int max_coarse = 0;    // host bound of num_coarse
+  int head_dim = 0;
+  // Coarse labels of the fine clusters: fine cluster f of a job is point centroid_begin + f of
+  // the coarse k-means, its label that point's.
+  const int32_t* coarse_labels = nullptr;
+  // The coarse level's arrays, head h at h * coarse_stride (+ h for the [coarse + 1] ones).
+  int coarse_stride = 0;
+  int32_t* coarse_cluster_begin = nullptr;  // [num_kv_heads, coarse_stride + 1] slots
+  int32_t* fine_of_coarse = nullptr;        // [num_kv_heads, coarse_stride + 1] fine cluster ids
+  bf16* coarse_key_centroids = nullptr;     // [num_kv_heads, coarse_stride, head_dim]
+  bf16* coarse_value_centroids = nullptr;
+};
+
+// The coarse k-means input: every fine centroid of every job as a bf16 point and its member
+// count as its weight (rows as the fine centroids).
+cudaError_t CoarsePoints(const float* centroids, const int32_t* counts, int64_t rows, int head_dim,
+                         bf16* points, float* weights, cudaStream_t stream);
+
+// Renumbers every job's fine clusters coarse-major (coarse label ascending, fine id ascending
+// inside a coarse cluster): relabels the job's points in `labels` (in place) and writes the
+// centroids and counts in the new order to out_centroids / out_counts (rows as centroids).
+// fine_of: [num_jobs, max_coarse + 1] scratch out, each job's coarse clusters' first (local)
+// fine cluster.
+cudaError_t RenumberCoarseMajor(const CoarseLayoutParams& p, int32_t* labels,
+                                const float* centroids, const int32_t* counts, float* out_centroids,
+                                int32_t* out_counts, int32_t* fine_of, cudaStream_t stream);
+
+// After BuildClusterLayout (of the renumbered fine clusters) wrote the fine level `fine`: every
+// job's coarse clusters' slots, fine runs and centroids (the means of the keys and values of
+// their slots, fp32 sums rounded to bf16, as the fine level's value centroids).
+cudaError_t BuildCoarseLevel(const CoarseLayoutParams& p, const ClusterLayoutParams& fine,
+                             const int32_t* fine_of, cudaStream_t stream);
+
 }  // namespace mpa::cuda

@@ -171,9 +171,13 @@ __global__ void __launch_bounds__(kThreads) ClusterSelectionKernel(StepArgs a) {
   // The coarse pass of two levels selects (expands) up to ceil(expansion x budget) tokens, as the
   // CPU reference computes it (multipole_attention.cc).
   const bool coarse = a.expansion > 0.0f;
-  const int64_t budget = coarse ? static_cast<int64_t>(ceil(static_cast<double>(a.token_budget[b]) *
-                                                            static_cast<double>(a.expansion)))
-                                : a.token_budget[b];
+  int64_t budget = a.token_budget[b];
+  if (coarse) {
+    budget = a.coarse_budget != nullptr
+                 ? a.coarse_budget[b]
+                 : static_cast<int64_t>(
+                       ceil(static_cast<double>(budget) * static_cast<double>(a.expansion)));
+  }
   int32_t* rows = a.rows + static_cast<int64_t>(hb) * a.max_seq_len;
   const int mask = a.page_size - 1;
   MarkTime(a, 0);

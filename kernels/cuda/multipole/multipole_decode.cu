@@ -133,6 +133,7 @@ multipole::StepArgs SliceArgs(multipole::StepArgs a, int b0, int nb, float* part
   a.approximate += b0;
   if (a.quest != nullptr) a.quest += b0;
   if (a.two_level != nullptr) a.two_level += b0;
+  if (a.coarse_budget != nullptr) a.coarse_budget += b0;
   if (a.fine_num_clusters != nullptr) a.fine_num_clusters += heads;
   a.batch = nb;
   a.logits2 += heads * group * a.max_clusters;
@@ -316,6 +317,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
   a.fine_list_begin = nullptr;
   a.two_level = coarse.two_level;
   a.fine_num_clusters = nullptr;
+  a.coarse_budget = nullptr;
 
   // Two levels: the coarse pass ranks and expands the coarse clusters into the list of fine
   // clusters the fine pass (`a`) then treats as its clusters; its approximation takes the second
@@ -345,6 +347,7 @@ cudaError_t MultipoleDecode(const MultipoleDecodeParams& p, cudaStream_t stream)
     ca.list_count = w.fine_count;
     ca.max_fine = c.max_clusters;
     ca.fine_num_clusters = c.num_clusters;
+    ca.coarse_budget = coarse.token_budget;
     a.num_clusters = w.fine_count;
     a.fine_ids = w.fine_ids;
     a.fine_list_begin = w.list_begin;

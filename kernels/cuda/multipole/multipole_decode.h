@@ -57,6 +57,9 @@ struct CoarseLevel {
   // fine level is its only level, as in a one-level call); null: every sequence. Quest
   // sequences always have one.
   const uint8_t* two_level = nullptr;
+  // [batch] the tokens each sequence's coarse pass expands (the caller's own rounding of
+  // expansion x token_budget, e.g. per-sequence expansions); null: ceil(expansion x budget).
+  const int32_t* token_budget = nullptr;
 };
 
 struct ClusteredRegion {

@@ -83,6 +83,7 @@ struct StepArgs {
   // every sequence of a two-level call has two levels. Quest sequences are one-level.
   const uint8_t* two_level;
   const int32_t* fine_num_clusters;  // coarse pass: the fine level's num_clusters
+  const int32_t* coarse_budget;      // coarse pass: [batch] expanded budgets (null: expansion)
   // Benchmarks only: the selection kernel's block (0, 0) writes clock64() at its phase ends
   // (0..11) and counts (16: keys in the first miss's bin, 17: tail rounds, 18: tail candidates,
   // 19: clusters selected); null: nothing.

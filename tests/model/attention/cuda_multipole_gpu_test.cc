@@ -69,6 +69,15 @@ AttentionOptions Small(AttentionMode mode, float fraction) {
   return o;
 }
 
+// Two levels at the same scale (the defaults' 8 and 64 tokens per fine and coarse centroid, / 4).
+AttentionOptions SmallTwoLevels(AttentionMode mode, float fraction) {
+  AttentionOptions o = Small(mode, fraction);
+  o.multipole.levels = 2;
+  o.multipole.fine_tokens_per_centroid = 2;
+  o.multipole.coarse_tokens_per_centroid = 16;
+  return o;
+}
+
 // Teacher-forced logits of `tokens` on the GPU: prefill tokens[0..prompt), then one decode step
 // per following token; one vocab row per step (the prefill's last row first).
 std::vector<std::vector<float>> GpuLogits(CudaModel& m, CudaSequence& seq,
@@ -172,6 +181,26 @@ TEST(CudaMultipoleGpuTest, FullBudgetEqualsDense) {
   EXPECT_EQ(st.tokens_attended_exact, st.tokens_total);  // everything fits the budget
 }
 
+TEST(CudaMultipoleGpuTest, TwoLevelsFullBudgetEqualsDense) {
+  SKIP_WITHOUT_MODEL();
+  auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  auto cpu = Model::Load(StoriesDir(), ModelOptions{});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  const VersusDense r =
+      RunVersusDense(**gpu, **cpu, SmallTwoLevels(AttentionMode::kMultipole, 1.0f));
+  EXPECT_LT(r.worst, 1e-2);
+  const auto [wide, disagree] = WideGapAgreement(r.got, r.want, 0.5f);
+  EXPECT_EQ(disagree, 0) << "of " << wide;
+  const CudaClusterState* state = r.seq->clusters();
+  ASSERT_NE(state, nullptr);
+  EXPECT_TRUE(state->two_levels());
+  EXPECT_GT(state->num_coarse(), 0);
+  EXPECT_GT(state->num_clusters(), state->num_coarse());
+  EXPECT_GT(r.seq->stats().cluster_updates, 0);
+  EXPECT_EQ(r.seq->stats().tokens_attended_exact, r.seq->stats().tokens_total);
+}
+
 TEST(CudaMultipoleGpuTest, QuestFullBudgetEqualsDense) {
   SKIP_WITHOUT_MODEL();
   auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
@@ -241,16 +270,18 @@ TEST(CudaMultipoleGpuTest, AgreesWithCpuWhereTheGapIsWide) {
   auto cpu = Model::Load(StoriesDir(), ModelOptions{});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   const std::vector<int32_t> tokens = Trajectory(**cpu);
-  for (AttentionMode mode :
-       {AttentionMode::kMultipole, AttentionMode::kExactOnly, AttentionMode::kQuest}) {
-    const AttentionOptions options = Small(mode, 0.25f);
+  for (const auto& [mode, levels] :
+       {std::pair{AttentionMode::kMultipole, 1}, std::pair{AttentionMode::kExactOnly, 1},
+        std::pair{AttentionMode::kQuest, 1}, std::pair{AttentionMode::kMultipole, 2},
+        std::pair{AttentionMode::kExactOnly, 2}}) {
+    const AttentionOptions options = levels == 2 ? SmallTwoLevels(mode, 0.25f) : Small(mode, 0.25f);
     auto seq = (*gpu)->NewSequence();
     ASSERT_TRUE((*gpu)->SetAttention(*seq, options).ok());
     const auto got = GpuLogits(**gpu, *seq, tokens, 100);
     const auto want = CpuLogits(**cpu, options, tokens, 100);
     const auto [wide, disagree] = WideGapAgreement(got, want, 2.0f);
     const AttentionStats& st = seq->stats();
-    SCOPED_TRACE(std::string(AttentionModeName(mode)));
+    SCOPED_TRACE(std::string(AttentionModeName(mode)) + " levels " + std::to_string(levels));
     EXPECT_GT(wide, 50);
     EXPECT_EQ(disagree, 0) << "of " << wide << " wide-gap steps";
     EXPECT_GT(st.cluster_updates, 5);
@@ -266,8 +297,9 @@ TEST(CudaMultipoleGpuTest, MixedBatchEqualsEachAlone) {
   CudaModel& m = **gpu;
   const AttentionOptions modes[] = {AttentionOptions{}, Small(AttentionMode::kMultipole, 0.25f),
                                     Small(AttentionMode::kExactOnly, 0.1f),
-                                    Small(AttentionMode::kQuest, 0.2f)};
-  constexpr int kModes = 4;
+                                    Small(AttentionMode::kQuest, 0.2f),
+                                    SmallTwoLevels(AttentionMode::kMultipole, 0.2f)};
+  constexpr int kModes = 5;
   std::vector<int32_t> prompt(150);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 1 + (i * 37) % 500;
   std::vector<std::unique_ptr<CudaSequence>> batch, alone;
@@ -304,12 +336,9 @@ TEST(CudaMultipoleGpuTest, RefusesWhatTheGpuDoesNotRun) {
   auto gpu = CudaModel::Load(StoriesDir(), CudaModelOptions{});
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   auto seq = (*gpu)->NewSequence();
-  AttentionOptions two = Small(AttentionMode::kMultipole, 0.25f);
-  two.multipole.levels = 2;
   AttentionOptions pre = Small(AttentionMode::kMultipole, 0.25f);
   pre.multipole.centroid_keys = CentroidKeys::kPreRope;
-  for (const auto& [options, name] :
-       {std::pair{two, "levels 2"}, std::pair{pre, "centroid_keys pre_rope"}}) {
+  for (const auto& [options, name] : {std::pair{pre, "centroid_keys pre_rope"}}) {
     const absl::Status s = (*gpu)->SetAttention(*seq, options);
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
     EXPECT_NE(std::string(s.message()).find(name), std::string::npos) << s;
