@@ -1149,6 +1149,7 @@ absl::Status CudaModel::StageMultipole(absl::Span<CudaSequence* const> seqs) {
     if (d.mp_workspace != nullptr) MPA_CUDA(cudaFree(d.mp_workspace));
     d.mp_workspace = nullptr;
     d.mp_workspace_clusters = 0;
+    d.mp_workspace_coarse = 0;
     MPA_CUDA(cudaMalloc(&d.mp_workspace, bytes));
     d.mp_workspace_bytes = bytes;
     d.mp_workspace_clusters = bucket;

@@ -249,8 +249,11 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
 #pragma unroll
       for (int i = 0; i < kCopies; ++i) {
         const int r = i * kRowsPerCopy + lane / kChunks, ch = lane % kChunks;
+        // Both shuffles by every lane of the warp (a shuffle under a lane-dependent condition
+        // would leave the other lanes out of a full-mask __shfl_sync).
         const bool valid = count_of(j, r) > 0;
-        const int64_t from = static_cast<int64_t>(valid ? row_of(j, r) : 0) * HD + ch * 8;
+        const int row = row_of(j, r);
+        const int64_t from = static_cast<int64_t>(valid ? row : 0) * HD + ch * 8;
         const uint32_t to = r * kRowBytes + ((ch ^ (r & 7)) << 4);
         detail::CopyAsync16OrZero(dst + to, key_centroids + from, valid);
         if (approximate) {
