@@ -232,7 +232,9 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
   auto count_of = [&](int j, int r) {
     return __shfl_sync(0xffffffffu, j < 2 ? counts_lo : counts_hi, ((j & 1) << 4) + r);
   };
-  // The centroid rows, held the same way (the fine pass of two levels reads them from its list).
+  // The centroid rows, held the same way (the fine pass of two levels reads them from its list;
+  // otherwise cluster c is row c).
+  const bool listed = ListedClusters(a, b);
   auto load_row = [&](int j) {
     const int c = cluster_of(j, lane & 15);
     return c < num_clusters ? CentroidRow(a, b, hb, c) : 0;
@@ -249,10 +251,10 @@ __global__ void __launch_bounds__(kWarps * 32) CentroidLookupTensorCoreKernel(St
 #pragma unroll
       for (int i = 0; i < kCopies; ++i) {
         const int r = i * kRowsPerCopy + lane / kChunks, ch = lane % kChunks;
-        // Both shuffles by every lane of the warp (a shuffle under a lane-dependent condition
-        // would leave the other lanes out of a full-mask __shfl_sync).
+        // Every shuffle by every lane of the warp (a shuffle under a lane-dependent condition
+        // would leave the other lanes out of a full-mask __shfl_sync); `listed` is the block's.
         const bool valid = count_of(j, r) > 0;
-        const int row = row_of(j, r);
+        const int row = listed ? row_of(j, r) : cluster_of(j, r);
         const int64_t from = static_cast<int64_t>(valid ? row : 0) * HD + ch * 8;
         const uint32_t to = r * kRowBytes + ((ch ^ (r & 7)) << 4);
         detail::CopyAsync16OrZero(dst + to, key_centroids + from, valid);
