@@ -219,9 +219,6 @@ refuse "server.attention must be one of" --set server.attention=sparse
 refuse "model.volume.hostPath must name" --set model.volume.type=hostPath
 refuse "model.volume.type must be one of" --set model.volume.type=nfs
 refuse "server.multipole.clusterRatio is not a flag" --set server.multipole.clusterRatio=8
-refuse "is not available with gpu.enabled" --set gpu.enabled=true --set server.attention=quest
-refuse "server.multipole.levels is not available with gpu.enabled" --set gpu.enabled=true \
-  --set server.attention=multipole --set server.multipole.levels=2
 refuse "server.multipole.centroid_keys is not available with gpu.enabled" --set gpu.enabled=true \
   --set server.attention=exact-only --set server.multipole.centroid_keys=pre_rope
 refuse "tls.secretName must name" --set tls.enabled=true
@@ -236,6 +233,14 @@ refuse "apiKeys.mountPath must differ" --set apiKeys.enabled=true --set apiKeys.
 "$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=multipole \
   >"$work/gpu-multipole.yaml" 2>&1 || { cat "$work/gpu-multipole.yaml"; fail "gpu + multipole"; }
 grep -q -- '--attention=multipole' "$work/gpu-multipole.yaml" || fail "gpu + multipole flag"
+# The GPU engine serves Quest and two cluster levels too.
+"$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=quest \
+  >"$work/gpu-quest.yaml" 2>&1 || { cat "$work/gpu-quest.yaml"; fail "gpu + quest"; }
+grep -q -- '--attention=quest' "$work/gpu-quest.yaml" || fail "gpu + quest flag"
+"$helm" template test-release "$chart" --set gpu.enabled=true --set server.attention=multipole \
+  --set server.multipole.levels=2 >"$work/gpu-two-levels.yaml" 2>&1 ||
+  { cat "$work/gpu-two-levels.yaml"; fail "gpu + two levels"; }
+grep -q -- '--levels=2' "$work/gpu-two-levels.yaml" || fail "gpu + two levels flag"
 refuse "router.enabled needs tls.enabled=false" -f "$work/router.yaml" --set tls.enabled=true \
   --set tls.secretName=s
 refuse "autoscaling.maxReplicas (1) must be at least autoscaling.minReplicas (2)" \

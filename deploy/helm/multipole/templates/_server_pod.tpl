@@ -7,13 +7,7 @@ checks of the values it reads: rendering fails with a message naming a bad value
 {{- if not (has .Values.server.attention $modes) -}}
 {{- fail (printf "server.attention must be one of %s, not %q" (join ", " $modes) .Values.server.attention) -}}
 {{- end -}}
-{{- if and .Values.gpu.enabled (eq .Values.server.attention "quest") -}}
-{{- fail (printf "server.attention %q is not available with gpu.enabled: the GPU engine serves dense, multipole and exact-only attention" .Values.server.attention) -}}
-{{- end -}}
 {{- $sparseOnGpu := and .Values.gpu.enabled (has .Values.server.attention (list "multipole" "exact-only")) -}}
-{{- if and $sparseOnGpu (ne (toString (default 1 (index .Values.server.multipole "levels"))) "1") -}}
-{{- fail "server.multipole.levels is not available with gpu.enabled and sparse attention: the GPU engine clusters one level" -}}
-{{- end -}}
 {{- if and $sparseOnGpu (ne (toString (default "post_rope" (index .Values.server.multipole "centroid_keys"))) "post_rope") -}}
 {{- fail "server.multipole.centroid_keys is not available with gpu.enabled and sparse attention: the GPU engine clusters post_rope keys" -}}
 {{- end -}}
