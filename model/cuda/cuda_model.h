@@ -18,8 +18,8 @@
 // sparse sequence runs every sequence through the multipole decode (a dense one as a sequence
 // without clusters, which is exact attention). Quest runs through the same decode, its pages of
 // consecutive positions taking the clusters' place (model/attention/cuda_quest_pages.h).
-// Two-level hierarchies are CPU-only for now. Not thread-safe: one engine thread drives it, as with
-// Model. A CudaModel must outlive its sequences.
+// Two-level hierarchies (levels 2) keep a coarse level over the fine one (cuda_clusters.h). Not
+// thread-safe: one engine thread drives it, as with Model. A CudaModel must outlive its sequences.
 #pragma once
 
 #include <cstdint>
