@@ -122,8 +122,8 @@ class ServerGpuE2eTest : public ::testing::Test {
     RecordProperty("seed", std::to_string(seed));
   }
   // Starts the server; sets *skip to the server's reason when there is no usable GPU.
-  void StartServer(std::string* skip) {
-    server_ = std::make_unique<GpuServer>(std::vector<std::string>{});
+  void StartServer(std::string* skip, std::vector<std::string> flags = {}) {
+    server_ = std::make_unique<GpuServer>(std::move(flags));
     *skip = NoGpuReason(*server_);
     if (!skip->empty()) return;
     ASSERT_FALSE(server_->address().empty()) << server_->StartFailure();
@@ -139,10 +139,10 @@ class ServerGpuE2eTest : public ::testing::Test {
 };
 
 // Starts the server, or skips the test with the server's message when there is no usable GPU.
-#define START_SERVER_OR_SKIP()                                                      \
+#define START_SERVER_OR_SKIP(...)                                                   \
   do {                                                                              \
     std::string skip;                                                               \
-    ASSERT_NO_FATAL_FAILURE(StartServer(&skip));                                    \
+    ASSERT_NO_FATAL_FAILURE(StartServer(&skip __VA_OPT__(, ) __VA_ARGS__));         \
     if (!skip.empty()) GTEST_SKIP() << "no usable GPU; the server said:\n" << skip; \
   } while (0)
 
@@ -245,6 +245,34 @@ TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
   // every sparse mode.
   for (auto mode :
        {v1::ATTENTION_MODE_MULTIPOLE, v1::ATTENTION_MODE_EXACT_ONLY, v1::ATTENTION_MODE_QUEST}) {
+    v1::GenerateRequest sparse = IdsRequest(prompt, 100);
+    sparse.mutable_attention()->set_mode(mode);
+    StreamResult r = Generate(*stub_, sparse);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.ids.size(), 100u);
+    ASSERT_TRUE(r.result.has_value());
+    EXPECT_LT(r.result->stats().mean_sparsity(), 0.9) << v1::AttentionMode_Name(mode);
+    EXPECT_GT(r.result->stats().mean_sparsity(), 0.3) << v1::AttentionMode_Name(mode);
+  }
+}
+
+// Two cluster levels (--levels 2): a budget covering the region streams the dense ids, the
+// default budget reads part of the cache, in multipole and exact-only.
+TEST_F(ServerGpuE2eTest, TwoLevelsRunOnTheGpu) {
+  START_SERVER_OR_SKIP(std::vector<std::string>{"--levels=2"});
+  StreamResult context = Generate(*stub_, IdsRequest({1}, 399));
+  ASSERT_TRUE(context.status.ok()) << context.status.error_message();
+  std::vector<int32_t> prompt = {1};
+  prompt.insert(prompt.end(), context.ids.begin(), context.ids.end());
+  StreamResult dense = Generate(*stub_, IdsRequest(prompt, 100));
+  ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
+  v1::GenerateRequest full = IdsRequest(prompt, 100);
+  full.mutable_attention()->set_mode(v1::ATTENTION_MODE_MULTIPOLE);
+  full.mutable_attention()->set_token_budget_fraction(1.0f);
+  StreamResult all = Generate(*stub_, full);
+  ASSERT_TRUE(all.status.ok()) << all.status.error_message();
+  EXPECT_EQ(all.ids, dense.ids);
+  for (auto mode : {v1::ATTENTION_MODE_MULTIPOLE, v1::ATTENTION_MODE_EXACT_ONLY}) {
     v1::GenerateRequest sparse = IdsRequest(prompt, 100);
     sparse.mutable_attention()->set_mode(mode);
     StreamResult r = Generate(*stub_, sparse);
