@@ -92,35 +92,28 @@ int CudaClusterState::CoarseClusters(int tokens) const {
 }
 
 const bf16* CudaClusterState::key_centroids(int layer, int head) const {
-  return key_centroids_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * cluster_capacity_ * head_dim_;
+  return key_centroids_ + HeadIndex(layer, head) * cluster_capacity_ * head_dim_;
 }
 const bf16* CudaClusterState::value_centroids(int layer, int head) const {
-  return value_centroids_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * cluster_capacity_ * head_dim_;
+  return value_centroids_ + HeadIndex(layer, head) * cluster_capacity_ * head_dim_;
 }
 const int32_t* CudaClusterState::cluster_begin(int layer, int head) const {
-  return cluster_begin_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * (cluster_capacity_ + 1);
+  return cluster_begin_ + HeadIndex(layer, head) * (cluster_capacity_ + 1);
 }
 const int32_t* CudaClusterState::slot_positions(int layer, int head) const {
-  return slot_positions_ + (static_cast<int64_t>(layer) * num_kv_heads_ + head) * slot_capacity_;
+  return slot_positions_ + HeadIndex(layer, head) * slot_capacity_;
 }
 const bf16* CudaClusterState::coarse_key_centroids(int layer, int head) const {
-  return coarse_key_centroids_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * coarse_capacity_ * head_dim_;
+  return coarse_key_centroids_ + HeadIndex(layer, head) * coarse_capacity_ * head_dim_;
 }
 const bf16* CudaClusterState::coarse_value_centroids(int layer, int head) const {
-  return coarse_value_centroids_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * coarse_capacity_ * head_dim_;
+  return coarse_value_centroids_ + HeadIndex(layer, head) * coarse_capacity_ * head_dim_;
 }
 const int32_t* CudaClusterState::coarse_cluster_begin(int layer, int head) const {
-  return coarse_cluster_begin_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * (coarse_capacity_ + 1);
+  return coarse_cluster_begin_ + HeadIndex(layer, head) * (coarse_capacity_ + 1);
 }
 const int32_t* CudaClusterState::fine_of_coarse(int layer, int head) const {
-  return fine_of_coarse_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + head) * (coarse_capacity_ + 1);
+  return fine_of_coarse_ + HeadIndex(layer, head) * (coarse_capacity_ + 1);
 }
 
 absl::Status CudaClusterState::Reserve(const Context& ctx, int clusters, int slots, int coarse) {
@@ -260,9 +253,10 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
   cuda::KMeansParams ckp;
   std::vector<int32_t> coarse_seeds(coarse_rows);
   int32_t *d_coarse_seeds = nullptr, *d_fine_of = nullptr, *d_perm_counts = nullptr;
-  float* d_perm_centroids = nullptr;
+  float *d_perm_centroids = nullptr, *d_weights = nullptr;
+  bf16* d_cpoints = nullptr;
   if (two) {
-    MPA_ASSIGN_OR_RETURN(cp.jobs, scratch.Upload(layout));
+    cp.jobs = d_jobs;  // the fine jobs, uploaded above
     MPA_ASSIGN_OR_RETURN(cp.coarse_jobs, scratch.Upload(coarse_jobs));
     cp.num_jobs = static_cast<int>(layout.size());
     cp.max_points = max_points;
@@ -271,8 +265,8 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
     cp.head_dim = D;
     cp.coarse_stride = coarse_capacity_;
     MPA_ASSIGN_OR_RETURN(const cuda::KMeansProblem* d_cproblems, scratch.Upload(coarse_problems));
-    MPA_ASSIGN_OR_RETURN(bf16 * d_cpoints, scratch.Alloc<bf16>(clusters * D));
-    MPA_ASSIGN_OR_RETURN(float* d_weights, scratch.Alloc<float>(clusters));
+    MPA_ASSIGN_OR_RETURN(d_cpoints, scratch.Alloc<bf16>(clusters * D));
+    MPA_ASSIGN_OR_RETURN(d_weights, scratch.Alloc<float>(clusters));
     MPA_ASSIGN_OR_RETURN(int32_t * d_clabels, scratch.Alloc<int32_t>(clusters));
     MPA_ASSIGN_OR_RETURN(int32_t * d_ccounts, scratch.Alloc<int32_t>(coarse_rows));
     MPA_ASSIGN_OR_RETURN(float* d_ccentroids, scratch.Alloc<float>(coarse_rows * D));
@@ -394,9 +388,8 @@ absl::Status CudaClusterState::Run(const Context& ctx, const std::vector<Job>& j
       }
       MPA_CUDA_STATE(cudaMemcpyAsync(d_coarse_seeds, coarse_seeds.data(), coarse_seeds.size() * 4,
                                      cudaMemcpyHostToDevice, ctx.stream));
-      MPA_CUDA_STATE(cuda::CoarsePoints(d_centroids, d_counts, clusters, D,
-                                        const_cast<bf16*>(ckp.points),
-                                        const_cast<float*>(ckp.weights), ctx.stream));
+      MPA_CUDA_STATE(
+          cuda::CoarsePoints(d_centroids, d_counts, clusters, D, d_cpoints, d_weights, ctx.stream));
       MPA_CUDA_STATE(cuda::KMeansLloyd(ckp, ctx.stream));
       MPA_CUDA_STATE(cuda::RenumberCoarseMajor(cp, d_labels, d_centroids, d_counts,
                                                d_perm_centroids, d_perm_counts, d_fine_of,

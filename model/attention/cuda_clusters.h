@@ -105,6 +105,10 @@ class CudaClusterState {
   // Grows the device arrays to hold `clusters` clusters and `slots` slots per (layer, head),
   // keeping their contents.
   absl::Status Reserve(const Context& ctx, int clusters, int slots, int coarse);
+  // Row of (layer, KV head) in the per-head device arrays.
+  int64_t HeadIndex(int layer, int head) const {
+    return static_cast<int64_t>(layer) * num_kv_heads_ + head;
+  }
   // The blocks' cluster counts: fine (or single-level) and coarse.
   int FineClusters(int tokens) const;
   int CoarseClusters(int tokens) const;

@@ -211,6 +211,36 @@ TEST(KMeansGpuTest, AssignmentDisagreesOnlyOnNearTies) {
   }
 }
 
+// Every problem of a GPU run against the CPU twin's run from the same seeds (problem i seeded with
+// seed + i, as Seeds draws them): identical labels, centroids within 1e-4.
+void ExpectMatchesCpu(const Batch& b, const GpuResult& r, uint64_t seed, int iterations,
+                      const std::vector<float>* weights = nullptr) {
+  const int dim = b.dim;
+  for (size_t i = 0; i < b.problems.size(); ++i) {
+    const KMeansProblem& pr = b.problems[i];
+    std::vector<float> cents(static_cast<size_t>(pr.num_clusters) * dim);
+    std::vector<int32_t> labels(pr.num_points);
+    cpu::KMeansParams kp;
+    kp.points = b.points.data() + pr.point_begin * dim;
+    kp.weights = weights ? weights->data() + pr.point_begin : nullptr;
+    kp.num_points = pr.num_points;
+    kp.dim = dim;
+    kp.num_clusters = pr.num_clusters;
+    kp.iterations = iterations;
+    kp.seed = seed + i;
+    kp.centroids = cents.data();
+    kp.labels = labels.data();
+    cpu::KMeansLloyd(kp);
+    int mismatched = 0;
+    for (int j = 0; j < pr.num_points; ++j) mismatched += labels[j] != r.labels[pr.point_begin + j];
+    EXPECT_EQ(mismatched, 0) << "problem " << i << " iterations " << iterations;
+    for (size_t j = 0; j < cents.size(); ++j) {
+      EXPECT_NEAR(r.centroids[pr.cluster_begin * dim + j], cents[j],
+                  1e-4 * (1.0 + std::fabs(cents[j])));
+    }
+  }
+}
+
 TEST(KMeansGpuTest, WellSeparatedRunsMatchTheCpu) {
   MPA_SKIP_WITHOUT_GPU();
   for (int dim : {8, 64, 128}) {
@@ -222,29 +252,7 @@ TEST(KMeansGpuTest, WellSeparatedRunsMatchTheCpu) {
     for (int iterations : {1, 3, 10}) {
       const GpuResult r = RunGpu(b, &seeds, {}, iterations);
       ExpectConsistent(b, r);
-      for (size_t i = 0; i < b.problems.size(); ++i) {
-        const KMeansProblem& pr = b.problems[i];
-        std::vector<float> cents(static_cast<size_t>(pr.num_clusters) * dim);
-        std::vector<int32_t> labels(pr.num_points);
-        cpu::KMeansParams kp;
-        kp.points = b.points.data() + pr.point_begin * dim;
-        kp.num_points = pr.num_points;
-        kp.dim = dim;
-        kp.num_clusters = pr.num_clusters;
-        kp.iterations = iterations;
-        kp.seed = seed + i;
-        kp.centroids = cents.data();
-        kp.labels = labels.data();
-        cpu::KMeansLloyd(kp);
-        int mismatched = 0;
-        for (int j = 0; j < pr.num_points; ++j)
-          mismatched += labels[j] != r.labels[pr.point_begin + j];
-        EXPECT_EQ(mismatched, 0) << "problem " << i << " iterations " << iterations;
-        for (size_t j = 0; j < cents.size(); ++j) {
-          EXPECT_NEAR(r.centroids[pr.cluster_begin * dim + j], cents[j],
-                      1e-4 * (1.0 + std::fabs(cents[j])));
-        }
-      }
+      ExpectMatchesCpu(b, r, seed, iterations);
     }
   }
 }
@@ -265,30 +273,7 @@ TEST(KMeansGpuTest, WeightedRunsMatchTheCpu) {
     for (int iterations : {1, 5}) {
       const GpuResult r = RunGpu(b, &seeds, {}, iterations, false, &weights);
       ExpectConsistent(b, r, &weights);
-      for (size_t i = 0; i < b.problems.size(); ++i) {
-        const KMeansProblem& pr = b.problems[i];
-        std::vector<float> cents(static_cast<size_t>(pr.num_clusters) * dim);
-        std::vector<int32_t> labels(pr.num_points);
-        cpu::KMeansParams kp;
-        kp.points = b.points.data() + pr.point_begin * dim;
-        kp.weights = weights.data() + pr.point_begin;
-        kp.num_points = pr.num_points;
-        kp.dim = dim;
-        kp.num_clusters = pr.num_clusters;
-        kp.iterations = iterations;
-        kp.seed = seed + i;
-        kp.centroids = cents.data();
-        kp.labels = labels.data();
-        cpu::KMeansLloyd(kp);
-        int mismatched = 0;
-        for (int j = 0; j < pr.num_points; ++j)
-          mismatched += labels[j] != r.labels[pr.point_begin + j];
-        EXPECT_EQ(mismatched, 0) << "problem " << i << " iterations " << iterations;
-        for (size_t j = 0; j < cents.size(); ++j) {
-          EXPECT_NEAR(r.centroids[pr.cluster_begin * dim + j], cents[j],
-                      1e-4 * (1.0 + std::fabs(cents[j])));
-        }
-      }
+      ExpectMatchesCpu(b, r, seed, iterations, &weights);
     }
   }
 }

@@ -106,6 +106,29 @@ struct Scene {
   }
 };
 
+// Per cluster of `bounds` (slot ranges of one (b, h)), the fp32 means of its keys and values.
+void SlotMeans(const Scene& s, int b, int h, const std::vector<int32_t>& bounds,
+               const std::vector<int32_t>& slot_pos, std::vector<float>& kc,
+               std::vector<float>& vc) {
+  const int clusters = static_cast<int>(bounds.size()) - 1;
+  kc.assign(static_cast<size_t>(clusters) * s.D, 0.0f);
+  vc.assign(kc.size(), 0.0f);
+  for (int cl = 0; cl < clusters; ++cl) {
+    const int count = bounds[cl + 1] - bounds[cl];
+    for (int slot = bounds[cl]; slot < bounds[cl + 1]; ++slot) {
+      const size_t row = s.PosRow(b, h, slot_pos[slot]);
+      for (int d = 0; d < s.D; ++d) {
+        kc[static_cast<size_t>(cl) * s.D + d] += s.k[row + d];
+        vc[static_cast<size_t>(cl) * s.D + d] += s.v[row + d];
+      }
+    }
+    for (int d = 0; count > 0 && d < s.D; ++d) {
+      kc[static_cast<size_t>(cl) * s.D + d] /= count;
+      vc[static_cast<size_t>(cl) * s.D + d] /= count;
+    }
+  }
+}
+
 Scene MakeScene(const Case& c, std::mt19937_64& rng) {
   Scene s;
   s.batch = static_cast<int>(c.seqs.size());
@@ -195,21 +218,8 @@ Scene MakeScene(const Case& c, std::mt19937_64& rng) {
         std::copy_n(s.k.begin() + from, s.D, s.k.begin() + to);
         std::copy_n(s.v.begin() + from, s.D, s.v.begin() + to);
       }
-      std::vector<float> kc(static_cast<size_t>(q.clusters) * s.D, 0.0f), vc(kc.size(), 0.0f);
-      for (int cl = 0; cl < q.clusters; ++cl) {
-        const int count = begin[cl + 1] - begin[cl];
-        for (int slot = begin[cl]; slot < begin[cl + 1]; ++slot) {
-          const size_t row = s.PosRow(b, h, slot_pos[slot]);
-          for (int d = 0; d < s.D; ++d) {
-            kc[static_cast<size_t>(cl) * s.D + d] += s.k[row + d];
-            vc[static_cast<size_t>(cl) * s.D + d] += s.v[row + d];
-          }
-        }
-        for (int d = 0; count > 0 && d < s.D; ++d) {
-          kc[static_cast<size_t>(cl) * s.D + d] /= count;
-          vc[static_cast<size_t>(cl) * s.D + d] /= count;
-        }
-      }
+      std::vector<float> kc, vc;
+      SlotMeans(s, b, h, begin, slot_pos, kc, vc);
       s.kc_bits.push_back(testing::ToBf16(kc));
       s.vc_bits.push_back(testing::ToBf16(vc));
       s.kc.push_back(std::move(kc));
@@ -222,21 +232,8 @@ Scene MakeScene(const Case& c, std::mt19937_64& rng) {
         cbegin.push_back(begin[fine_of.back()]);
       }
       const int coarse = static_cast<int>(fine_of.size()) - 1;
-      std::vector<float> ckc(static_cast<size_t>(coarse) * s.D, 0.0f), cvc(ckc.size(), 0.0f);
-      for (int cl = 0; cl < coarse; ++cl) {
-        const int count = cbegin[cl + 1] - cbegin[cl];
-        for (int slot = cbegin[cl]; slot < cbegin[cl + 1]; ++slot) {
-          const size_t row = s.PosRow(b, h, slot_pos[slot]);
-          for (int d = 0; d < s.D; ++d) {
-            ckc[static_cast<size_t>(cl) * s.D + d] += s.k[row + d];
-            cvc[static_cast<size_t>(cl) * s.D + d] += s.v[row + d];
-          }
-        }
-        for (int d = 0; count > 0 && d < s.D; ++d) {
-          ckc[static_cast<size_t>(cl) * s.D + d] /= count;
-          cvc[static_cast<size_t>(cl) * s.D + d] /= count;
-        }
-      }
+      std::vector<float> ckc, cvc;
+      SlotMeans(s, b, h, cbegin, slot_pos, ckc, cvc);
       s.max_coarse = std::max(s.max_coarse, coarse);
       s.ckc_bits.push_back(testing::ToBf16(ckc));
       s.cvc_bits.push_back(testing::ToBf16(cvc));
@@ -260,8 +257,8 @@ struct DeviceScene {
   // Two levels (empty otherwise).
   DeviceBuffer<uint16_t> ckc, cvc;
   DeviceBuffer<int32_t> cbegin, fine_of, num_coarse;
-  DeviceBuffer<uint8_t> two_level;
   DeviceBuffer<uintptr_t> ckc_ptrs, cvc_ptrs, cbegin_ptrs, fine_of_ptrs;
+  DeviceBuffer<uint8_t> two_level;
 
   static std::vector<int32_t> Field(const Case& c, int SeqSpec::*field) {
     std::vector<int32_t> out;
@@ -427,6 +424,44 @@ std::vector<float> HeadCache(const Scene& s, int b, int h, int len, bool values)
   return out;
 }
 
+// The exact part of one query head qg of (b, h): the sink and the recent window by position, the
+// slot ranges through the scene's slot map (the CPU twin of the rows list).
+cpu::PartialAttention ExactPart(const Scene& s, size_t hb, const SeqSpec& q, const float* qg,
+                                const std::vector<float>& kh, const std::vector<float>& vh,
+                                float scale, const std::vector<cpu::TokenRange>& ranges) {
+  const cpu::TokenRange positions[2] = {{0, q.sink}, {q.clustered_end, q.len}};
+  cpu::PartialAttention acc(s.D);
+  cpu::SparseExactParams ep;
+  ep.q = qg;
+  ep.k_head = kh.data();
+  ep.v_head = vh.data();
+  ep.head_dim = s.D;
+  ep.scale = scale;
+  ep.position_ranges = positions;
+  ep.num_position_ranges = 2;
+  ep.slots = s.slot_pos[hb].data();
+  ep.slot_ranges = ranges.data();
+  ep.num_slot_ranges = static_cast<int>(ranges.size());
+  cpu::AccumulateSparseExact(ep, acc);
+  return acc;
+}
+
+// The centroid term of the clusters not selected (one query head's base-2 logits).
+cpu::PartialAttention Approximation(const float* logits2, const std::vector<float>& value_centroids,
+                                    const int32_t* counts, const uint8_t* selected, int clusters,
+                                    int head_dim) {
+  cpu::PartialAttention approx(head_dim);
+  cpu::CentroidApproximationParams ap;
+  ap.logits2 = logits2;
+  ap.value_centroids = value_centroids.data();
+  ap.counts = counts;
+  ap.selected = selected;
+  ap.num_clusters = clusters;
+  ap.head_dim = head_dim;
+  cpu::AccumulateCentroidApproximation(ap, approx);
+  return approx;
+}
+
 // Two levels, after model/attention/multipole_attention.cc: the coarse logits, scores and
 // expansion (the CPU rule on the GPU's coarse scores), the list of expanded fine clusters, the
 // fine logits and scores of the listed clusters (the CPU lookup over every fine cluster with the
@@ -568,45 +603,20 @@ void TwoLevelHead(const Case& c, const Scene& s, const MultipoleWorkspace& w, fl
       // 3. The output.
       const std::vector<float> kh = HeadCache(s, b, h, q.len, false);
       const std::vector<float> vh = HeadCache(s, b, h, q.len, true);
-      const cpu::TokenRange positions[2] = {{0, q.sink}, {q.clustered_end, q.len}};
       std::vector<cpu::TokenRange> ranges;
       for (int f = 0; f < C; ++f) {
         if (gpu_selected[f]) ranges.push_back({s.begin[hb][f], s.begin[hb][f + 1]});
       }
       for (int g = 0; g < s.G; ++g) {
-        cpu::PartialAttention acc(s.D);
-        cpu::SparseExactParams ep;
-        ep.q = qh + static_cast<size_t>(g) * s.D;
-        ep.k_head = kh.data();
-        ep.v_head = vh.data();
-        ep.head_dim = s.D;
-        ep.scale = scale;
-        ep.position_ranges = positions;
-        ep.num_position_ranges = 2;
-        ep.slots = s.slot_pos[hb].data();
-        ep.slot_ranges = ranges.data();
-        ep.num_slot_ranges = static_cast<int>(ranges.size());
-        cpu::AccumulateSparseExact(ep, acc);
+        cpu::PartialAttention acc =
+            ExactPart(s, hb, q, qh + static_cast<size_t>(g) * s.D, kh, vh, scale, ranges);
         if (q.approximate) {
-          cpu::PartialAttention fine(s.D), coarse(s.D);
-          cpu::CentroidApproximationParams ap;
-          ap.logits2 = ref_logits.data() + static_cast<size_t>(g) * C;
-          ap.value_centroids = s.vc[hb].data();
-          ap.counts = fine_counts.data();
-          ap.selected = gpu_selected.data();
-          ap.num_clusters = C;
-          ap.head_dim = s.D;
-          cpu::AccumulateCentroidApproximation(ap, fine);
-          cpu::MergePartial(acc, fine);
-          std::vector<uint8_t> gpu_expanded(expanded.begin() + hb * Mc,
-                                            expanded.begin() + hb * Mc + Cc);
-          ap.logits2 = ref_clogits.data() + static_cast<size_t>(g) * Cc;
-          ap.value_centroids = s.cvc[hb].data();
-          ap.counts = ccounts.data();
-          ap.selected = gpu_expanded.data();
-          ap.num_clusters = Cc;
-          cpu::AccumulateCentroidApproximation(ap, coarse);
-          cpu::MergePartial(acc, coarse);
+          cpu::MergePartial(acc,
+                            Approximation(ref_logits.data() + static_cast<size_t>(g) * C, s.vc[hb],
+                                          fine_counts.data(), gpu_selected.data(), C, s.D));
+          cpu::MergePartial(
+              acc, Approximation(ref_clogits.data() + static_cast<size_t>(g) * Cc, s.cvc[hb],
+                                 ccounts.data(), expanded.data() + hb * Mc, Cc, s.D));
         }
         cpu::FinalizePartial(acc, want.data() + (static_cast<size_t>(b) * nq + h * s.G + g) * s.D);
       }
@@ -715,44 +725,20 @@ double RunCase(const Case& c) {
 
       // 3. The output: exact over sink + recent + the selected clusters' slots, the rest through
       // centroids, from contiguous per-head copies of the cache.
-      std::vector<float> kh(static_cast<size_t>(q.len) * s.D), vh(kh.size());
-      for (int t = 0; t < q.len; ++t) {
-        std::copy_n(s.k.begin() + s.PosRow(b, h, t), s.D,
-                    kh.begin() + static_cast<size_t>(t) * s.D);
-        std::copy_n(s.v.begin() + s.PosRow(b, h, t), s.D,
-                    vh.begin() + static_cast<size_t>(t) * s.D);
-      }
-      const cpu::TokenRange positions[2] = {{0, q.sink}, {q.clustered_end, q.len}};
+      const std::vector<float> kh = HeadCache(s, b, h, q.len, false);
+      const std::vector<float> vh = HeadCache(s, b, h, q.len, true);
       std::vector<cpu::TokenRange> ranges;
       for (int cl = 0; cl < C; ++cl) {
         if (selected[hb * s.max_clusters + cl])
           ranges.push_back({s.begin[hb][cl], s.begin[hb][cl + 1]});
       }
       for (int g = 0; g < s.G; ++g) {
-        cpu::PartialAttention acc(s.D);
-        cpu::SparseExactParams ep;
-        ep.q = qh + static_cast<size_t>(g) * s.D;
-        ep.k_head = kh.data();
-        ep.v_head = vh.data();
-        ep.head_dim = s.D;
-        ep.scale = scale;
-        ep.position_ranges = positions;
-        ep.num_position_ranges = 2;
-        ep.slots = s.slot_pos[hb].data();
-        ep.slot_ranges = ranges.data();
-        ep.num_slot_ranges = static_cast<int>(ranges.size());
-        cpu::AccumulateSparseExact(ep, acc);
+        cpu::PartialAttention acc =
+            ExactPart(s, hb, q, qh + static_cast<size_t>(g) * s.D, kh, vh, scale, ranges);
         if (q.approximate) {
-          cpu::PartialAttention approx(s.D);
-          cpu::CentroidApproximationParams ap;
-          ap.logits2 = ref_logits.data() + static_cast<size_t>(g) * C;
-          ap.value_centroids = s.vc[hb].data();
-          ap.counts = counts.data();
-          ap.selected = selected.data() + hb * s.max_clusters;
-          ap.num_clusters = C;
-          ap.head_dim = s.D;
-          cpu::AccumulateCentroidApproximation(ap, approx);
-          cpu::MergePartial(acc, approx);
+          cpu::MergePartial(
+              acc, Approximation(ref_logits.data() + static_cast<size_t>(g) * C, s.vc[hb],
+                                 counts.data(), selected.data() + hb * s.max_clusters, C, s.D));
         }
         cpu::FinalizePartial(acc, want.data() + (static_cast<size_t>(b) * nq + h * s.G + g) * s.D);
       }

@@ -132,6 +132,17 @@ class ServerGpuE2eTest : public ::testing::Test {
     stub_ = v1::DecodeService::NewStub(channel_);
   }
 
+  // A natural 400-token context (the dense continuation of BOS), long enough for the default
+  // knobs to cluster (sink 10, interval 128, min_clustered_tokens 256); empty on failure.
+  std::vector<int32_t> LongPrompt() {
+    StreamResult context = Generate(*stub_, IdsRequest({1}, 399));
+    EXPECT_TRUE(context.status.ok()) << context.status.error_message();
+    if (!context.status.ok()) return {};
+    std::vector<int32_t> prompt = {1};
+    prompt.insert(prompt.end(), context.ids.begin(), context.ids.end());
+    return prompt;
+  }
+
   std::mt19937 rng_;
   std::unique_ptr<GpuServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -218,12 +229,9 @@ TEST_F(ServerGpuE2eTest, LogprobsChangeNoTokenAndAreLogProbabilities) {
 
 TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
   START_SERVER_OR_SKIP();
-  // A natural 400-token context (the dense continuation of BOS), long enough for the default
-  // knobs to cluster (sink 10, interval 128, min_clustered_tokens 256), then 100 more tokens.
-  StreamResult context = Generate(*stub_, IdsRequest({1}, 399));
-  ASSERT_TRUE(context.status.ok()) << context.status.error_message();
-  std::vector<int32_t> prompt = {1};
-  prompt.insert(prompt.end(), context.ids.begin(), context.ids.end());
+  // The long prompt, then 100 more tokens.
+  const std::vector<int32_t> prompt = LongPrompt();
+  ASSERT_FALSE(prompt.empty());
   StreamResult dense = Generate(*stub_, IdsRequest(prompt, 100));
   ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
   ASSERT_TRUE(dense.result.has_value());
@@ -260,10 +268,8 @@ TEST_F(ServerGpuE2eTest, SparseModesRunOnTheGpu) {
 // default budget reads part of the cache, in multipole and exact-only.
 TEST_F(ServerGpuE2eTest, TwoLevelsRunOnTheGpu) {
   START_SERVER_OR_SKIP(std::vector<std::string>{"--levels=2"});
-  StreamResult context = Generate(*stub_, IdsRequest({1}, 399));
-  ASSERT_TRUE(context.status.ok()) << context.status.error_message();
-  std::vector<int32_t> prompt = {1};
-  prompt.insert(prompt.end(), context.ids.begin(), context.ids.end());
+  const std::vector<int32_t> prompt = LongPrompt();
+  ASSERT_FALSE(prompt.empty());
   StreamResult dense = Generate(*stub_, IdsRequest(prompt, 100));
   ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
   v1::GenerateRequest full = IdsRequest(prompt, 100);
